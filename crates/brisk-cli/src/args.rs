@@ -1,0 +1,103 @@
+//! Raw command-line flags, as clap parses them. Nothing here is validated
+//! beyond its type: `main.rs` resolves the flags into a checked config.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// brisk: pre-train BERT-style encoders cheaply on one machine, and use and
+/// understand what they learn.
+#[derive(Debug, Parser)]
+#[command(name = "brisk", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Turn raw text into packed, memory-mapped training shards.
+    Corpus {
+        #[command(subcommand)]
+        command: CorpusCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CorpusCommand {
+    /// Train (or load) a WordPiece tokenizer, count words and pack shards.
+    ///
+    /// Reads UTF-8 text (files, directories, `.gz`): one paragraph or sentence
+    /// per line, a blank line between documents. Without --input, prepares
+    /// the built-in generated corpus. Writes tokenizer.json, word_counts.tsv,
+    /// the shards and manifest.json to the run directory.
+    Prepare(PrepareArgs),
+    /// Write the built-in generated corpus as text (to inspect it).
+    Generate(GenerateArgs),
+}
+
+/// Flags shared by every command that runs a job.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// A TOML run config (sections [model] [data] [objective] [train] [notes] [eval]).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Named preset: tiny, mini, small or base (default: tiny, or the config file's `preset`).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// Override one config field by its dotted path, e.g. --set data.seq_len=256 (repeatable; later wins).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run directory [default: runs/<command>-<preset>-<YYYYmmdd-HHMMSS>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Overwrite the run directory if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Random seed (for corpus preparation: the validation split and the generated corpus).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Worker threads [default: every core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Input files or directories (repeatable); `.gz` is decompressed. Omit for the built-in corpus.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Use this tokenizer.json or vocab.txt instead of training one (sets data.tokenizer).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// WordPiece vocabulary size to train (sets model.vocab_size).
+    #[arg(long, value_name = "N")]
+    pub vocab_size: Option<usize>,
+    /// Print no stage timings.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Words to generate [default: data.generated_words of the presets].
+    #[arg(long, value_name = "N")]
+    pub words: Option<usize>,
+    /// Seed [default: data.seed of the presets].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Write the text here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print statistics (Zipf slope, agreement, rare names) to standard error.
+    #[arg(long)]
+    pub stats: bool,
+    /// Worker threads [default: every core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}

@@ -1,0 +1,154 @@
+//! The `brisk` command line: raw flags and TOML are resolved into a checked
+//! config here, then handed to the library.
+
+mod args;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use args::{Cli, Command, CorpusCommand, GenerateArgs, JobArgs, PrepareArgs};
+use brisk::config::{self, Config, ConfigSource};
+use brisk::corpus::{self, generated, Input};
+use brisk::run::{self, Existing, RunDir};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let usage = err
+                .downcast_ref::<brisk::Error>()
+                .is_some_and(brisk::Error::is_usage);
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Corpus {
+            command: CorpusCommand::Prepare(args),
+        } => corpus_prepare(args),
+        Command::Corpus {
+            command: CorpusCommand::Generate(args),
+        } => corpus_generate(args),
+    }
+}
+
+/// Sets the global thread pool from `--threads` (default: every core).
+fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(brisk::Error::Usage("--threads must be at least 1".into()).into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting up the thread pool")?;
+    }
+    Ok(())
+}
+
+/// Resolves the config from preset, file, `--set` and command-specific flags
+/// (which come last and so win).
+fn resolve_config(job: &JobArgs, flag_sets: Vec<String>) -> anyhow::Result<Config> {
+    let mut sets = job.set.clone();
+    sets.extend(flag_sets);
+    Ok(config::resolve(&ConfigSource {
+        preset: job.preset.clone(),
+        file: job.config.clone(),
+        sets,
+    })?)
+}
+
+/// Opens the run directory named by `--out` (or the default one) and records
+/// the config and provenance in it.
+fn open_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<RunDir> {
+    let path = job
+        .out
+        .clone()
+        .unwrap_or_else(|| run::default_run_path(command, &config.preset));
+    let existing = if job.force { Existing::Overwrite } else { Existing::Refuse };
+    let dir = RunDir::create(&path, existing)?;
+    dir.write_config(config)?;
+    dir.write_provenance()?;
+    Ok(dir)
+}
+
+fn corpus_prepare(args: PrepareArgs) -> anyhow::Result<()> {
+    init_threads(args.job.threads)?;
+    let mut flag_sets = Vec::new();
+    if let Some(seed) = args.job.seed {
+        flag_sets.push(format!("data.seed={seed}"));
+    }
+    if let Some(t) = &args.tokenizer {
+        flag_sets.push(format!("data.tokenizer={}", t.display()));
+    }
+    if let Some(v) = args.vocab_size {
+        flag_sets.push(format!("model.vocab_size={v}"));
+    }
+    let config = resolve_config(&args.job, flag_sets)?;
+    let input = if args.input.is_empty() {
+        Input::Generated
+    } else {
+        Input::Paths(args.input.clone())
+    };
+    let run = open_run(&args.job, "corpus", &config)?;
+    eprintln!("preparing corpus in {}", run.path.display());
+    let report = corpus::prepare(&config.data, config.model.vocab_size, &input, &run.path, !args.quiet)?;
+    run::write_json(&run.path.join("summary.json"), &report)?;
+    println!(
+        "{:.1} MB of text, {} documents, {} words ({} types) -> {} + {} sequences of {} tokens",
+        report.text_bytes as f64 / 1e6,
+        report.documents,
+        report.words,
+        report.word_types,
+        report.train_sequences,
+        report.validation_sequences,
+        config.data.seq_len,
+    );
+    println!(
+        "vocabulary {} WordPiece entries; unigram entropy {:.3} nats",
+        report.vocab_size, report.unigram_entropy_nats
+    );
+    println!(
+        "{:.2} s, {:.1} MB/s on {} threads; corpus in {}",
+        report.seconds,
+        report.mb_per_s,
+        rayon::current_num_threads(),
+        run.path.display()
+    );
+    Ok(())
+}
+
+fn corpus_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    init_threads(args.threads)?;
+    let defaults = config::Preset::Tiny.config().data;
+    let words = args.words.unwrap_or(defaults.generated_words);
+    let seed = args.seed.unwrap_or(defaults.seed);
+    if words < 1000 {
+        return Err(brisk::Error::Usage(format!("--words {words}: at least 1000")).into());
+    }
+    let text = generated::generate(words, seed);
+    match &args.out {
+        Some(path) => {
+            if path.exists() && !args.force {
+                return Err(brisk::Error::Usage(format!(
+                    "{} already exists; pass --force to overwrite it",
+                    path.display()
+                ))
+                .into());
+            }
+            run::write_atomic(path, text.as_bytes())?;
+        }
+        None => print!("{text}"),
+    }
+    if args.stats {
+        let stats = generated::statistics(&text, seed);
+        eprintln!("{}", serde_json::to_string_pretty(&stats)?);
+    }
+    Ok(())
+}

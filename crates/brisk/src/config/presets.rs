@@ -1,0 +1,188 @@
+//! Named presets. Each sets every field of [`Config`]; the README's preset
+//! table is generated from the same numbers (see `docs/config.md`).
+
+use super::{
+    Config, DataConfig, EvalConfig, ModelConfig, Norm, NotesConfig, ObjectiveConfig, Position,
+    TrainConfig,
+};
+use crate::error::{Error, Result};
+
+/// A named starting point for a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// 2 layers, hidden 128: tests and the built-in main job.
+    Tiny,
+    /// 4 layers, hidden 256: quick real-data runs and benchmarks.
+    Mini,
+    /// 12 layers, hidden 256 (ELECTRA-small shape).
+    Small,
+    /// 12 layers, hidden 768 (BERT-base shape).
+    Base,
+}
+
+/// Shape and optimisation numbers that differ between presets.
+struct Shape {
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    ffn: usize,
+    vocab: usize,
+    max_len: usize,
+    batch: usize,
+    lr: f64,
+    steps: u64,
+    eval_every: u64,
+    save_every: u64,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 4] = [Preset::Tiny, Preset::Mini, Preset::Small, Preset::Base];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Mini => "mini",
+            Preset::Small => "small",
+            Preset::Base => "base",
+        }
+    }
+
+    /// Looks a preset up by name; the error lists the known names.
+    pub fn from_name(name: &str) -> Result<Preset> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = Preset::ALL.iter().map(|p| p.name()).collect();
+                Error::Config(format!(
+                    "unknown preset {name:?} (expected one of: {})",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    // Batch sizes and learning rates: small models tolerate (and need) larger
+    // rates; `base` follows BERT-base (batch 256, 1e-4) and `small` follows
+    // ELECTRA-small (batch 128, 5e-4). `tiny` is sized so that the built-in
+    // main job finishes in a few minutes on 2 cores.
+    fn shape(self) -> Shape {
+        match self {
+            Preset::Tiny => Shape {
+                layers: 2,
+                hidden: 128,
+                heads: 2,
+                ffn: 512,
+                vocab: 8192,
+                max_len: 128,
+                batch: 32,
+                lr: 1e-3,
+                steps: 600,
+                eval_every: 100,
+                save_every: 200,
+            },
+            Preset::Mini => Shape {
+                layers: 4,
+                hidden: 256,
+                heads: 4,
+                ffn: 1024,
+                vocab: 8192,
+                max_len: 128,
+                batch: 32,
+                lr: 5e-4,
+                steps: 20_000,
+                eval_every: 500,
+                save_every: 1000,
+            },
+            Preset::Small => Shape {
+                layers: 12,
+                hidden: 256,
+                heads: 4,
+                ffn: 1024,
+                vocab: 8192,
+                max_len: 128,
+                batch: 128,
+                lr: 5e-4,
+                steps: 100_000,
+                eval_every: 2000,
+                save_every: 5000,
+            },
+            Preset::Base => Shape {
+                layers: 12,
+                hidden: 768,
+                heads: 12,
+                ffn: 3072,
+                vocab: 30522,
+                max_len: 512,
+                batch: 256,
+                lr: 1e-4,
+                steps: 1_000_000,
+                eval_every: 10_000,
+                save_every: 10_000,
+            },
+        }
+    }
+
+    /// The full config of this preset.
+    pub fn config(self) -> Config {
+        let s = self.shape();
+        Config {
+            preset: self.name().to_string(),
+            model: ModelConfig {
+                vocab_size: s.vocab,
+                hidden_size: s.hidden,
+                num_hidden_layers: s.layers,
+                num_attention_heads: s.heads,
+                intermediate_size: s.ffn,
+                hidden_act: "gelu".into(),
+                max_position_embeddings: s.max_len,
+                type_vocab_size: 2,
+                layer_norm_eps: 1e-12,
+                hidden_dropout_prob: 0.1,
+                attention_probs_dropout_prob: 0.1,
+                initializer_range: 0.02,
+                norm: Norm::Post,
+                position: Position::Absolute,
+            },
+            data: DataConfig {
+                corpus: String::new(),
+                seq_len: 128,
+                lowercase: true,
+                tokenizer: String::new(),
+                min_frequency: 2,
+                val_fraction: 0.02,
+                shard_sequences: 65_536,
+                generated_words: 2_000_000,
+                seed: 1234,
+            },
+            objective: ObjectiveConfig {
+                kind: "mlm".into(),
+                mask_prob: 0.15,
+                mask_token_prob: 0.8,
+                random_token_prob: 0.1,
+            },
+            train: TrainConfig {
+                batch_size: s.batch,
+                learning_rate: s.lr,
+                warmup_fraction: 0.06,
+                weight_decay: 0.01,
+                adam_beta1: 0.9,
+                adam_beta2: 0.999,
+                adam_epsilon: 1e-6,
+                max_grad_norm: 1.0,
+                grad_accum_steps: 1,
+                steps: s.steps,
+                tokens: 0,
+                budget: String::new(),
+                log_every: 10,
+                save_every: s.save_every,
+                keep_checkpoints: 3,
+                seed: 42,
+            },
+            notes: NotesConfig { enabled: false },
+            eval: EvalConfig {
+                every: s.eval_every,
+                batches: 20,
+            },
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Packed token shards and the corpus manifest.
+//!
+//! Documents are packed into fixed-length sequences with no padding:
+//! `[CLS]`, then `seq_len - 2` tokens of the document stream, then `[SEP]`.
+//! In the stream each document is followed by `[SEP]` (dropped when it would
+//! directly follow `[CLS]`). The tail of the stream that does not fill a whole
+//! sequence is dropped and counted in the manifest. There is no next-sentence
+//! task.
+//!
+//! Each shard is two little-endian `u32` files of `[sequences, seq_len]`:
+//! `*.tokens.u32` (token ids) and `*.words.u32` (word ids, [`WordId`]), so
+//! TNF can recover which word every token belongs to.
+
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::tokenizer::{PieceTable, SpecialIds};
+use crate::error::{Error, Result};
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("brisk's token shards are read in place and need a little-endian machine");
+
+/// Version of the manifest and shard layout; readers refuse other versions.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The word id stored for each token: the word type (row of
+/// `word_counts.tsv`, 0 = most frequent) in the low 31 bits, and the top bit
+/// set on the first piece of each word occurrence. Special tokens store
+/// [`WordId::NONE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WordId(pub u32);
+
+impl WordId {
+    pub const NONE: WordId = WordId(u32::MAX);
+    const START: u32 = 1 << 31;
+
+    pub fn new(word_type: u32, starts_word: bool) -> WordId {
+        WordId(word_type | if starts_word { Self::START } else { 0 })
+    }
+
+    /// The word type, or `None` for special tokens.
+    pub fn word_type(self) -> Option<u32> {
+        (self != Self::NONE).then_some(self.0 & !Self::START)
+    }
+
+    /// True on the first piece of a word occurrence.
+    pub fn starts_word(self) -> bool {
+        self != Self::NONE && self.0 & Self::START != 0
+    }
+}
+
+/// Which split a document or shard belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Validation,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+        }
+    }
+}
+
+/// Deterministic, seeded choice of the validation documents: a document goes
+/// to validation when its hash falls below `fraction`. At least one document
+/// is held out when `fraction > 0` and there are two or more documents.
+pub fn assign_splits(documents: usize, fraction: f64, seed: u64) -> Vec<Split> {
+    let unit = |i: usize| (splitmix64(seed ^ splitmix64(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
+    let mut splits: Vec<Split> = (0..documents)
+        .map(|i| if unit(i) < fraction { Split::Validation } else { Split::Train })
+        .collect();
+    let none_held_out = !splits.contains(&Split::Validation);
+    if fraction > 0.0 && documents >= 2 && none_held_out {
+        let lowest = (0..documents)
+            .min_by(|&a, &b| unit(a).total_cmp(&unit(b)))
+            .unwrap();
+        splits[lowest] = Split::Validation;
+    }
+    splits
+}
+
+/// The SplitMix64 mixing function: a fast, well-distributed 64-bit hash.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One shard's files and checksums.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub tokens_file: String,
+    pub words_file: String,
+    pub sequences: usize,
+    pub tokens_sha256: String,
+    pub words_sha256: String,
+}
+
+/// Counts and shards of one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitInfo {
+    pub documents: usize,
+    pub sequences: usize,
+    /// Tokens in the packed sequences, special tokens included.
+    pub tokens: u64,
+    /// Tokens of the stream left over at the end (less than one sequence).
+    pub dropped_tokens: u64,
+    pub shards: Vec<ShardInfo>,
+}
+
+/// Where the text came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputInfo {
+    pub path: String,
+    /// Bytes of (decompressed) text.
+    pub bytes: u64,
+}
+
+/// The tokenizer file and its fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    pub file: String,
+    pub sha256: String,
+    /// Trained on this corpus (true) or given (false).
+    pub trained: bool,
+    pub vocab_size: usize,
+    pub lowercase: bool,
+}
+
+/// The word table's file and totals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WordCountsInfo {
+    pub file: String,
+    pub types: usize,
+    pub words: u64,
+}
+
+/// `manifest.json`: everything needed to use and check a prepared corpus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub brisk_version: String,
+    pub seq_len: usize,
+    pub special_ids: SpecialIds,
+    pub tokenizer: TokenizerInfo,
+    pub word_counts: WordCountsInfo,
+    pub inputs: Vec<InputInfo>,
+    pub documents: usize,
+    pub text_bytes: u64,
+    /// Entropy (nats) of the unigram distribution of the non-special tokens of
+    /// the training split: the loss of a model that ignores context.
+    pub unigram_entropy_nats: f64,
+    pub train: SplitInfo,
+    pub validation: SplitInfo,
+}
+
+impl Manifest {
+    pub fn split(&self, split: Split) -> &SplitInfo {
+        match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.validation,
+        }
+    }
+}
+
+/// Packs one split's documents into sequences and writes its shards.
+pub struct Packer<'a> {
+    dir: &'a Path,
+    split: Split,
+    seq_len: usize,
+    shard_sequences: usize,
+    special: SpecialIds,
+    tokens: Vec<u32>,
+    words: Vec<u32>,
+    info: SplitInfo,
+    /// Per token id, how often it occurs in packed sequences (non-special).
+    pub token_counts: Vec<u64>,
+}
+
+impl<'a> Packer<'a> {
+    pub fn new(
+        dir: &'a Path,
+        split: Split,
+        seq_len: usize,
+        shard_sequences: usize,
+        special: SpecialIds,
+        vocab_size: usize,
+    ) -> Packer<'a> {
+        Packer {
+            dir,
+            split,
+            seq_len,
+            shard_sequences,
+            special,
+            tokens: Vec::with_capacity(shard_sequences.min(1 << 16) * seq_len),
+            words: Vec::with_capacity(shard_sequences.min(1 << 16) * seq_len),
+            info: SplitInfo {
+                documents: 0,
+                sequences: 0,
+                tokens: 0,
+                dropped_tokens: 0,
+                shards: Vec::new(),
+            },
+            token_counts: vec![0; vocab_size],
+        }
+    }
+
+    /// Length of the sequence being filled.
+    fn open_len(&self) -> usize {
+        self.tokens.len() % self.seq_len
+    }
+
+    fn push(&mut self, token: u32, word: WordId) -> Result<()> {
+        if self.open_len() == 0 {
+            self.tokens.push(self.special.cls);
+            self.words.push(WordId::NONE.0);
+        }
+        self.tokens.push(token);
+        self.words.push(word.0);
+        if self.open_len() == self.seq_len - 1 {
+            self.tokens.push(self.special.sep);
+            self.words.push(WordId::NONE.0);
+            self.info.sequences += 1;
+            if self.tokens.len() == self.shard_sequences * self.seq_len {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one document: each word's pieces, then a `[SEP]`.
+    pub fn add_document(&mut self, words: &[u32], table: &PieceTable) -> Result<()> {
+        self.info.documents += 1;
+        for &word in words {
+            for (i, &piece) in table.pieces(word).iter().enumerate() {
+                self.token_counts[piece as usize] += 1;
+                self.push(piece, WordId::new(word, i == 0))?;
+            }
+        }
+        // A sequence that has only `[CLS]` so far needs no separator.
+        if self.open_len() > 1 {
+            self.push(self.special.sep, WordId::NONE)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered whole sequences as a shard.
+    fn flush(&mut self) -> Result<()> {
+        let whole = self.tokens.len() / self.seq_len * self.seq_len;
+        if whole == 0 {
+            return Ok(());
+        }
+        let index = self.info.shards.len();
+        let stem = format!("{}-{index:05}", self.split.name());
+        let tokens_file = format!("{stem}.tokens.u32");
+        let words_file = format!("{stem}.words.u32");
+        let (tokens_sha256, words_sha256) = rayon::join(
+            || write_u32s(&self.dir.join(&tokens_file), &self.tokens[..whole]),
+            || write_u32s(&self.dir.join(&words_file), &self.words[..whole]),
+        );
+        self.info.shards.push(ShardInfo {
+            tokens_file,
+            words_file,
+            sequences: whole / self.seq_len,
+            tokens_sha256: tokens_sha256?,
+            words_sha256: words_sha256?,
+        });
+        self.info.tokens += whole as u64;
+        self.tokens.drain(..whole);
+        self.words.drain(..whole);
+        Ok(())
+    }
+
+    /// Writes the last shard and drops the unfinished sequence.
+    pub fn finish(mut self) -> Result<(SplitInfo, Vec<u64>)> {
+        self.flush()?;
+        // What remains is an unfinished sequence: `[CLS]` plus its tokens.
+        let dropped = &self.tokens[1.min(self.tokens.len())..];
+        for &t in dropped {
+            if !self.special.contains(t) {
+                self.token_counts[t as usize] -= 1;
+            }
+        }
+        self.info.dropped_tokens = dropped.len() as u64;
+        Ok((self.info, self.token_counts))
+    }
+}
+
+/// Writes `values` as little-endian bytes and returns their SHA-256.
+fn write_u32s(path: &Path, values: &[u32]) -> Result<String> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let digest = hex(&Sha256::digest(&bytes));
+    crate::run::write_atomic(path, &bytes)?;
+    Ok(digest)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a file's bytes, as hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+/// A prepared corpus opened for reading: the manifest and memory-mapped shards.
+pub struct PreparedCorpus {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    train: Vec<MappedShard>,
+    validation: Vec<MappedShard>,
+}
+
+struct MappedShard {
+    tokens: Mmap,
+    words: Mmap,
+    sequences: usize,
+}
+
+/// One packed sequence: its token ids and word ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a> {
+    pub tokens: &'a [u32],
+    pub words: &'a [u32],
+}
+
+impl PreparedCorpus {
+    /// Opens `dir/manifest.json` and maps every shard, checking the format
+    /// version and the file sizes.
+    pub fn open(dir: &Path) -> Result<PreparedCorpus> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::data(
+                &path,
+                format!("cannot read the corpus manifest ({e}); is this a directory made by `brisk corpus prepare`?"),
+            )
+        })?;
+        let version: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::data(&path, format!("not valid JSON: {e}")))?;
+        let found = version.get("format_version").and_then(|v| v.as_u64());
+        if found != Some(FORMAT_VERSION as u64) {
+            return Err(Error::data(
+                &path,
+                format!(
+                    "corpus format version {} is not supported (this brisk reads version {FORMAT_VERSION}); prepare the corpus again",
+                    found.map_or("missing".to_string(), |v| v.to_string())
+                ),
+            ));
+        }
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::data(&path, format!("bad manifest: {e}")))?;
+        let map_split = |split: Split| -> Result<Vec<MappedShard>> {
+            manifest
+                .split(split)
+                .shards
+                .iter()
+                .map(|s| {
+                    let expect = s.sequences * manifest.seq_len * 4;
+                    Ok(MappedShard {
+                        tokens: map_file(&dir.join(&s.tokens_file), expect)?,
+                        words: map_file(&dir.join(&s.words_file), expect)?,
+                        sequences: s.sequences,
+                    })
+                })
+                .collect()
+        };
+        Ok(PreparedCorpus {
+            dir: dir.to_path_buf(),
+            train: map_split(Split::Train)?,
+            validation: map_split(Split::Validation)?,
+            manifest,
+        })
+    }
+
+    /// Recomputes every shard's SHA-256 and compares it with the manifest.
+    pub fn verify_checksums(&self) -> Result<()> {
+        for split in [Split::Train, Split::Validation] {
+            for s in &self.manifest.split(split).shards {
+                for (file, want) in [(&s.tokens_file, &s.tokens_sha256), (&s.words_file, &s.words_sha256)] {
+                    let path = self.dir.join(file);
+                    if &sha256_file(&path)? != want {
+                        return Err(Error::data(&path, "checksum does not match the manifest"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shards(&self, split: Split) -> &[MappedShard] {
+        match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.validation,
+        }
+    }
+
+    pub fn num_sequences(&self, split: Split) -> usize {
+        self.shards(split).iter().map(|s| s.sequences).sum()
+    }
+
+    /// The `index`-th sequence of a split (panics when out of range, like
+    /// slice indexing).
+    pub fn sequence(&self, split: Split, mut index: usize) -> Sequence<'_> {
+        let len = self.manifest.seq_len;
+        for shard in self.shards(split) {
+            if index < shard.sequences {
+                let range = index * len..(index + 1) * len;
+                return Sequence {
+                    tokens: &as_u32s(&shard.tokens)[range.clone()],
+                    words: &as_u32s(&shard.words)[range],
+                };
+            }
+            index -= shard.sequences;
+        }
+        panic!("sequence index out of range for the {} split", split.name());
+    }
+}
+
+fn map_file(path: &Path, expect_bytes: usize) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Safety: shards are written once (atomically) and never modified; a
+    // concurrent external edit would be a user error we cannot guard against.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    if map.len() != expect_bytes {
+        return Err(Error::data(
+            path,
+            format!("shard has {} bytes, the manifest implies {expect_bytes}", map.len()),
+        ));
+    }
+    Ok(map)
+}
+
+fn as_u32s(bytes: &[u8]) -> &[u32] {
+    // Mappings are page-aligned and sizes are checked to be multiples of 4.
+    let (head, body, tail) = unsafe { bytes.align_to::<u32>() };
+    assert!(head.is_empty() && tail.is_empty(), "shard mapping is not u32-aligned");
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_ids_pack_type_and_start() {
+        let w = WordId::new(12345, true);
+        assert_eq!((w.word_type(), w.starts_word()), (Some(12345), true));
+        let w = WordId::new(7, false);
+        assert_eq!((w.word_type(), w.starts_word()), (Some(7), false));
+        assert_eq!(WordId::NONE.word_type(), None);
+        assert!(!WordId::NONE.starts_word());
+    }
+
+    #[test]
+    fn splits_are_seeded_and_hold_out_about_the_fraction() {
+        let a = assign_splits(10_000, 0.05, 7);
+        assert_eq!(a, assign_splits(10_000, 0.05, 7));
+        assert_ne!(a, assign_splits(10_000, 0.05, 8));
+        let held = a.iter().filter(|s| **s == Split::Validation).count();
+        assert!((400..600).contains(&held), "{held}");
+        assert_eq!(assign_splits(2, 0.01, 1).iter().filter(|s| **s == Split::Validation).count(), 1);
+        assert!(assign_splits(5, 0.0, 1).iter().all(|s| *s == Split::Train));
+    }
+}

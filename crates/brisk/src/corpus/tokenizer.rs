@@ -1,0 +1,346 @@
+//! WordPiece tokenizer: training from word counts, loading, and splitting text
+//! into words.
+//!
+//! brisk uses HuggingFace `tokenizers` objects (BERT normaliser, BERT
+//! pre-tokeniser, WordPiece model), so the saved `tokenizer.json` behaves the
+//! same in Python. For speed, corpus preparation splits words itself
+//! ([`WordSplitter`]): pure-ASCII lines take a byte-level path that gives the
+//! same words as the BERT normaliser + pre-tokeniser (tested against them);
+//! other lines go through the HF objects.
+//!
+//! Training learns WordPiece merges from the whole-word counts that corpus
+//! preparation computes anyway, so the text is read once.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ahash::AHashMap;
+use compact_str::CompactString;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{
+    AddedToken, Model, NormalizedString, Normalizer, OffsetReferential, OffsetType,
+    PreTokenizedString, PreTokenizer, Tokenizer,
+};
+
+use crate::error::{Error, Result};
+
+/// The BERT special tokens, in the order a trained vocabulary puts them.
+pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// Ids of the special tokens in a vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpecialIds {
+    pub pad: u32,
+    pub unk: u32,
+    pub cls: u32,
+    pub sep: u32,
+    pub mask: u32,
+}
+
+impl SpecialIds {
+    /// Looks the special tokens up; a missing one is an error naming `source`.
+    pub fn of(tokenizer: &Tokenizer, source: &str) -> Result<SpecialIds> {
+        let id = |token: &str| {
+            tokenizer.token_to_id(token).ok_or_else(|| {
+                Error::Tokenizer(format!(
+                    "{source}: the vocabulary has no {token} token (BERT's special tokens are {})",
+                    SPECIAL_TOKENS.join(" ")
+                ))
+            })
+        };
+        Ok(SpecialIds {
+            pad: id("[PAD]")?,
+            unk: id("[UNK]")?,
+            cls: id("[CLS]")?,
+            sep: id("[SEP]")?,
+            mask: id("[MASK]")?,
+        })
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        [self.pad, self.unk, self.cls, self.sep, self.mask].contains(&id)
+    }
+}
+
+/// Wraps a WordPiece model in the BERT pipeline (normaliser, pre-tokeniser,
+/// `[CLS] … [SEP]` post-processor, WordPiece decoder).
+fn bert_pipeline(model: WordPiece, lowercase: bool) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))?;
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    tokenizer.with_decoder(Some(WordPieceDecoder::default()));
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(t.to_string(), true))
+        .collect();
+    tokenizer.add_special_tokens(specials)?;
+    let ids = SpecialIds::of(&tokenizer, "the tokenizer")?;
+    tokenizer.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), ids.sep),
+        ("[CLS]".into(), ids.cls),
+    )));
+    Ok(tokenizer)
+}
+
+/// Learns a WordPiece vocabulary of at most `vocab_size` entries from whole-word
+/// counts. As in BERT's tokenizer, at most 1000 characters enter the initial
+/// alphabet, so rare symbols fall back to `[UNK]` instead of taking up entries.
+pub fn train_wordpiece(
+    word_counts: &[(String, u64)],
+    vocab_size: usize,
+    min_frequency: u64,
+    lowercase: bool,
+) -> Result<Tokenizer> {
+    let counts: AHashMap<CompactString, u64> = word_counts
+        .iter()
+        .map(|(w, c)| (CompactString::from(w.as_str()), *c))
+        .collect();
+    let trainer = BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(min_frequency)
+        .special_tokens(
+            SPECIAL_TOKENS
+                .iter()
+                .map(|t| AddedToken::from(t.to_string(), true))
+                .collect(),
+        )
+        .limit_alphabet(1000)
+        .continuing_subword_prefix("##".into())
+        .show_progress(false)
+        .build();
+    let mut bpe = BPE::default();
+    trainer.do_train(&counts, &mut bpe)?;
+    bert_pipeline(WordPiece::from_bpe(&bpe), lowercase)
+}
+
+/// Loads a `tokenizer.json`, or builds the BERT pipeline around a `vocab.txt`
+/// (one token per line) with the given lowercasing.
+pub fn load_tokenizer(path: &Path, lowercase: bool) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(Error::data(path, "tokenizer file not found"));
+    }
+    let shown = path.display().to_string();
+    let tokenizer = if path.extension().is_some_and(|e| e == "json") {
+        Tokenizer::from_file(path)
+            .map_err(|e| Error::data(path, format!("not a readable tokenizer.json: {e}")))?
+    } else {
+        let model = WordPiece::from_file(&shown)
+            .build()
+            .map_err(|e| Error::data(path, format!("not a readable vocab.txt: {e}")))?;
+        bert_pipeline(model, lowercase)?
+    };
+    SpecialIds::of(&tokenizer, &shown)?;
+    Ok(tokenizer)
+}
+
+/// Splits text into the words the tokenizer's normaliser and pre-tokeniser
+/// would produce.
+pub struct WordSplitter<'t> {
+    tokenizer: &'t Tokenizer,
+    /// `Some(lowercase)` when the byte-level ASCII path applies.
+    ascii_path: Option<bool>,
+}
+
+impl<'t> WordSplitter<'t> {
+    pub fn new(tokenizer: &'t Tokenizer) -> Self {
+        WordSplitter {
+            tokenizer,
+            ascii_path: bert_ascii_equivalent(tokenizer),
+        }
+    }
+
+    /// Calls `emit` with each word of `text`, in order. `scratch` is reused
+    /// between calls to avoid allocation.
+    pub fn for_each_word(
+        &self,
+        text: &str,
+        scratch: &mut String,
+        mut emit: impl FnMut(&str),
+    ) -> Result<()> {
+        for line in text.split('\n') {
+            match self.ascii_path {
+                Some(lowercase) if line.is_ascii() => {
+                    ascii_words(line, lowercase, scratch, &mut emit)
+                }
+                _ => self.hf_words(line, &mut emit)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn hf_words(&self, line: &str, emit: &mut impl FnMut(&str)) -> Result<()> {
+        let mut normalized = NormalizedString::from(line);
+        if let Some(n) = self.tokenizer.get_normalizer() {
+            n.normalize(&mut normalized)?;
+        }
+        let mut pieces = PreTokenizedString::from(normalized);
+        if let Some(p) = self.tokenizer.get_pre_tokenizer() {
+            p.pre_tokenize(&mut pieces)?;
+        }
+        for (word, _, _) in pieces.get_splits(OffsetReferential::Normalized, OffsetType::Byte) {
+            emit(word);
+        }
+        Ok(())
+    }
+}
+
+/// The byte-level path applies when the tokenizer is BERT's pipeline
+/// (cleaning text, BERT pre-tokeniser); it returns the lowercasing flag.
+fn bert_ascii_equivalent(tokenizer: &Tokenizer) -> Option<bool> {
+    let normalizer = serde_json::to_value(tokenizer.get_normalizer()?).ok()?;
+    let pre = serde_json::to_value(tokenizer.get_pre_tokenizer()?).ok()?;
+    let is = |v: &serde_json::Value, key: &str, want: &str| v.get(key).map(|x| x.to_string()) == Some(want.into());
+    (is(&normalizer, "type", "\"BertNormalizer\"")
+        && is(&normalizer, "clean_text", "true")
+        && is(&pre, "type", "\"BertPreTokenizer\""))
+    .then(|| normalizer.get("lowercase").and_then(|v| v.as_bool()))
+    .flatten()
+}
+
+/// BERT normalisation + pre-tokenisation of a pure-ASCII line: control
+/// characters are dropped, whitespace splits words, and each ASCII
+/// punctuation character is a word of its own.
+fn ascii_words(line: &str, lowercase: bool, buf: &mut String, emit: &mut impl FnMut(&str)) {
+    buf.clear();
+    for b in line.bytes() {
+        match b {
+            b'\t' | b'\n' | b'\r' => buf.push(' '),
+            0..=0x1f | 0x7f => {}
+            _ if lowercase => buf.push(b.to_ascii_lowercase() as char),
+            _ => buf.push(b as char),
+        }
+    }
+    let bytes = buf.as_bytes();
+    let mut start = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b' ' || b.is_ascii_punctuation() {
+            if let Some(s) = start.take() {
+                emit(&buf[s..i]);
+            }
+            if b != b' ' {
+                emit(&buf[i..i + 1]);
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        emit(&buf[s..]);
+    }
+}
+
+/// WordPiece ids of each word type, computed once per type (in parallel)
+/// and stored flat.
+pub struct PieceTable {
+    offsets: Vec<u32>,
+    ids: Vec<u32>,
+}
+
+impl PieceTable {
+    pub fn build(tokenizer: &Tokenizer, words: &[(String, u64)]) -> Result<PieceTable> {
+        use rayon::prelude::*;
+        let model = tokenizer.get_model();
+        let pieces: Vec<Vec<u32>> = words
+            .par_iter()
+            .map(|(word, _)| {
+                Ok(model
+                    .tokenize(word)
+                    .map_err(Error::from)?
+                    .into_iter()
+                    .map(|t| t.id)
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut offsets = Vec::with_capacity(pieces.len() + 1);
+        let mut ids = Vec::with_capacity(pieces.iter().map(Vec::len).sum());
+        offsets.push(0);
+        for p in pieces {
+            ids.extend_from_slice(&p);
+            offsets.push(ids.len() as u32);
+        }
+        Ok(PieceTable { offsets, ids })
+    }
+
+    /// The WordPiece ids of word type `word`.
+    pub fn pieces(&self, word: u32) -> &[u32] {
+        let w = word as usize;
+        &self.ids[self.offsets[w] as usize..self.offsets[w + 1] as usize]
+    }
+}
+
+/// Vocabulary as `token -> id`, for tests and tools.
+pub fn vocab_of(tokenizer: &Tokenizer) -> HashMap<String, u32> {
+    tokenizer.get_vocab(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tiny_tokenizer(lowercase: bool) -> Tokenizer {
+        let words: Vec<(String, u64)> = ["the", "cat", "sat", "on", "mat", "hello", "world", ",", "."]
+            .iter()
+            .map(|w| (w.to_string(), 10))
+            .collect();
+        train_wordpiece(&words, 100, 1, lowercase).unwrap()
+    }
+
+    fn split(splitter: &WordSplitter, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut scratch = String::new();
+        splitter
+            .for_each_word(text, &mut scratch, |w| out.push(w.to_string()))
+            .unwrap();
+        out
+    }
+
+    fn split_hf(splitter: &WordSplitter, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for line in text.split('\n') {
+            splitter.hf_words(line, &mut |w| out.push(w.to_string())).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn trained_vocab_starts_with_special_tokens() {
+        let t = tiny_tokenizer(true);
+        let ids = SpecialIds::of(&t, "test").unwrap();
+        assert_eq!((ids.pad, ids.unk, ids.cls, ids.sep, ids.mask), (0, 1, 2, 3, 4));
+        let enc = t.encode("Hello, world.", true).unwrap();
+        assert_eq!(enc.get_tokens(), ["[CLS]", "hello", ",", "world", ".", "[SEP]"]);
+    }
+
+    #[test]
+    fn ascii_path_is_used_for_bert_pipelines() {
+        assert_eq!(bert_ascii_equivalent(&tiny_tokenizer(true)), Some(true));
+        assert_eq!(bert_ascii_equivalent(&tiny_tokenizer(false)), Some(false));
+    }
+
+    #[test]
+    fn ascii_examples() {
+        let t = tiny_tokenizer(true);
+        let s = WordSplitter::new(&t);
+        assert_eq!(split(&s, "Don't stop!\r\n"), ["don", "'", "t", "stop", "!"]);
+        assert_eq!(split(&s, "a\x01b\tc\x7f"), ["ab", "c"]);
+        assert_eq!(split(&s, "Café  naïve"), ["cafe", "naive"]);
+    }
+
+    proptest! {
+        #[test]
+        fn ascii_path_matches_hf_normaliser_and_pre_tokeniser(
+            text in "[ -~\\t\\r\\n\\x00-\\x1f\\x7f]{0,80}",
+            lowercase in any::<bool>(),
+        ) {
+            let t = tiny_tokenizer(lowercase);
+            let s = WordSplitter::new(&t);
+            prop_assert_eq!(split(&s, &text), split_hf(&s, &text));
+        }
+    }
+}

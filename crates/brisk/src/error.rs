@@ -1,0 +1,66 @@
+//! The library's error type.
+//!
+//! Every variant names what the user has to look at (a file, a config key, a
+//! value) so that the CLI can print it as it is. [`Error::is_usage`] separates
+//! usage mistakes (exit code 2) from runtime failures (exit code 1).
+
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout brisk.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config key, value or preset that cannot be used.
+    #[error("config error: {0}")]
+    Config(String),
+
+    /// A command-line or run-directory mistake (for example an existing run
+    /// directory without `--force`).
+    #[error("{0}")]
+    Usage(String),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Input data that brisk cannot use, with the file and, where it applies,
+    /// the byte offset.
+    #[error("{path}: {message}")]
+    Data { path: PathBuf, message: String },
+
+    /// The tokenizer library reported a failure.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+impl Error {
+    /// True when the error is the user's input to fix (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::Usage(_))
+    }
+
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn data(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tokenizers::Error> for Error {
+    fn from(e: tokenizers::Error) -> Self {
+        Error::Tokenizer(e.to_string())
+    }
+}

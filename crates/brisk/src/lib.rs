@@ -1,0 +1,14 @@
+//! brisk: efficient pre-training of BERT-style encoders on one machine, and
+//! tools to use and understand what they learn.
+//!
+//! The modules follow the data flow:
+//! - [`config`]: TOML run configs, presets and overrides;
+//! - [`corpus`]: raw text → tokenizer → word counts → packed shards;
+//! - [`run`]: run directories, provenance and atomic writes.
+
+pub mod config;
+pub mod corpus;
+pub mod error;
+pub mod run;
+
+pub use error::{Error, Result};

@@ -1,0 +1,218 @@
+//! The run directory: where a job writes its resolved config, provenance and
+//! results. Layout (see `docs/conventions.md`):
+//!
+//! ```text
+//! config.toml        the resolved config, exactly what ran
+//! provenance.json    brisk version, git commit, command line, CPU, threads, start time
+//! metrics.jsonl      one JSON object per logged step
+//! checkpoints/       step-NNNNNN/ directories
+//! plots/             charts
+//! summary.json       final figures
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// What to do when the run directory already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse (the default): never overwrite a run by accident.
+    Refuse,
+    /// `--force`: delete it and start again.
+    Overwrite,
+    /// `--resume`: keep it and continue.
+    Resume,
+}
+
+/// An open run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+/// The default run directory: `runs/<command>-<preset>-<YYYYmmdd-HHMMSS>` (UTC).
+pub fn default_run_path(command: &str, preset: &str) -> PathBuf {
+    let stamp = utc_timestamp(SystemTime::now()).compact;
+    PathBuf::from("runs").join(format!("{command}-{preset}-{stamp}"))
+}
+
+impl RunDir {
+    /// Creates (or, with [`Existing::Resume`], reopens) a run directory.
+    pub fn create(path: &Path, existing: Existing) -> Result<RunDir> {
+        if path.exists() {
+            let non_empty = std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .next()
+                .is_some();
+            match existing {
+                Existing::Refuse if non_empty => {
+                    return Err(Error::Usage(format!(
+                        "{} already exists; pass --force to overwrite it{}",
+                        path.display(),
+                        ", or choose another --out"
+                    )))
+                }
+                Existing::Overwrite if non_empty => {
+                    std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+                }
+                _ => {}
+            }
+        } else if existing == Existing::Resume {
+            return Err(Error::Usage(format!(
+                "--resume: {} does not exist",
+                path.display()
+            )));
+        }
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes the resolved config to `config.toml`.
+    pub fn write_config(&self, config: &Config) -> Result<()> {
+        write_atomic(&self.path.join("config.toml"), config.to_toml().as_bytes())
+    }
+
+    /// Writes `provenance.json` for this process.
+    pub fn write_provenance(&self) -> Result<Provenance> {
+        let provenance = Provenance::now();
+        write_json(&self.path.join("provenance.json"), &provenance)?;
+        Ok(provenance)
+    }
+}
+
+/// Where and how a run was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Provenance {
+    pub brisk_version: String,
+    pub git_commit: String,
+    pub command_line: Vec<String>,
+    pub cpu_model: String,
+    pub threads: usize,
+    pub start_time: String,
+}
+
+impl Provenance {
+    pub fn now() -> Provenance {
+        Provenance {
+            brisk_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: env!("BRISK_GIT_COMMIT").to_string(),
+            command_line: std::env::args().collect(),
+            cpu_model: cpu_model(),
+            threads: rayon::current_num_threads(),
+            start_time: utc_timestamp(SystemTime::now()).iso,
+        }
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// A UTC time in two spellings.
+pub struct Timestamp {
+    /// `2026-11-23T17:04:05Z`
+    pub iso: String,
+    /// `20261123-170405`, for directory names.
+    pub compact: String,
+}
+
+/// Formats a system time as UTC without a time-zone database.
+pub fn utc_timestamp(time: SystemTime) -> Timestamp {
+    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    Timestamp {
+        iso: format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z"),
+        compact: format!("{y:04}{m:02}{d:02}-{hh:02}{mm:02}{ss:02}"),
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Writes a file atomically: a temporary name in the same directory, then a
+/// rename, so a crash never leaves a half-written file under the real name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_sibling(path);
+    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// `dir/.name.tmp` next to `dir/name`.
+pub fn temporary_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Writes pretty JSON atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).expect("serialisable");
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        let t = utc_timestamp(UNIX_EPOCH + Duration::from_secs(0));
+        assert_eq!(t.iso, "1970-01-01T00:00:00Z");
+        // 2024-02-29T12:34:56Z, a leap day.
+        let t = utc_timestamp(UNIX_EPOCH + Duration::from_secs(1_709_210_096));
+        assert_eq!(t.iso, "2024-02-29T12:34:56Z");
+        assert_eq!(t.compact, "20240229-123456");
+    }
+
+    #[test]
+    fn existing_runs_are_refused_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        RunDir::create(&run, Existing::Refuse).unwrap();
+        std::fs::write(run.join("config.toml"), "x").unwrap();
+        let err = RunDir::create(&run, Existing::Refuse).unwrap_err();
+        assert!(err.is_usage() && err.to_string().contains("--force"), "{err}");
+        RunDir::create(&run, Existing::Resume).unwrap();
+        assert!(run.join("config.toml").exists(), "resume keeps the run");
+        RunDir::create(&run, Existing::Overwrite).unwrap();
+        assert!(!run.join("config.toml").exists(), "force starts afresh");
+        let err = RunDir::create(&dir.path().join("none"), Existing::Resume).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}
