@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::config::DataConfig;
 use crate::error::{Error, Result};
-use shards::{InputInfo, Manifest, Packer, Split, TokenizerInfo, WordCountsInfo, FORMAT_VERSION};
+use shards::{InputInfo, Manifest, Split, TokenizerInfo, WordCountsInfo, FORMAT_VERSION};
 use text::TextSource;
 use tokenizer::{PieceTable, SpecialIds, WordSplitter};
 
@@ -132,24 +132,29 @@ pub fn prepare(data: &DataConfig, vocab_size: usize, input: &Input, out: &Path, 
     stages.finish("wordpiece", format!("{vocab} entries"));
 
     let splits = shards::assign_splits(docs.len(), data.val_fraction, data.seed);
-    let pack = |split: Split| -> Result<(shards::SplitInfo, Vec<u64>)> {
-        let mut packer = Packer::new(out, split, data.seq_len, data.shard_sequences, special, vocab);
-        for (doc, s) in index.docs.iter().zip(&splits) {
-            if *s == split {
-                packer.add_document(doc, &table)?;
-            }
-        }
-        packer.finish()
+    let split_docs = |split: Split| -> Vec<&[u32]> {
+        index
+            .docs
+            .iter()
+            .zip(&splits)
+            .filter(|(_, s)| **s == split)
+            .map(|(d, _)| d.as_slice())
+            .collect()
     };
-    let ((train, counts), validation) = {
-        let (a, b) = rayon::join(|| pack(Split::Train), || pack(Split::Validation));
-        (a?, b?.0)
+    let (train_docs, validation_docs) = (split_docs(Split::Train), split_docs(Split::Validation));
+    let write = |split: Split, docs: &[&[u32]]| -> Result<(shards::SplitInfo, shards::Packed)> {
+        let packed = shards::pack(docs, &table, data.seq_len, special);
+        let info = shards::write_split(out, split, &packed, docs.len(), data.seq_len, data.shard_sequences)?;
+        Ok((info, packed))
     };
+    let (train, train_packed) = write(Split::Train, &train_docs)?;
+    let (validation, _) = write(Split::Validation, &validation_docs)?;
     check_split_size(&train, Split::Train, data)?;
     if data.val_fraction > 0.0 {
         check_split_size(&validation, Split::Validation, data)?;
     }
-    let entropy = entropy_nats(&counts);
+    let entropy = entropy_nats(&shards::token_counts(&train_packed.tokens, vocab, special));
+    drop(train_packed);
     stages.finish(
         "pack",
         format!("{} + {} sequences of {}", train.sequences, validation.sequences, data.seq_len),

@@ -2,10 +2,10 @@
 //!
 //! Documents are packed into fixed-length sequences with no padding:
 //! `[CLS]`, then `seq_len - 2` tokens of the document stream, then `[SEP]`.
-//! In the stream each document is followed by `[SEP]` (dropped when it would
-//! directly follow `[CLS]`). The tail of the stream that does not fill a whole
-//! sequence is dropped and counted in the manifest. There is no next-sentence
-//! task.
+//! In the stream each document is followed by `[SEP]`, so documents are
+//! joined by `[SEP]`. The tail of the stream that does not fill a whole
+//! sequence is dropped and counted in the manifest. There is no
+//! next-sentence task.
 //!
 //! Each shard is two little-endian `u32` files of `[sequences, seq_len]`:
 //! `*.tokens.u32` (token ids) and `*.words.u32` (word ids, [`WordId`]), so
@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -172,134 +173,151 @@ impl Manifest {
     }
 }
 
-/// Packs one split's documents into sequences and writes its shards.
-pub struct Packer<'a> {
-    dir: &'a Path,
-    split: Split,
-    seq_len: usize,
-    shard_sequences: usize,
-    special: SpecialIds,
-    tokens: Vec<u32>,
-    words: Vec<u32>,
-    info: SplitInfo,
-    /// Per token id, how often it occurs in packed sequences (non-special).
-    pub token_counts: Vec<u64>,
+/// One split packed into sequences, before it is written.
+pub struct Packed {
+    /// `[sequences, seq_len]` token ids.
+    pub tokens: Vec<u32>,
+    /// `[sequences, seq_len]` word ids ([`WordId`]).
+    pub words: Vec<u32>,
+    pub sequences: usize,
+    pub dropped_tokens: u64,
 }
 
-impl<'a> Packer<'a> {
-    pub fn new(
-        dir: &'a Path,
-        split: Split,
-        seq_len: usize,
-        shard_sequences: usize,
-        special: SpecialIds,
-        vocab_size: usize,
-    ) -> Packer<'a> {
-        Packer {
-            dir,
-            split,
-            seq_len,
-            shard_sequences,
-            special,
-            tokens: Vec::with_capacity(shard_sequences.min(1 << 16) * seq_len),
-            words: Vec::with_capacity(shard_sequences.min(1 << 16) * seq_len),
-            info: SplitInfo {
-                documents: 0,
-                sequences: 0,
-                tokens: 0,
-                dropped_tokens: 0,
-                shards: Vec::new(),
-            },
-            token_counts: vec![0; vocab_size],
-        }
+/// Packs documents (as word-type ids) into `[CLS] … [SEP]` sequences.
+///
+/// Every document's pieces, followed by `[SEP]`, form one stream; sequence
+/// `i` is `[CLS]`, stream tokens `i·(L−2) .. (i+1)·(L−2)`, `[SEP]`. Each
+/// document knows its stream offset (a prefix sum), so documents are written
+/// straight to their final positions in parallel.
+pub fn pack(docs: &[&[u32]], table: &PieceTable, seq_len: usize, special: SpecialIds) -> Packed {
+    let lens: Vec<usize> = docs
+        .par_iter()
+        .map(|d| d.iter().map(|&w| table.pieces(w).len()).sum::<usize>() + 1)
+        .collect();
+    let mut offsets = Vec::with_capacity(docs.len());
+    let mut total = 0usize;
+    for &len in &lens {
+        offsets.push(total);
+        total += len;
     }
-
-    /// Length of the sequence being filled.
-    fn open_len(&self) -> usize {
-        self.tokens.len() % self.seq_len
-    }
-
-    fn push(&mut self, token: u32, word: WordId) -> Result<()> {
-        if self.open_len() == 0 {
-            self.tokens.push(self.special.cls);
-            self.words.push(WordId::NONE.0);
-        }
-        self.tokens.push(token);
-        self.words.push(word.0);
-        if self.open_len() == self.seq_len - 1 {
-            self.tokens.push(self.special.sep);
-            self.words.push(WordId::NONE.0);
-            self.info.sequences += 1;
-            if self.tokens.len() == self.shard_sequences * self.seq_len {
-                self.flush()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends one document: each word's pieces, then a `[SEP]`.
-    pub fn add_document(&mut self, words: &[u32], table: &PieceTable) -> Result<()> {
-        self.info.documents += 1;
-        for &word in words {
-            for (i, &piece) in table.pieces(word).iter().enumerate() {
-                self.token_counts[piece as usize] += 1;
-                self.push(piece, WordId::new(word, i == 0))?;
-            }
-        }
-        // A sequence that has only `[CLS]` so far needs no separator.
-        if self.open_len() > 1 {
-            self.push(self.special.sep, WordId::NONE)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the buffered whole sequences as a shard.
-    fn flush(&mut self) -> Result<()> {
-        let whole = self.tokens.len() / self.seq_len * self.seq_len;
-        if whole == 0 {
-            return Ok(());
-        }
-        let index = self.info.shards.len();
-        let stem = format!("{}-{index:05}", self.split.name());
-        let tokens_file = format!("{stem}.tokens.u32");
-        let words_file = format!("{stem}.words.u32");
-        let (tokens_sha256, words_sha256) = rayon::join(
-            || write_u32s(&self.dir.join(&tokens_file), &self.tokens[..whole]),
-            || write_u32s(&self.dir.join(&words_file), &self.words[..whole]),
-        );
-        self.info.shards.push(ShardInfo {
-            tokens_file,
-            words_file,
-            sequences: whole / self.seq_len,
-            tokens_sha256: tokens_sha256?,
-            words_sha256: words_sha256?,
+    let body = seq_len - 2;
+    let sequences = total / body;
+    let kept = sequences * body;
+    let mut tokens = vec![0u32; sequences * seq_len];
+    let mut words = vec![0u32; sequences * seq_len];
+    tokens
+        .par_chunks_mut(seq_len)
+        .zip(words.par_chunks_mut(seq_len))
+        .for_each(|(t, w)| {
+            (t[0], t[seq_len - 1]) = (special.cls, special.sep);
+            (w[0], w[seq_len - 1]) = (WordId::NONE.0, WordId::NONE.0);
         });
-        self.info.tokens += whole as u64;
-        self.tokens.drain(..whole);
-        self.words.drain(..whole);
-        Ok(())
-    }
-
-    /// Writes the last shard and drops the unfinished sequence.
-    pub fn finish(mut self) -> Result<(SplitInfo, Vec<u64>)> {
-        self.flush()?;
-        // What remains is an unfinished sequence: `[CLS]` plus its tokens.
-        let dropped = &self.tokens[1.min(self.tokens.len())..];
-        for &t in dropped {
-            if !self.special.contains(t) {
-                self.token_counts[t as usize] -= 1;
+    let (token_out, word_out) = (SharedOut(tokens.as_mut_ptr()), SharedOut(words.as_mut_ptr()));
+    docs.par_iter().zip(&offsets).for_each(|(doc, &offset)| {
+        let mut k = offset;
+        let mut put = |token: u32, word: WordId| {
+            if k < kept {
+                let at = k / body * seq_len + 1 + k % body;
+                // Safety: stream position k maps to exactly one slot in
+                // range, and documents cover disjoint stream ranges.
+                unsafe {
+                    token_out.write(at, token);
+                    word_out.write(at, word.0);
+                }
+            }
+            k += 1;
+        };
+        for &word in doc.iter() {
+            for (i, &piece) in table.pieces(word).iter().enumerate() {
+                put(piece, WordId::new(word, i == 0));
             }
         }
-        self.info.dropped_tokens = dropped.len() as u64;
-        Ok((self.info, self.token_counts))
+        put(special.sep, WordId::NONE);
+    });
+    Packed {
+        tokens,
+        words,
+        sequences,
+        dropped_tokens: (total - kept) as u64,
     }
+}
+
+/// An output buffer written by several threads at disjoint positions.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut u32);
+
+impl SharedOut {
+    /// Safety: `at` is in bounds and no other thread writes it.
+    unsafe fn write(self, at: usize, value: u32) {
+        unsafe { self.0.add(at).write(value) }
+    }
+}
+// Safety: only used by `pack`, whose writers touch disjoint elements.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// How often each non-special token id occurs in packed sequences.
+pub fn token_counts(tokens: &[u32], vocab_size: usize, special: SpecialIds) -> Vec<u64> {
+    tokens
+        .par_chunks(1 << 16)
+        .fold(
+            || vec![0u64; vocab_size],
+            |mut counts, chunk| {
+                for &t in chunk {
+                    if !special.contains(t) {
+                        counts[t as usize] += 1;
+                    }
+                }
+                counts
+            },
+        )
+        .reduce(
+            || vec![0u64; vocab_size],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// Writes a packed split as shards of `shard_sequences` sequences (in
+/// parallel) and returns the split's manifest entry.
+pub fn write_split(dir: &Path, split: Split, packed: &Packed, documents: usize, seq_len: usize, shard_sequences: usize) -> Result<SplitInfo> {
+    let per_shard = shard_sequences * seq_len;
+    let shards = packed
+        .tokens
+        .par_chunks(per_shard)
+        .zip(packed.words.par_chunks(per_shard))
+        .enumerate()
+        .map(|(index, (tokens, words))| {
+            let stem = format!("{}-{index:05}", split.name());
+            let tokens_file = format!("{stem}.tokens.u32");
+            let words_file = format!("{stem}.words.u32");
+            Ok(ShardInfo {
+                tokens_sha256: write_u32s(&dir.join(&tokens_file), tokens)?,
+                words_sha256: write_u32s(&dir.join(&words_file), words)?,
+                tokens_file,
+                words_file,
+                sequences: tokens.len() / seq_len,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SplitInfo {
+        documents,
+        sequences: packed.sequences,
+        tokens: packed.tokens.len() as u64,
+        dropped_tokens: packed.dropped_tokens,
+        shards,
+    })
 }
 
 /// Writes `values` as little-endian bytes and returns their SHA-256.
 fn write_u32s(path: &Path, values: &[u32]) -> Result<String> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let digest = hex(&Sha256::digest(&bytes));
-    crate::run::write_atomic(path, &bytes)?;
+    // Safety: u32 has no padding and any byte pattern is a valid u8; the
+    // machine is little-endian (checked at compile time above).
+    let bytes = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4) };
+    let digest = hex(&Sha256::digest(bytes));
+    crate::run::write_atomic(path, bytes)?;
     Ok(digest)
 }
 

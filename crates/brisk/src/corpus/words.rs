@@ -34,7 +34,8 @@ impl WordIndex {
 /// The word table of one chunk of documents.
 struct LocalIndex {
     words: Vec<String>,
-    buckets: Vec<u16>,
+    /// Local ids of the words in each hash bucket.
+    buckets: Vec<Vec<u32>>,
     counts: Vec<u64>,
     docs: Vec<Vec<u32>>,
 }
@@ -57,7 +58,8 @@ pub fn index_words(docs: &[&str], splitter: &WordSplitter) -> Result<WordIndex> 
         .par_iter()
         .map(|range| index_chunk(&docs[range.clone()], splitter))
         .collect::<Result<_>>()?;
-    Ok(merge(locals))
+    let m = merge(locals);
+    Ok(m)
 }
 
 fn chunk_by_bytes(docs: &[&str], target: usize) -> Vec<std::ops::Range<usize>> {
@@ -80,7 +82,7 @@ fn index_chunk(docs: &[&str], splitter: &WordSplitter) -> Result<LocalIndex> {
     let mut ids: AHashMap<String, u32> = AHashMap::new();
     let mut local = LocalIndex {
         words: Vec::new(),
-        buckets: Vec::new(),
+        buckets: vec![Vec::new(); BUCKETS],
         counts: Vec::new(),
         docs: Vec::with_capacity(docs.len()),
     };
@@ -94,7 +96,7 @@ fn index_chunk(docs: &[&str], splitter: &WordSplitter) -> Result<LocalIndex> {
                     let id = local.words.len() as u32;
                     ids.insert(word.to_string(), id);
                     local.words.push(word.to_string());
-                    local.buckets.push(bucket_of(word));
+                    local.buckets[bucket_of(word) as usize].push(id);
                     local.counts.push(0);
                     id
                 }
@@ -119,10 +121,8 @@ fn merge(locals: Vec<LocalIndex>) -> WordIndex {
             let mut words: Vec<(String, u64)> = Vec::new();
             let mut placements = Vec::new();
             for (c, local) in locals.iter().enumerate() {
-                for (l, word) in local.words.iter().enumerate() {
-                    if local.buckets[l] as usize != b {
-                        continue;
-                    }
+                for &l in &local.buckets[b] {
+                    let (l, word) = (l as usize, &local.words[l as usize]);
                     let id = *index.entry(word.as_str()).or_insert_with(|| {
                         words.push((word.clone(), 0));
                         (words.len() - 1) as u32
