@@ -938,12 +938,7 @@ pub fn statistics(text: &str, seed: u64) -> GeneratedStats {
         .filter(|s| counts.get(&s.to_lowercase()).copied().unwrap_or(0) <= 5)
         .count();
     GeneratedStats {
-        documents: super::text::TextSource {
-            path: PathBuf::new(),
-            text: text.to_string(),
-        }
-        .documents()
-        .count(),
+        documents: super::text::documents(text).count(),
         words: sorted.iter().sum(),
         word_types: counts.len(),
         zipf_slope: zipf_slope(&sorted, 10..=5000),

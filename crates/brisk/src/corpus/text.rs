@@ -22,11 +22,13 @@ pub struct TextSource {
 impl TextSource {
     /// The documents of this source: runs of non-blank lines.
     pub fn documents(&self) -> impl Iterator<Item = &str> + '_ {
-        Documents {
-            text: &self.text,
-            pos: 0,
-        }
+        documents(&self.text)
     }
+}
+
+/// The documents of a text: runs of non-blank lines.
+pub fn documents(text: &str) -> impl Iterator<Item = &str> + '_ {
+    Documents { text, pos: 0 }
 }
 
 /// Iterator over blank-line-separated documents, as slices of the text

@@ -153,7 +153,19 @@ pub fn load_tokenizer(path: &Path, lowercase: bool) -> Result<Tokenizer> {
             .map_err(|e| Error::data(path, format!("not a readable vocab.txt: {e}")))?;
         bert_pipeline(model, lowercase)?
     };
-    SpecialIds::of(&tokenizer, &shown)?;
+    // The special tokens must be in the model's own vocabulary (added tokens
+    // alone leave WordPiece without its [UNK]).
+    for token in SPECIAL_TOKENS {
+        if tokenizer.get_model().token_to_id(token).is_none() {
+            return Err(Error::data(
+                path,
+                format!(
+                    "the vocabulary has no {token} token (BERT's special tokens are {})",
+                    SPECIAL_TOKENS.join(" ")
+                ),
+            ));
+        }
+    }
     Ok(tokenizer)
 }
 

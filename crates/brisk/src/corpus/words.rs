@@ -58,8 +58,7 @@ pub fn index_words(docs: &[&str], splitter: &WordSplitter) -> Result<WordIndex> 
         .par_iter()
         .map(|range| index_chunk(&docs[range.clone()], splitter))
         .collect::<Result<_>>()?;
-    let m = merge(locals);
-    Ok(m)
+    Ok(merge(locals))
 }
 
 fn chunk_by_bytes(docs: &[&str], target: usize) -> Vec<std::ops::Range<usize>> {
