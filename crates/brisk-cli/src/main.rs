@@ -71,7 +71,11 @@ fn open_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<Run
         .out
         .clone()
         .unwrap_or_else(|| run::default_run_path(command, &config.preset));
-    let existing = if job.force { Existing::Overwrite } else { Existing::Refuse };
+    let existing = if job.force {
+        Existing::Overwrite
+    } else {
+        Existing::Refuse
+    };
     let dir = RunDir::create(&path, existing)?;
     dir.write_config(config)?;
     dir.write_provenance()?;
@@ -98,7 +102,13 @@ fn corpus_prepare(args: PrepareArgs) -> anyhow::Result<()> {
     };
     let run = open_run(&args.job, "corpus", &config)?;
     eprintln!("preparing corpus in {}", run.path.display());
-    let report = corpus::prepare(&config.data, config.model.vocab_size, &input, &run.path, !args.quiet)?;
+    let report = corpus::prepare(
+        &config.data,
+        config.model.vocab_size,
+        &input,
+        &run.path,
+        !args.quiet,
+    )?;
     run::write_json(&run.path.join("summary.json"), &report)?;
     println!(
         "{:.1} MB of text, {} documents, {} words ({} types) -> {} + {} sequences of {} tokens",

@@ -134,7 +134,10 @@ pub struct Timestamp {
 
 /// Formats a system time as UTC without a time-zone database.
 pub fn utc_timestamp(time: SystemTime) -> Timestamp {
-    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
@@ -207,7 +210,10 @@ mod tests {
         RunDir::create(&run, Existing::Refuse).unwrap();
         std::fs::write(run.join("config.toml"), "x").unwrap();
         let err = RunDir::create(&run, Existing::Refuse).unwrap_err();
-        assert!(err.is_usage() && err.to_string().contains("--force"), "{err}");
+        assert!(
+            err.is_usage() && err.to_string().contains("--force"),
+            "{err}"
+        );
         RunDir::create(&run, Existing::Resume).unwrap();
         assert!(run.join("config.toml").exists(), "resume keeps the run");
         RunDir::create(&run, Existing::Overwrite).unwrap();

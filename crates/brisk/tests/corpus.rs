@@ -29,20 +29,44 @@ fn empty_and_missing_inputs_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_data();
     let empty = write(&dir.path().join("empty.txt"), b"");
-    let msg = error_text(prepare(dir.path(), "a", &data, 500, Input::Paths(vec![empty])));
+    let msg = error_text(prepare(
+        dir.path(),
+        "a",
+        &data,
+        500,
+        Input::Paths(vec![empty]),
+    ));
     assert!(msg.contains("empty.txt") && msg.contains("empty"), "{msg}");
 
     let blank = write(&dir.path().join("blank.txt"), b"\n  \r\n\t\n");
-    let msg = error_text(prepare(dir.path(), "b", &data, 500, Input::Paths(vec![blank])));
+    let msg = error_text(prepare(
+        dir.path(),
+        "b",
+        &data,
+        500,
+        Input::Paths(vec![blank]),
+    ));
     assert!(msg.contains("blank.txt") && msg.contains("empty"), "{msg}");
 
     let missing = dir.path().join("nowhere.txt");
-    let msg = error_text(prepare(dir.path(), "c", &data, 500, Input::Paths(vec![missing])));
+    let msg = error_text(prepare(
+        dir.path(),
+        "c",
+        &data,
+        500,
+        Input::Paths(vec![missing]),
+    ));
     assert!(msg.contains("nowhere.txt"), "{msg}");
 
     let empty_dir = dir.path().join("nothing");
     std::fs::create_dir(&empty_dir).unwrap();
-    let msg = error_text(prepare(dir.path(), "d", &data, 500, Input::Paths(vec![empty_dir])));
+    let msg = error_text(prepare(
+        dir.path(),
+        "d",
+        &data,
+        500,
+        Input::Paths(vec![empty_dir]),
+    ));
     assert!(msg.contains("nothing") && msg.contains("no files"), "{msg}");
 
     let msg = error_text(prepare(dir.path(), "e", &data, 500, Input::Paths(vec![])));
@@ -58,15 +82,34 @@ fn invalid_utf8_names_the_file_and_byte_offset() {
     bytes.extend_from_slice(&[0xff, 0xfe]);
     bytes.extend_from_slice(b" more\n");
     let plain = write(&dir.path().join("bad.txt"), &bytes);
-    let msg = error_text(prepare(dir.path(), "a", &data, 500, Input::Paths(vec![plain])));
-    assert!(msg.contains("bad.txt") && msg.contains(&format!("byte offset {offset}")), "{msg}");
+    let msg = error_text(prepare(
+        dir.path(),
+        "a",
+        &data,
+        500,
+        Input::Paths(vec![plain]),
+    ));
+    assert!(
+        msg.contains("bad.txt") && msg.contains(&format!("byte offset {offset}")),
+        "{msg}"
+    );
 
     let gz = write(&dir.path().join("bad.txt.gz"), &gzip(&bytes));
     let msg = error_text(prepare(dir.path(), "b", &data, 500, Input::Paths(vec![gz])));
-    assert!(msg.contains("bad.txt.gz") && msg.contains(&format!("byte offset {offset} of the decompressed")), "{msg}");
+    assert!(
+        msg.contains("bad.txt.gz")
+            && msg.contains(&format!("byte offset {offset} of the decompressed")),
+        "{msg}"
+    );
 
     let broken_gz = write(&dir.path().join("broken.gz"), b"not gzip at all");
-    let msg = error_text(prepare(dir.path(), "c", &data, 500, Input::Paths(vec![broken_gz])));
+    let msg = error_text(prepare(
+        dir.path(),
+        "c",
+        &data,
+        500,
+        Input::Paths(vec![broken_gz]),
+    ));
     assert!(msg.contains("broken.gz") && msg.contains("gzip"), "{msg}");
 }
 
@@ -76,8 +119,17 @@ fn too_little_text_is_a_clear_error() {
     let tiny = write(&dir.path().join("tiny.txt"), b"just a few words\n");
     let mut data = small_data();
     data.val_fraction = 0.0;
-    let msg = error_text(prepare(dir.path(), "a", &data, 500, Input::Paths(vec![tiny])));
-    assert!(msg.contains("train split") && msg.contains("seq_len"), "{msg}");
+    let msg = error_text(prepare(
+        dir.path(),
+        "a",
+        &data,
+        500,
+        Input::Paths(vec![tiny]),
+    ));
+    assert!(
+        msg.contains("train split") && msg.contains("seq_len"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -85,11 +137,17 @@ fn crlf_line_endings_give_the_same_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let text = sample_text(20_000);
     let lf = write(&dir.path().join("lf.txt"), text.as_bytes());
-    let crlf = write(&dir.path().join("crlf.txt"), text.replace('\n', "\r\n").as_bytes());
+    let crlf = write(
+        &dir.path().join("crlf.txt"),
+        text.replace('\n', "\r\n").as_bytes(),
+    );
     let data = small_data();
     let (a, _) = prepare(dir.path(), "a", &data, 800, Input::Paths(vec![lf])).unwrap();
     let (b, _) = prepare(dir.path(), "b", &data, 800, Input::Paths(vec![crlf])).unwrap();
-    let (a, b) = (PreparedCorpus::open(&a).unwrap(), PreparedCorpus::open(&b).unwrap());
+    let (a, b) = (
+        PreparedCorpus::open(&a).unwrap(),
+        PreparedCorpus::open(&b).unwrap(),
+    );
     assert_eq!(a.manifest.tokenizer.sha256, b.manifest.tokenizer.sha256);
     assert_eq!(a.manifest.train, b.manifest.train);
     assert_eq!(a.manifest.validation, b.manifest.validation);
@@ -98,7 +156,10 @@ fn crlf_line_endings_give_the_same_corpus() {
 #[test]
 fn one_very_long_line_is_one_document() {
     let dir = tempfile::tempdir().unwrap();
-    let line = sample_text(60_000).split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = sample_text(60_000)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(line.len() > 300_000);
     let path = write(&dir.path().join("long.txt"), format!("{line}\n").as_bytes());
     let mut data = small_data();
@@ -126,7 +187,9 @@ fn directories_mix_plain_and_gzip_files() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input");
     std::fs::create_dir_all(input.join("nested")).unwrap();
-    let parts: Vec<String> = (0..3).map(|i| generated::generate(8_000, 100 + i)).collect();
+    let parts: Vec<String> = (0..3)
+        .map(|i| generated::generate(8_000, 100 + i))
+        .collect();
     write(&input.join("a.txt"), parts[0].as_bytes());
     write(&input.join("b.txt.gz"), &gzip(parts[1].as_bytes()));
     write(&input.join("nested/c.txt"), parts[2].as_bytes());
@@ -138,7 +201,11 @@ fn directories_mix_plain_and_gzip_files() {
     assert_eq!(report.documents, expect_docs);
     assert_eq!(report.text_bytes, expect_bytes as u64);
     let manifest = PreparedCorpus::open(&out).unwrap().manifest;
-    let names: Vec<&str> = manifest.inputs.iter().map(|i| i.path.rsplit('/').next().unwrap()).collect();
+    let names: Vec<&str> = manifest
+        .inputs
+        .iter()
+        .map(|i| i.path.rsplit('/').next().unwrap())
+        .collect();
     assert_eq!(names, ["a.txt", "b.txt.gz", "c.txt"]);
 }
 
@@ -180,7 +247,10 @@ fn check_packing(out: &Path, docs: &[&str], val_fraction: f64, seed: u64) {
         for i in 0..n {
             let seq = corpus.sequence(split, i);
             assert_eq!(seq.tokens.len(), len);
-            assert_eq!(seq.tokens[0], special.cls, "every sequence starts with [CLS]");
+            assert_eq!(
+                seq.tokens[0], special.cls,
+                "every sequence starts with [CLS]"
+            );
             assert_eq!(seq.tokens[len - 1], special.sep, "and ends with [SEP]");
             assert!(!seq.tokens.contains(&special.pad), "no padding");
             assert_eq!(WordId(seq.words[0]), WordId::NONE);
@@ -197,7 +267,8 @@ fn check_packing(out: &Path, docs: &[&str], val_fraction: f64, seed: u64) {
                             current = Some((ty, String::new()));
                         }
                         // A sequence may start mid-word; the word continues.
-                        let (cur_ty, text) = current.as_mut().expect("a word starts before its pieces");
+                        let (cur_ty, text) =
+                            current.as_mut().expect("a word starts before its pieces");
                         assert_eq!(*cur_ty, ty, "pieces of one word share its word type");
                         let piece = tokenizer.id_to_token(t).unwrap();
                         text.push_str(piece.strip_prefix("##").unwrap_or(&piece));
@@ -213,11 +284,18 @@ fn check_packing(out: &Path, docs: &[&str], val_fraction: f64, seed: u64) {
         }
         // Each token is packed once, in order; only the tail is dropped.
         let kept = stream_tokens.len();
-        assert_eq!(kept as u64 + m.split(split).dropped_tokens, expect_tokens.len() as u64);
+        assert_eq!(
+            kept as u64 + m.split(split).dropped_tokens,
+            expect_tokens.len() as u64
+        );
         assert_eq!(stream_tokens[..], expect_tokens[..kept], "{split:?} stream");
         // Word ids give back the words (the last one may be cut by the tail).
         let whole = stream_words.len().saturating_sub(1);
-        assert_eq!(stream_words[..whole], expect_words[..whole], "{split:?} words");
+        assert_eq!(
+            stream_words[..whole],
+            expect_words[..whole],
+            "{split:?} words"
+        );
     }
 }
 
@@ -235,7 +313,9 @@ fn packing_invariants_hold_on_generated_text() {
 #[test]
 fn short_documents_are_joined_by_sep() {
     let dir = tempfile::tempdir().unwrap();
-    let text: String = (0..3000).map(|i| format!("doc number {i} is short.\n\n")).collect();
+    let text: String = (0..3000)
+        .map(|i| format!("doc number {i} is short.\n\n"))
+        .collect();
     let path = write(&dir.path().join("short.txt"), text.as_bytes());
     let data = small_data();
     let (out, report) = prepare(dir.path(), "a", &data, 300, Input::Paths(vec![path])).unwrap();
@@ -256,8 +336,14 @@ fn preparation_is_repeatable_and_accepts_a_given_tokenizer() {
     let data = small_data();
     let (a, _) = prepare(dir.path(), "a", &data, 1000, Input::Generated).unwrap();
     let (b, _) = prepare(dir.path(), "b", &data, 1000, Input::Generated).unwrap();
-    let (ma, mb) = (PreparedCorpus::open(&a).unwrap().manifest, PreparedCorpus::open(&b).unwrap().manifest);
-    assert_eq!(ma.tokenizer.sha256, mb.tokenizer.sha256, "same tokenizer twice");
+    let (ma, mb) = (
+        PreparedCorpus::open(&a).unwrap().manifest,
+        PreparedCorpus::open(&b).unwrap().manifest,
+    );
+    assert_eq!(
+        ma.tokenizer.sha256, mb.tokenizer.sha256,
+        "same tokenizer twice"
+    );
     assert_eq!(ma.train, mb.train, "same shards twice");
 
     // The saved tokenizer.json, given back, reproduces the shards.
@@ -282,7 +368,10 @@ fn preparation_is_repeatable_and_accepts_a_given_tokenizer() {
     let bad = write(&dir.path().join("bad-vocab.txt"), b"a\nb\nc\n");
     given.tokenizer = bad.display().to_string();
     let msg = error_text(prepare(dir.path(), "e", &given, 1000, Input::Generated));
-    assert!(msg.contains("bad-vocab.txt") && msg.contains("[PAD]"), "{msg}");
+    assert!(
+        msg.contains("bad-vocab.txt") && msg.contains("[PAD]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -291,9 +380,16 @@ fn corpus_with_another_format_version_is_refused() {
     let (out, _) = prepare(dir.path(), "a", &small_data(), 500, Input::Generated).unwrap();
     let path = out.join("manifest.json");
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
     let msg = error_text(PreparedCorpus::open(&out));
-    assert!(msg.contains("manifest.json") && msg.contains("version 99"), "{msg}");
+    assert!(
+        msg.contains("manifest.json") && msg.contains("version 99"),
+        "{msg}"
+    );
 
     std::fs::write(&path, text).unwrap();
     std::fs::write(out.join("train-00000.tokens.u32"), b"1234").unwrap();
@@ -308,7 +404,14 @@ fn real_wikipedia_shards_round_trip() {
     let mut data = small_data();
     data.seq_len = 128;
     data.shard_sequences = 4096;
-    let (out, report) = prepare(dir.path(), "wiki", &data, 8192, Input::Paths(vec![file.clone()])).unwrap();
+    let (out, report) = prepare(
+        dir.path(),
+        "wiki",
+        &data,
+        8192,
+        Input::Paths(vec![file.clone()]),
+    )
+    .unwrap();
     assert!(report.text_bytes > 5_000_000, "{}", report.text_bytes);
     assert!(report.unigram_entropy_nats > 5.0);
     let text = brisk::corpus::text::read_text(&file).unwrap().text;

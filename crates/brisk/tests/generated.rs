@@ -9,7 +9,10 @@ use brisk::corpus::generated::{self, statistics};
 
 fn default_text() -> (String, u64) {
     let data = Preset::Tiny.config().data;
-    (generated::generate(data.generated_words, data.seed), data.seed)
+    (
+        generated::generate(data.generated_words, data.seed),
+        data.seed,
+    )
 }
 
 #[test]
@@ -18,7 +21,11 @@ fn corpus_statistics_look_like_a_language() {
     let stats = statistics(&text, seed);
     println!("{}", serde_json::to_string_pretty(&stats).unwrap());
 
-    assert!(stats.word_types >= 5_000, "lexicon: {} word types", stats.word_types);
+    assert!(
+        stats.word_types >= 5_000,
+        "lexicon: {} word types",
+        stats.word_types
+    );
     // Natural text has a rank-frequency slope near -1.
     assert!(
         (-1.35..=-0.85).contains(&stats.zipf_slope),
@@ -28,7 +35,10 @@ fn corpus_statistics_look_like_a_language() {
 
     let a = stats.agreement;
     assert!(a.verbs > 100_000, "{a:?}");
-    assert_eq!(a.agreeing, a.verbs, "every verb agrees with its subject: {a:?}");
+    assert_eq!(
+        a.agreeing, a.verbs,
+        "every verb agrees with its subject: {a:?}"
+    );
     // Agreement is not local: often a noun of the other number intervenes.
     let attracted = a.attracted as f64 / a.verbs as f64;
     assert!(attracted > 0.05, "attractor rate {attracted}");
@@ -36,8 +46,16 @@ fn corpus_statistics_look_like_a_language() {
     assert!(nested > 0.15, "relative-clause rate {nested}");
 
     // A long tail of rare names (one surname per person).
-    assert!(stats.rare_surnames >= 500, "rare surnames: {}", stats.rare_surnames);
-    assert!(stats.rare_types >= 1_000, "rare types: {}", stats.rare_types);
+    assert!(
+        stats.rare_surnames >= 500,
+        "rare surnames: {}",
+        stats.rare_surnames
+    );
+    assert!(
+        stats.rare_types >= 1_000,
+        "rare types: {}",
+        stats.rare_types
+    );
 }
 
 /// Pairs "<First> <Last> works for the <Org> <Kind>." from the text.
@@ -63,7 +81,11 @@ fn employers(text: &str) -> HashMap<String, HashSet<String>> {
 fn entities_keep_their_attributes() {
     let (text, _) = default_text();
     let employers = employers(&text);
-    assert!(employers.len() > 500, "{} people with a stated employer", employers.len());
+    assert!(
+        employers.len() > 500,
+        "{} people with a stated employer",
+        employers.len()
+    );
     for (person, orgs) in &employers {
         assert_eq!(orgs.len(), 1, "{person} works for {orgs:?}");
     }
@@ -77,5 +99,8 @@ fn entities_keep_their_attributes() {
         }
     }
     let most = mentions.values().max().unwrap();
-    assert!(*most > 50, "the most frequent person is mentioned {most} times");
+    assert!(
+        *most > 50,
+        "the most frequent person is mentioned {most} times"
+    );
 }

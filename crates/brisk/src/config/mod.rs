@@ -217,37 +217,66 @@ impl Config {
         ] {
             check(value > 0, key, || "must be at least 1".into())?;
         }
-        check(m.hidden_size % m.num_attention_heads == 0, "model.hidden_size", || {
-            format!(
-                "{} is not divisible by model.num_attention_heads = {}",
-                m.hidden_size, m.num_attention_heads
-            )
-        })?;
+        check(
+            m.hidden_size % m.num_attention_heads == 0,
+            "model.hidden_size",
+            || {
+                format!(
+                    "{} is not divisible by model.num_attention_heads = {}",
+                    m.hidden_size, m.num_attention_heads
+                )
+            },
+        )?;
         check(
             ["gelu", "gelu_new", "relu"].contains(&m.hidden_act.as_str()),
             "model.hidden_act",
-            || format!("unknown activation {:?} (expected \"gelu\", \"gelu_new\" or \"relu\")", m.hidden_act),
+            || {
+                format!(
+                    "unknown activation {:?} (expected \"gelu\", \"gelu_new\" or \"relu\")",
+                    m.hidden_act
+                )
+            },
         )?;
-        check(m.layer_norm_eps > 0.0, "model.layer_norm_eps", || "must be positive".into())?;
-        check(m.initializer_range > 0.0, "model.initializer_range", || "must be positive".into())?;
+        check(m.layer_norm_eps > 0.0, "model.layer_norm_eps", || {
+            "must be positive".into()
+        })?;
+        check(m.initializer_range > 0.0, "model.initializer_range", || {
+            "must be positive".into()
+        })?;
         check_probability("model.hidden_dropout_prob", m.hidden_dropout_prob)?;
-        check_probability("model.attention_probs_dropout_prob", m.attention_probs_dropout_prob)?;
+        check_probability(
+            "model.attention_probs_dropout_prob",
+            m.attention_probs_dropout_prob,
+        )?;
         check(m.vocab_size >= 16, "model.vocab_size", || {
-            format!("{} is too small (at least 16: the special tokens and some text)", m.vocab_size)
+            format!(
+                "{} is too small (at least 16: the special tokens and some text)",
+                m.vocab_size
+            )
         })?;
 
         let d = &self.data;
-        check(d.seq_len >= 4, "data.seq_len", || format!("{} is too short (at least 4)", d.seq_len))?;
-        check(d.seq_len <= m.max_position_embeddings, "data.seq_len", || {
-            format!(
-                "{} exceeds model.max_position_embeddings = {}",
-                d.seq_len, m.max_position_embeddings
-            )
+        check(d.seq_len >= 4, "data.seq_len", || {
+            format!("{} is too short (at least 4)", d.seq_len)
         })?;
-        check((0.0..0.5).contains(&d.val_fraction), "data.val_fraction", || {
-            format!("{} is out of range (expected 0 to 0.5)", d.val_fraction)
+        check(
+            d.seq_len <= m.max_position_embeddings,
+            "data.seq_len",
+            || {
+                format!(
+                    "{} exceeds model.max_position_embeddings = {}",
+                    d.seq_len, m.max_position_embeddings
+                )
+            },
+        )?;
+        check(
+            (0.0..0.5).contains(&d.val_fraction),
+            "data.val_fraction",
+            || format!("{} is out of range (expected 0 to 0.5)", d.val_fraction),
+        )?;
+        check(d.min_frequency >= 1, "data.min_frequency", || {
+            "must be at least 1".into()
         })?;
-        check(d.min_frequency >= 1, "data.min_frequency", || "must be at least 1".into())?;
         check(d.generated_words >= 1000, "data.generated_words", || {
             format!("{} is too small (at least 1000)", d.generated_words)
         })?;
@@ -256,9 +285,11 @@ impl Config {
         check(o.kind == "mlm", "objective.kind", || {
             format!("unknown objective {:?} (expected \"mlm\")", o.kind)
         })?;
-        check(o.mask_prob > 0.0 && o.mask_prob < 1.0, "objective.mask_prob", || {
-            format!("{} is out of range (expected between 0 and 1)", o.mask_prob)
-        })?;
+        check(
+            o.mask_prob > 0.0 && o.mask_prob < 1.0,
+            "objective.mask_prob",
+            || format!("{} is out of range (expected between 0 and 1)", o.mask_prob),
+        )?;
         check_probability("objective.mask_token_prob", o.mask_token_prob)?;
         check_probability("objective.random_token_prob", o.random_token_prob)?;
         check(
@@ -268,26 +299,56 @@ impl Config {
         )?;
 
         let t = &self.train;
-        check(t.learning_rate > 0.0, "train.learning_rate", || "must be positive".into())?;
-        check((0.0..1.0).contains(&t.warmup_fraction), "train.warmup_fraction", || {
-            format!("{} is out of range (expected 0 to 1)", t.warmup_fraction)
+        check(t.learning_rate > 0.0, "train.learning_rate", || {
+            "must be positive".into()
         })?;
-        check(t.weight_decay >= 0.0, "train.weight_decay", || "must not be negative".into())?;
-        check((0.0..1.0).contains(&t.adam_beta1), "train.adam_beta1", || "expected 0 to 1".into())?;
-        check((0.0..1.0).contains(&t.adam_beta2), "train.adam_beta2", || "expected 0 to 1".into())?;
-        check(t.adam_epsilon > 0.0, "train.adam_epsilon", || "must be positive".into())?;
-        check(t.max_grad_norm >= 0.0, "train.max_grad_norm", || "must not be negative".into())?;
+        check(
+            (0.0..1.0).contains(&t.warmup_fraction),
+            "train.warmup_fraction",
+            || format!("{} is out of range (expected 0 to 1)", t.warmup_fraction),
+        )?;
+        check(t.weight_decay >= 0.0, "train.weight_decay", || {
+            "must not be negative".into()
+        })?;
+        check(
+            (0.0..1.0).contains(&t.adam_beta1),
+            "train.adam_beta1",
+            || "expected 0 to 1".into(),
+        )?;
+        check(
+            (0.0..1.0).contains(&t.adam_beta2),
+            "train.adam_beta2",
+            || "expected 0 to 1".into(),
+        )?;
+        check(t.adam_epsilon > 0.0, "train.adam_epsilon", || {
+            "must be positive".into()
+        })?;
+        check(t.max_grad_norm >= 0.0, "train.max_grad_norm", || {
+            "must not be negative".into()
+        })?;
         check(
             t.batch_size % t.grad_accum_steps == 0,
             "train.grad_accum_steps",
-            || format!("{} does not divide train.batch_size = {}", t.grad_accum_steps, t.batch_size),
+            || {
+                format!(
+                    "{} does not divide train.batch_size = {}",
+                    t.grad_accum_steps, t.batch_size
+                )
+            },
         )?;
         check(
             t.budget.is_empty() || parse_duration_secs(&t.budget).is_some(),
             "train.budget",
-            || format!("{:?} is not a duration (expected e.g. \"90s\", \"20m\", \"2h\")", t.budget),
+            || {
+                format!(
+                    "{:?} is not a duration (expected e.g. \"90s\", \"20m\", \"2h\")",
+                    t.budget
+                )
+            },
         )?;
-        check(t.log_every > 0, "train.log_every", || "must be at least 1".into())?;
+        check(t.log_every > 0, "train.log_every", || {
+            "must be at least 1".into()
+        })?;
         Ok(())
     }
 

@@ -50,14 +50,19 @@ pub fn resolve(source: &ConfigSource) -> Result<Config> {
     }
 
     let config: Config = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
-        Error::Config(format!("bad value for `{}`: {}", e.path(), e.inner().message()))
+        Error::Config(format!(
+            "bad value for `{}`: {}",
+            e.path(),
+            e.inner().message()
+        ))
     })?;
     config.validate()?;
     Ok(config)
 }
 
 fn read_table(path: &Path) -> Result<Table> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
     text.parse::<Table>()
         .map_err(|e| Error::Config(format!("{} is not valid TOML: {e}", path.display())))
 }
@@ -145,7 +150,9 @@ fn parse_raw(existing: &Value, raw: &str) -> Value {
         return Value::String(raw.to_string());
     }
     match format!("v = {raw}").parse::<Table>() {
-        Ok(mut table) => table.remove("v").unwrap_or_else(|| Value::String(raw.into())),
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.into())),
         Err(_) => Value::String(raw.to_string()),
     }
 }
@@ -208,7 +215,10 @@ mod tests {
 
     #[test]
     fn default_is_tiny() {
-        assert_eq!(resolve(&ConfigSource::default()).unwrap(), Preset::Tiny.config());
+        assert_eq!(
+            resolve(&ConfigSource::default()).unwrap(),
+            Preset::Tiny.config()
+        );
     }
 
     #[test]
@@ -217,13 +227,19 @@ mod tests {
         assert!(msg.contains("`model.hiden_size`"), "{msg}");
         assert!(msg.contains("hidden_size"), "lists the known keys: {msg}");
         let msg = error_of(&sets(&["modle.hidden_size=64"]));
-        assert!(msg.contains("`modle.hidden_size`") && msg.contains("model"), "{msg}");
+        assert!(
+            msg.contains("`modle.hidden_size`") && msg.contains("model"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn bad_values_name_the_key() {
         let msg = error_of(&sets(&["model.hidden_size=big"]));
-        assert!(msg.contains("`model.hidden_size`") && msg.contains("integer"), "{msg}");
+        assert!(
+            msg.contains("`model.hidden_size`") && msg.contains("integer"),
+            "{msg}"
+        );
         let msg = error_of(&sets(&["model.norm=middle"]));
         assert!(msg.contains("model.norm") && msg.contains("pre"), "{msg}");
         let msg = error_of(&sets(&["model.hidden_size=-5"]));
@@ -257,13 +273,20 @@ mod tests {
         assert_eq!(config.model.hidden_size, 256, "from the mini preset");
         assert_eq!(config.model.norm, Norm::Pre, "from the file");
         assert_eq!(config.train.learning_rate, 1.0, "integer accepted as float");
-        assert_eq!(config.train.batch_size, 16, "the last --set wins over the file");
+        assert_eq!(
+            config.train.batch_size, 16,
+            "the last --set wins over the file"
+        );
 
         let flag = ConfigSource {
             preset: Some("tiny".into()),
             ..source
         };
-        assert_eq!(resolve(&flag).unwrap().model.hidden_size, 128, "--preset wins");
+        assert_eq!(
+            resolve(&flag).unwrap().model.hidden_size,
+            128,
+            "--preset wins"
+        );
     }
 
     #[test]
@@ -279,7 +302,10 @@ mod tests {
         assert!(msg.contains("train.learning_rat"), "{msg}");
         std::fs::write(&file, "[train]\nbatch_size = \"lots\"\n").unwrap();
         let msg = error_of(&source);
-        assert!(msg.contains("train.batch_size") && msg.contains("bad.toml"), "{msg}");
+        assert!(
+            msg.contains("train.batch_size") && msg.contains("bad.toml"),
+            "{msg}"
+        );
         std::fs::write(&file, "[train\n").unwrap();
         let msg = error_of(&source);
         assert!(msg.contains("bad.toml") && msg.contains("TOML"), "{msg}");
@@ -287,7 +313,11 @@ mod tests {
 
     #[test]
     fn strings_need_no_quotes_and_resolved_config_round_trips() {
-        let config = resolve(&sets(&["data.corpus=/tmp/my corpus", "model.position=tupe-r"])).unwrap();
+        let config = resolve(&sets(&[
+            "data.corpus=/tmp/my corpus",
+            "model.position=tupe-r",
+        ]))
+        .unwrap();
         assert_eq!(config.data.corpus, "/tmp/my corpus");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");

@@ -135,28 +135,34 @@ pub struct Lexicon {
 const FUNCTION_WORDS: &[&str] = &[
     "the", "a", "an", "every", "this", "some", "many", "these", "all", "which", "who", "whom",
     "that", "in", "near", "with", "from", "of", "on", "for", "by", "about", "he", "she", "it",
-    "they", "his", "her", "its", "their", "is", "are", "works", "work", "lives", "live",
-    "makes", "make", "employs", "employ", "based", "known", "town", "friend", "people",
-    "person", "very", "often", "also", "not", "and", "guild", "company", "council", "bank",
-    "society", "press", "union", "s", "es",
+    "they", "his", "her", "its", "their", "is", "are", "works", "work", "lives", "live", "makes",
+    "make", "employs", "employ", "based", "known", "town", "friend", "people", "person", "very",
+    "often", "also", "not", "and", "guild", "company", "council", "bank", "society", "press",
+    "union", "s", "es",
 ];
 const PREPOSITIONS: &[&str] = &["in", "near", "with", "from", "of", "on", "by", "about"];
-const ORG_KINDS: &[&str] = &["Guild", "Company", "Council", "Bank", "Society", "Press", "Union"];
+const ORG_KINDS: &[&str] = &[
+    "Guild", "Company", "Council", "Bank", "Society", "Press", "Union",
+];
 
 const ONSETS: &[&str] = &[
-    "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
-    "br", "cr", "dr", "fl", "gl", "gr", "pl", "pr", "sk", "sl", "sn", "st", "tr", "ch", "sh",
-    "th", "",
+    "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br",
+    "cr", "dr", "fl", "gl", "gr", "pl", "pr", "sk", "sl", "sn", "st", "tr", "ch", "sh", "th", "",
 ];
-const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "a", "e", "o", "ai", "ea", "ou", "oo", "y"];
-const CODAS: &[&str] = &["", "", "", "n", "r", "l", "m", "t", "nd", "rk", "st", "ng", "x"];
+const VOWELS: &[&str] = &[
+    "a", "e", "i", "o", "u", "a", "e", "o", "ai", "ea", "ou", "oo", "y",
+];
+const CODAS: &[&str] = &[
+    "", "", "", "n", "r", "l", "m", "t", "nd", "rk", "st", "ng", "x",
+];
 
 fn syllables(rng: &mut Rng, count: usize) -> String {
     let mut s = String::new();
     for _ in 0..count {
-        s.push_str(*rng.pick(ONSETS));
-        s.push_str(*rng.pick(VOWELS));
-        s.push_str(*rng.pick(CODAS));
+        for part in [ONSETS, VOWELS, CODAS] {
+            let piece: &&str = rng.pick(part);
+            s.push_str(piece);
+        }
     }
     s
 }
@@ -185,7 +191,12 @@ struct WordMint {
 
 impl WordMint {
     /// A fresh word whose derived forms are fresh too; all are reserved.
-    fn fresh(&mut self, min_syl: usize, max_syl: usize, forms: impl Fn(&str) -> Vec<String>) -> String {
+    fn fresh(
+        &mut self,
+        min_syl: usize,
+        max_syl: usize,
+        forms: impl Fn(&str) -> Vec<String>,
+    ) -> String {
         loop {
             let n = min_syl + self.rng.below(max_syl - min_syl + 1);
             let stem = syllables(&mut self.rng, n);
@@ -274,7 +285,12 @@ impl Lexicon {
             add(&n.sg, Tag::Nominal(Number::Sg));
             add(&n.pl, Tag::Nominal(Number::Pl));
         }
-        for v in self.intransitive.iter().chain(&self.transitive).chain(&self.saying) {
+        for v in self
+            .intransitive
+            .iter()
+            .chain(&self.transitive)
+            .chain(&self.saying)
+        {
             add(&v.sg, Tag::Verb(Number::Sg));
             add(&v.pl, Tag::Verb(Number::Pl));
         }
@@ -282,14 +298,23 @@ impl Lexicon {
             add(sg, Tag::Verb(Number::Sg));
             add(pl, Tag::Verb(Number::Pl));
         }
-        let names = self.first_names.iter().chain(&self.surnames).chain(&self.places);
+        let names = self
+            .first_names
+            .iter()
+            .chain(&self.surnames)
+            .chain(&self.places);
         for n in names.chain(&self.countries).chain(&self.org_names) {
             add(n, Tag::Nominal(Number::Sg));
         }
         for k in ORG_KINDS {
             add(k, Tag::Nominal(Number::Sg));
         }
-        for (w, n) in [("he", Number::Sg), ("she", Number::Sg), ("it", Number::Sg), ("they", Number::Pl)] {
+        for (w, n) in [
+            ("he", Number::Sg),
+            ("she", Number::Sg),
+            ("it", Number::Sg),
+            ("they", Number::Pl),
+        ] {
             add(w, Tag::Nominal(n));
         }
         add("person", Tag::Nominal(Number::Sg));
@@ -387,7 +412,9 @@ impl World {
         }
         World {
             people,
-            place_country: (0..PLACES).map(|_| rng.below(lex.countries.len())).collect(),
+            place_country: (0..PLACES)
+                .map(|_| rng.below(lex.countries.len()))
+                .collect(),
             place_known_for: (0..PLACES).map(|_| rng.below(lex.nouns.len())).collect(),
             orgs,
             residents,
@@ -477,7 +504,9 @@ impl<'a> Writer<'a> {
     fn determiner(&mut self, n: Number) {
         let d = match n {
             Number::Sg => *self.rng.pick(&["the", "the", "a", "every", "this"]),
-            Number::Pl => *self.rng.pick(&["the", "the", "some", "many", "these", "all"]),
+            Number::Pl => *self
+                .rng
+                .pick(&["the", "the", "some", "many", "these", "all"]),
         };
         self.word(d);
     }
@@ -532,7 +561,13 @@ impl<'a> Writer<'a> {
     }
 
     /// `, which V …,` (subject relative) or `, which NP V ,` (object relative).
-    fn relative_clause(&mut self, head: Number, topic: Option<usize>, rel_depth: usize, closed: bool) {
+    fn relative_clause(
+        &mut self,
+        head: Number,
+        topic: Option<usize>,
+        rel_depth: usize,
+        closed: bool,
+    ) {
         self.word(",");
         if self.rng.chance(0.55) {
             let w = *self.rng.pick(&["which", "who"]);
@@ -646,7 +681,7 @@ impl<'a> Writer<'a> {
                     }
                     _ => {
                         let w = *self.rng.pick(&["many", "some"]);
-            self.word(w);
+                        self.word(w);
                         self.word(&self.lex.nouns[person.occupation].pl.clone());
                         self.word("in");
                         self.word(&self.lex.places[person.home].clone());

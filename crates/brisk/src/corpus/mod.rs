@@ -86,7 +86,13 @@ impl Stages {
 /// Prepares a corpus into `out` (which must exist): tokenizer, word counts,
 /// shards and manifest. The manifest is written last, so a directory without
 /// one is an unfinished preparation.
-pub fn prepare(data: &DataConfig, vocab_size: usize, input: &Input, out: &Path, verbose: bool) -> Result<PrepareReport> {
+pub fn prepare(
+    data: &DataConfig,
+    vocab_size: usize,
+    input: &Input,
+    out: &Path,
+    verbose: bool,
+) -> Result<PrepareReport> {
     let mut stages = Stages::new(verbose);
 
     let sources: Vec<TextSource> = match input {
@@ -103,7 +109,12 @@ pub fn prepare(data: &DataConfig, vocab_size: usize, input: &Input, out: &Path, 
     }
     stages.finish(
         "read",
-        format!("{:.1} MB, {} files, {} documents", text_bytes as f64 / 1e6, sources.len(), docs.len()),
+        format!(
+            "{:.1} MB, {} files, {} documents",
+            text_bytes as f64 / 1e6,
+            sources.len(),
+            docs.len()
+        ),
     );
 
     let given = (!data.tokenizer.is_empty()).then(|| PathBuf::from(&data.tokenizer));
@@ -113,13 +124,24 @@ pub fn prepare(data: &DataConfig, vocab_size: usize, input: &Input, out: &Path, 
     };
     let index = words::index_words(&docs, &WordSplitter::new(&splitting))?;
     let total_words = index.total();
-    stages.finish("words", format!("{total_words} words, {} types", index.words.len()));
+    stages.finish(
+        "words",
+        format!("{total_words} words, {} types", index.words.len()),
+    );
 
     let tok = match given {
         Some(_) => splitting,
         None => {
-            let t = tokenizer::train_wordpiece(&index.words, vocab_size, data.min_frequency, data.lowercase)?;
-            stages.finish("vocab", format!("{} WordPiece entries", t.get_vocab_size(true)));
+            let t = tokenizer::train_wordpiece(
+                &index.words,
+                vocab_size,
+                data.min_frequency,
+                data.lowercase,
+            )?;
+            stages.finish(
+                "vocab",
+                format!("{} WordPiece entries", t.get_vocab_size(true)),
+            );
             t
         }
     };
@@ -144,7 +166,14 @@ pub fn prepare(data: &DataConfig, vocab_size: usize, input: &Input, out: &Path, 
     let (train_docs, validation_docs) = (split_docs(Split::Train), split_docs(Split::Validation));
     let write = |split: Split, docs: &[&[u32]]| -> Result<(shards::SplitInfo, shards::Packed)> {
         let packed = shards::pack(docs, &table, data.seq_len, special);
-        let info = shards::write_split(out, split, &packed, docs.len(), data.seq_len, data.shard_sequences)?;
+        let info = shards::write_split(
+            out,
+            split,
+            &packed,
+            docs.len(),
+            data.seq_len,
+            data.shard_sequences,
+        )?;
         Ok((info, packed))
     };
     let (train, train_packed) = write(Split::Train, &train_docs)?;
@@ -157,7 +186,10 @@ pub fn prepare(data: &DataConfig, vocab_size: usize, input: &Input, out: &Path, 
     drop(train_packed);
     stages.finish(
         "pack",
-        format!("{} + {} sequences of {}", train.sequences, validation.sequences, data.seq_len),
+        format!(
+            "{} + {} sequences of {}",
+            train.sequences, validation.sequences, data.seq_len
+        ),
     );
 
     let manifest = Manifest {

@@ -74,9 +74,16 @@ impl Split {
 /// to validation when its hash falls below `fraction`. At least one document
 /// is held out when `fraction > 0` and there are two or more documents.
 pub fn assign_splits(documents: usize, fraction: f64, seed: u64) -> Vec<Split> {
-    let unit = |i: usize| (splitmix64(seed ^ splitmix64(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
+    let unit =
+        |i: usize| (splitmix64(seed ^ splitmix64(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
     let mut splits: Vec<Split> = (0..documents)
-        .map(|i| if unit(i) < fraction { Split::Validation } else { Split::Train })
+        .map(|i| {
+            if unit(i) < fraction {
+                Split::Validation
+            } else {
+                Split::Train
+            }
+        })
         .collect();
     let none_held_out = !splits.contains(&Split::Validation);
     if fraction > 0.0 && documents >= 2 && none_held_out {
@@ -212,7 +219,10 @@ pub fn pack(docs: &[&[u32]], table: &PieceTable, seq_len: usize, special: Specia
             (t[0], t[seq_len - 1]) = (special.cls, special.sep);
             (w[0], w[seq_len - 1]) = (WordId::NONE.0, WordId::NONE.0);
         });
-    let (token_out, word_out) = (SharedOut(tokens.as_mut_ptr()), SharedOut(words.as_mut_ptr()));
+    let (token_out, word_out) = (
+        SharedOut(tokens.as_mut_ptr()),
+        SharedOut(words.as_mut_ptr()),
+    );
     docs.par_iter().zip(&offsets).for_each(|(doc, &offset)| {
         let mut k = offset;
         let mut put = |token: u32, word: WordId| {
@@ -282,7 +292,14 @@ pub fn token_counts(tokens: &[u32], vocab_size: usize, special: SpecialIds) -> V
 
 /// Writes a packed split as shards of `shard_sequences` sequences (in
 /// parallel) and returns the split's manifest entry.
-pub fn write_split(dir: &Path, split: Split, packed: &Packed, documents: usize, seq_len: usize, shard_sequences: usize) -> Result<SplitInfo> {
+pub fn write_split(
+    dir: &Path,
+    split: Split,
+    packed: &Packed,
+    documents: usize,
+    seq_len: usize,
+    shard_sequences: usize,
+) -> Result<SplitInfo> {
     let per_shard = shard_sequences * seq_len;
     let shards = packed
         .tokens
@@ -315,7 +332,8 @@ pub fn write_split(dir: &Path, split: Split, packed: &Packed, documents: usize, 
 fn write_u32s(path: &Path, values: &[u32]) -> Result<String> {
     // Safety: u32 has no padding and any byte pattern is a valid u8; the
     // machine is little-endian (checked at compile time above).
-    let bytes = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4) };
+    let bytes =
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4) };
     let digest = hex(&Sha256::digest(bytes));
     crate::run::write_atomic(path, bytes)?;
     Ok(digest)
@@ -404,7 +422,10 @@ impl PreparedCorpus {
     pub fn verify_checksums(&self) -> Result<()> {
         for split in [Split::Train, Split::Validation] {
             for s in &self.manifest.split(split).shards {
-                for (file, want) in [(&s.tokens_file, &s.tokens_sha256), (&s.words_file, &s.words_sha256)] {
+                for (file, want) in [
+                    (&s.tokens_file, &s.tokens_sha256),
+                    (&s.words_file, &s.words_sha256),
+                ] {
                     let path = self.dir.join(file);
                     if &sha256_file(&path)? != want {
                         return Err(Error::data(&path, "checksum does not match the manifest"));
@@ -452,7 +473,10 @@ fn map_file(path: &Path, expect_bytes: usize) -> Result<Mmap> {
     if map.len() != expect_bytes {
         return Err(Error::data(
             path,
-            format!("shard has {} bytes, the manifest implies {expect_bytes}", map.len()),
+            format!(
+                "shard has {} bytes, the manifest implies {expect_bytes}",
+                map.len()
+            ),
         ));
     }
     Ok(map)
@@ -461,7 +485,10 @@ fn map_file(path: &Path, expect_bytes: usize) -> Result<Mmap> {
 fn as_u32s(bytes: &[u8]) -> &[u32] {
     // Mappings are page-aligned and sizes are checked to be multiples of 4.
     let (head, body, tail) = unsafe { bytes.align_to::<u32>() };
-    assert!(head.is_empty() && tail.is_empty(), "shard mapping is not u32-aligned");
+    assert!(
+        head.is_empty() && tail.is_empty(),
+        "shard mapping is not u32-aligned"
+    );
     body
 }
 
@@ -486,7 +513,13 @@ mod tests {
         assert_ne!(a, assign_splits(10_000, 0.05, 8));
         let held = a.iter().filter(|s| **s == Split::Validation).count();
         assert!((400..600).contains(&held), "{held}");
-        assert_eq!(assign_splits(2, 0.01, 1).iter().filter(|s| **s == Split::Validation).count(), 1);
+        assert_eq!(
+            assign_splits(2, 0.01, 1)
+                .iter()
+                .filter(|s| **s == Split::Validation)
+                .count(),
+            1
+        );
         assert!(assign_splits(5, 0.0, 1).iter().all(|s| *s == Split::Train));
     }
 }

@@ -129,7 +129,10 @@ pub fn read_text(path: &Path) -> Result<TextSource> {
     let mut text = String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let whose = if gz { " of the decompressed text" } else { "" };
-        Error::data(path, format!("invalid UTF-8 at byte offset {offset}{whose}"))
+        Error::data(
+            path,
+            format!("invalid UTF-8 at byte offset {offset}{whose}"),
+        )
     })?;
     if text.starts_with('\u{feff}') {
         text.drain(..3);

@@ -244,7 +244,9 @@ fn breaks_words(c: char) -> bool {
 fn bert_ascii_equivalent(tokenizer: &Tokenizer) -> Option<bool> {
     let normalizer = serde_json::to_value(tokenizer.get_normalizer()?).ok()?;
     let pre = serde_json::to_value(tokenizer.get_pre_tokenizer()?).ok()?;
-    let is = |v: &serde_json::Value, key: &str, want: &str| v.get(key).map(|x| x.to_string()) == Some(want.into());
+    let is = |v: &serde_json::Value, key: &str, want: &str| {
+        v.get(key).map(|x| x.to_string()) == Some(want.into())
+    };
     (is(&normalizer, "type", "\"BertNormalizer\"")
         && is(&normalizer, "clean_text", "true")
         && is(&pre, "type", "\"BertPreTokenizer\""))
@@ -374,10 +376,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn tiny_tokenizer(lowercase: bool) -> Tokenizer {
-        let words: Vec<(String, u64)> = ["the", "cat", "sat", "on", "mat", "hello", "world", ",", "."]
-            .iter()
-            .map(|w| (w.to_string(), 10))
-            .collect();
+        let words: Vec<(String, u64)> =
+            ["the", "cat", "sat", "on", "mat", "hello", "world", ",", "."]
+                .iter()
+                .map(|w| (w.to_string(), 10))
+                .collect();
         train_wordpiece(&words, 100, 1, lowercase).unwrap()
     }
 
@@ -393,7 +396,9 @@ mod tests {
     fn split_hf(splitter: &WordSplitter, text: &str) -> Vec<String> {
         let mut out = Vec::new();
         for line in text.split('\n') {
-            splitter.hf_words(line, &mut |w| out.push(w.to_string())).unwrap();
+            splitter
+                .hf_words(line, &mut |w| out.push(w.to_string()))
+                .unwrap();
         }
         out
     }
@@ -402,9 +407,15 @@ mod tests {
     fn trained_vocab_starts_with_special_tokens() {
         let t = tiny_tokenizer(true);
         let ids = SpecialIds::of(&t, "test").unwrap();
-        assert_eq!((ids.pad, ids.unk, ids.cls, ids.sep, ids.mask), (0, 1, 2, 3, 4));
+        assert_eq!(
+            (ids.pad, ids.unk, ids.cls, ids.sep, ids.mask),
+            (0, 1, 2, 3, 4)
+        );
         let enc = t.encode("Hello, world.", true).unwrap();
-        assert_eq!(enc.get_tokens(), ["[CLS]", "hello", ",", "world", ".", "[SEP]"]);
+        assert_eq!(
+            enc.get_tokens(),
+            ["[CLS]", "hello", ",", "world", ".", "[SEP]"]
+        );
     }
 
     #[test]

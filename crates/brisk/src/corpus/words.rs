@@ -5,7 +5,6 @@
 //! Documents are split in parallel chunks, each with its own small table;
 //! the tables are merged in parallel by hash bucket, so no lock is shared.
 
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::Write;
 use std::path::Path;
 
@@ -46,10 +45,13 @@ const BUCKETS: usize = 256;
 const CHUNK_BYTES: usize = 4 << 20;
 
 fn bucket_of(word: &str) -> u16 {
-    let mut hasher = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
-    word.hash(&mut hasher);
-    (hasher.finish() % BUCKETS as u64) as u16
+    let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(word);
+    (hash % BUCKETS as u64) as u16
 }
+
+/// One hash bucket after merging: its distinct words with their counts, and
+/// `(chunk, local id, index in the bucket)` for every chunk word in it.
+type MergedBucket = (Vec<(String, u64)>, Vec<(u32, u32, u32)>);
 
 /// Splits every document into words and counts them.
 pub fn index_words(docs: &[&str], splitter: &WordSplitter) -> Result<WordIndex> {
@@ -113,7 +115,7 @@ fn index_chunk(docs: &[&str], splitter: &WordSplitter) -> Result<LocalIndex> {
 fn merge(locals: Vec<LocalIndex>) -> WordIndex {
     // Per bucket: the bucket's distinct words with counts, and for every
     // (chunk, local id) in the bucket its index in the bucket.
-    let per_bucket: Vec<(Vec<(String, u64)>, Vec<(u32, u32, u32)>)> = (0..BUCKETS)
+    let per_bucket: Vec<MergedBucket> = (0..BUCKETS)
         .into_par_iter()
         .map(|b| {
             let mut index: AHashMap<&str, u32> = AHashMap::new();
@@ -224,9 +226,15 @@ mod tests {
             .collect();
         let index = merge(locals);
         let table: Vec<(&str, u64)> = index.words.iter().map(|(w, c)| (w.as_str(), *c)).collect();
-        assert_eq!(table, [("dog", 4), ("the", 3), ("cat", 2), (".", 1), ("a", 1)]);
+        assert_eq!(
+            table,
+            [("dog", 4), ("the", 3), ("cat", 2), (".", 1), ("a", 1)]
+        );
         let words = |d: usize| -> Vec<&str> {
-            index.docs[d].iter().map(|&i| index.words[i as usize].0.as_str()).collect()
+            index.docs[d]
+                .iter()
+                .map(|&i| index.words[i as usize].0.as_str())
+                .collect()
         };
         assert_eq!(words(0), ["the", "cat", ".", "the", "dog"]);
         assert_eq!(words(2), ["dog", "dog", "dog", "the"]);

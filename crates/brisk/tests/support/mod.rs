@@ -32,7 +32,13 @@ pub fn small_data() -> DataConfig {
 }
 
 /// Prepares `input` into a fresh directory inside `root`.
-pub fn prepare(root: &Path, name: &str, data: &DataConfig, vocab: usize, input: Input) -> brisk::Result<(PathBuf, PrepareReport)> {
+pub fn prepare(
+    root: &Path,
+    name: &str,
+    data: &DataConfig,
+    vocab: usize,
+    input: Input,
+) -> brisk::Result<(PathBuf, PrepareReport)> {
     let out = root.join(name);
     std::fs::create_dir_all(&out).unwrap();
     let report = corpus::prepare(data, vocab, &input, &out, false)?;

@@ -1,0 +1,229 @@
+//! The `brisk` binary: exit codes, error messages, config precedence and the
+//! run directory.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn brisk(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_brisk"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the brisk binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Flags for a quick built-in corpus.
+const SMALL: &[&str] = &[
+    "--set",
+    "data.generated_words=20000",
+    "--set",
+    "data.seq_len=64",
+    "--vocab-size",
+    "1000",
+    "--quiet",
+];
+
+fn prepare(cwd: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["corpus", "prepare"];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(extra);
+    brisk(&args, cwd)
+}
+
+#[test]
+fn help_explains_every_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = brisk(&["corpus", "prepare", "--help"], dir.path());
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--input",
+        "--tokenizer",
+        "--vocab-size",
+        "--config",
+        "--preset",
+        "--set",
+        "--out",
+        "--force",
+        "--seed",
+        "--threads",
+    ] {
+        assert!(help.contains(flag), "help lacks {flag}:\n{help}");
+    }
+    assert!(brisk(&["--help"], dir.path()).status.success());
+    assert!(brisk(&["corpus", "generate", "--help"], dir.path())
+        .status
+        .success());
+    assert_eq!(
+        brisk(&["corpus", "prepare", "--bogus"], dir.path())
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn config_errors_exit_2_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = prepare(dir.path(), &["--set", "model.hiden_size=64"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("model.hiden_size"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = prepare(dir.path(), &["--set", "data.val_fraction=lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("data.val_fraction"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = prepare(dir.path(), &["--preset", "huge"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("huge") && stderr(&out).contains("tiny"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = prepare(dir.path(), &["--config", "missing.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"));
+    assert!(
+        !dir.path().join("runs").exists(),
+        "nothing is written for a bad config"
+    );
+}
+
+#[test]
+fn bad_input_exits_non_zero_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.txt"), b"ok\n\xc3\x28 broken\n").unwrap();
+    let out = prepare(dir.path(), &["--input", "bad.txt", "--out", "run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.txt") && err.contains("byte offset 3"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn run_directory_records_the_resolved_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "preset = \"mini\"\n[data]\nval_fraction = 0.1\nseq_len = 32\n";
+    std::fs::write(dir.path().join("run.toml"), toml).unwrap();
+    // --set (here through SMALL: seq_len 64) beats the file, which beats the preset.
+    let out = prepare(
+        dir.path(),
+        &["--config", "run.toml", "--out", "run", "--seed", "77"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.path().join("run");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let config: toml::Table = config.parse().unwrap();
+    assert_eq!(config["preset"].as_str(), Some("mini"));
+    assert_eq!(config["model"]["hidden_size"].as_integer(), Some(256));
+    assert_eq!(config["model"]["vocab_size"].as_integer(), Some(1000));
+    assert_eq!(config["data"]["seq_len"].as_integer(), Some(64));
+    assert_eq!(config["data"]["val_fraction"].as_float(), Some(0.1));
+    assert_eq!(config["data"]["seed"].as_integer(), Some(77));
+    for file in [
+        "provenance.json",
+        "manifest.json",
+        "summary.json",
+        "tokenizer.json",
+        "word_counts.tsv",
+    ] {
+        assert!(run.join(file).exists(), "{file}");
+    }
+    let provenance: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap())
+            .unwrap();
+    for key in [
+        "brisk_version",
+        "git_commit",
+        "command_line",
+        "cpu_model",
+        "threads",
+        "start_time",
+    ] {
+        assert!(provenance.get(key).is_some(), "provenance lacks {key}");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["seq_len"], 64);
+
+    // The run is not overwritten by accident.
+    let again = prepare(dir.path(), &["--out", "run"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    let forced = prepare(dir.path(), &["--out", "run", "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+
+    // The written config repeats the run.
+    let repeat = brisk(
+        &[
+            "corpus",
+            "prepare",
+            "--config",
+            "run/config.toml",
+            "--out",
+            "again",
+            "-q",
+        ],
+        dir.path(),
+    );
+    assert!(repeat.status.success(), "{}", stderr(&repeat));
+    let a = std::fs::read_to_string(dir.path().join("run/config.toml")).unwrap();
+    let b = std::fs::read_to_string(dir.path().join("again/config.toml")).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn default_run_directory_is_named_for_command_and_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = prepare(dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs: Vec<String> = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let name = &runs[0];
+    assert!(
+        name.starts_with("corpus-tiny-") && name.len() == "corpus-tiny-20261123-170405".len(),
+        "{name}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("MB/s"), "prints throughput: {stdout}");
+}
+
+#[test]
+fn generate_writes_the_built_in_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = brisk(
+        &[
+            "corpus", "generate", "--words", "3000", "--out", "gen.txt", "--stats",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(dir.path().join("gen.txt")).unwrap();
+    assert!(text.split_whitespace().count() > 2000);
+    assert!(stderr(&out).contains("zipf_slope"));
+    let again = brisk(
+        &["corpus", "generate", "--words", "3000", "--out", "gen.txt"],
+        dir.path(),
+    );
+    assert_eq!(again.status.code(), Some(2));
+}
