@@ -8,7 +8,7 @@ use std::path::Path;
 use brisk::corpus::generated;
 use brisk::corpus::shards::{assign_splits, PreparedCorpus, Split, WordId};
 use brisk::corpus::text::documents;
-use brisk::corpus::tokenizer::{load_tokenizer, SpecialIds, WordSplitter};
+use brisk::corpus::tokenizer::{load_tokenizer, Scratch, SpecialIds, WordSplitter};
 use brisk::corpus::words::read_word_counts;
 use brisk::corpus::Input;
 use support::{gzip, prepare, shared_dir, small_data, write};
@@ -229,7 +229,7 @@ fn check_packing(out: &Path, docs: &[&str], val_fraction: f64, seed: u64) {
         // The stream as the HF tokenizer encodes it: each document, then [SEP].
         let mut expect_tokens = Vec::new();
         let mut expect_words = Vec::new();
-        let mut scratch = String::new();
+        let mut scratch = Scratch::default();
         for (doc, _) in docs.iter().zip(&splits).filter(|(_, s)| **s == split) {
             let enc = tokenizer.encode(*doc, false).unwrap();
             expect_tokens.extend_from_slice(enc.get_ids());
