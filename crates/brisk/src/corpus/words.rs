@@ -43,7 +43,7 @@ struct LocalIndex {
 const BUCKETS: usize = 256;
 /// Bytes of text per parallel chunk: large enough that the per-chunk tables
 /// stay few, small enough to balance two or more threads.
-const CHUNK_BYTES: usize = 4 << 20;
+const CHUNK_BYTES: usize = 16 << 20;
 
 fn bucket_of(word: &str) -> u16 {
     let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(word);
