@@ -329,13 +329,21 @@ pub fn write_split(
 }
 
 /// Writes `values` as little-endian bytes and returns their SHA-256.
+///
+/// Written to a temporary name and renamed, but not synced: shards are
+/// derived data, their sizes and checksums are in the manifest (which is
+/// synced, and written after them), so a shard torn by a crash is detected
+/// on opening or by [`PreparedCorpus::verify_checksums`]. Syncing would cost
+/// a tenth of the preparation time on large corpora.
 fn write_u32s(path: &Path, values: &[u32]) -> Result<String> {
     // Safety: u32 has no padding and any byte pattern is a valid u8; the
     // machine is little-endian (checked at compile time above).
     let bytes =
         unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4) };
     let digest = hex(&Sha256::digest(bytes));
-    crate::run::write_atomic(path, bytes)?;
+    let tmp = crate::run::temporary_sibling(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(digest)
 }
 

@@ -22,12 +22,12 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use unicode_categories::UnicodeCategories;
-use unicode_normalization_alignments::UnicodeNormalization;
 use tokenizers::{
     AddedToken, Model, NormalizedString, Normalizer, OffsetReferential, OffsetType,
     PreTokenizedString, PreTokenizer, Tokenizer,
 };
+use unicode_categories::UnicodeCategories;
+use unicode_normalization_alignments::UnicodeNormalization;
 
 use crate::error::{Error, Result};
 
@@ -288,7 +288,9 @@ fn bert_flags(tokenizer: &Tokenizer) -> Option<BertFlags> {
     let lowercase = field(&normalizer, "lowercase").as_bool()?;
     Some(BertFlags {
         chinese: field(&normalizer, "handle_chinese_chars").as_bool()?,
-        strip_accents: field(&normalizer, "strip_accents").as_bool().unwrap_or(lowercase),
+        strip_accents: field(&normalizer, "strip_accents")
+            .as_bool()
+            .unwrap_or(lowercase),
         lowercase,
     })
 }
@@ -322,7 +324,12 @@ fn is_bert_punctuation(c: char) -> bool {
 /// in the normaliser's order: clean, space out CJK, strip accents (NFD, drop
 /// non-spacing marks), lowercase; then split at whitespace and isolate
 /// punctuation.
-fn unicode_words(piece: &str, flags: BertFlags, scratch: &mut Scratch, emit: &mut impl FnMut(&str)) {
+fn unicode_words(
+    piece: &str,
+    flags: BertFlags,
+    scratch: &mut Scratch,
+    emit: &mut impl FnMut(&str),
+) {
     let cleaned = &mut scratch.buf;
     cleaned.clear();
     for c in piece.chars().filter(|&c| !is_deleted(c)) {
