@@ -33,6 +33,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     Data { path: PathBuf, message: String },
 
+    /// A tensor operation failed (shapes, dtypes, devices).
+    #[error("tensor: {0}")]
+    Tensor(String),
+
     /// The tokenizer library reported a failure.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -56,6 +60,12 @@ impl Error {
             path: path.as_ref().to_path_buf(),
             message: message.into(),
         }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Tensor(e.to_string())
     }
 }
 

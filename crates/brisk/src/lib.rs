@@ -4,11 +4,13 @@
 //! The modules follow the data flow:
 //! - [`config`]: TOML run configs, presets and overrides;
 //! - [`corpus`]: raw text → tokenizer → word counts → packed shards;
+//! - [`model`]: the BERT encoder and its heads;
 //! - [`run`]: run directories, provenance and atomic writes.
 
 pub mod config;
 pub mod corpus;
 pub mod error;
+pub mod model;
 pub mod run;
 
 pub use error::{Error, Result};

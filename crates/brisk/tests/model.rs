@@ -1,0 +1,296 @@
+//! The BERT model: gradients reach every parameter, attention and LayerNorm
+//! match finite differences, dropout is on only in training, and tensor
+//! names follow HuggingFace.
+
+use brisk::config::{ModelConfig, Norm, Preset};
+use brisk::corpus::generated::Rng;
+use brisk::model::attention::{attention, Logits};
+use brisk::model::norm::layer_norm;
+use brisk::model::{BertForMaskedLm, Ctx, Params};
+use candle_core::{DType, Device, Tensor, Var};
+
+fn tiny_config(norm: Norm) -> ModelConfig {
+    let mut cfg = Preset::Tiny.config().model;
+    cfg.vocab_size = 50;
+    cfg.hidden_size = 16;
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 2;
+    cfg.intermediate_size = 32;
+    cfg.max_position_embeddings = 12;
+    cfg.norm = norm;
+    cfg
+}
+
+fn u32s(values: Vec<u32>, shape: (usize, usize)) -> Tensor {
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+/// A batch of 2 × 10 with two padded positions, and 6 predicted rows.
+fn batch() -> (Tensor, Tensor, Tensor, Tensor) {
+    let mut rng = Rng::new(3);
+    let ids: Vec<u32> = (0..20).map(|_| 5 + rng.below(45) as u32).collect();
+    let mut mask = vec![1u32; 20];
+    mask[18] = 0;
+    mask[19] = 0;
+    let rows = Tensor::new(&[1u32, 4, 7, 10, 13, 16], &Device::Cpu).unwrap();
+    let targets = Tensor::new(&[6u32, 7, 8, 9, 10, 11], &Device::Cpu).unwrap();
+    (u32s(ids, (2, 10)), u32s(mask, (2, 10)), rows, targets)
+}
+
+#[test]
+fn every_parameter_gets_a_finite_non_zero_gradient() {
+    for norm in [Norm::Post, Norm::Pre] {
+        let cfg = tiny_config(norm);
+        let mut params = Params::new(Device::Cpu, DType::F32);
+        let model = BertForMaskedLm::new(&cfg, &mut params, 1).unwrap();
+        let (ids, mask, rows, targets) = batch();
+        let mut rng = Rng::new(9);
+        let loss = model
+            .loss(
+                &ids,
+                Some(&mask),
+                &rows,
+                &targets,
+                &mut Ctx::train(&mut rng),
+            )
+            .unwrap();
+        let loss_value = loss.to_scalar::<f32>().unwrap();
+        // An untrained model is close to uniform over the vocabulary.
+        assert!((loss_value - (50f32).ln()).abs() < 0.5, "{loss_value}");
+        let grads = loss.backward().unwrap();
+        for (name, var) in params.iter() {
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{norm:?}: {name} gets no gradient"));
+            let values: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{norm:?}: {name} has a non-finite gradient"
+            );
+            let size: f32 = values.iter().map(|v| v.abs()).sum();
+            assert!(size > 0.0, "{norm:?}: {name} has a zero gradient");
+        }
+    }
+}
+
+#[test]
+fn tensor_names_follow_huggingface() {
+    let mut cfg = tiny_config(Norm::Post);
+    cfg.num_hidden_layers = 1;
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    BertForMaskedLm::new(&cfg, &mut params, 1).unwrap();
+    let mut names: Vec<&str> = params.iter().map(|(n, _)| n).collect();
+    names.sort_unstable();
+    let mut expect = vec![
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight",
+        "bert.embeddings.LayerNorm.weight",
+        "bert.embeddings.LayerNorm.bias",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.bias",
+    ];
+    let layer = [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "attention.output.LayerNorm",
+        "intermediate.dense",
+        "output.dense",
+        "output.LayerNorm",
+    ];
+    let owned: Vec<String> = layer
+        .iter()
+        .flat_map(|p| ["weight", "bias"].map(|s| format!("bert.encoder.layer.0.{p}.{s}")))
+        .collect();
+    expect.extend(owned.iter().map(String::as_str));
+    expect.sort_unstable();
+    assert_eq!(names, expect);
+    // HF shapes: Linear weights are [out, in].
+    let ffn = params
+        .get("bert.encoder.layer.0.intermediate.dense.weight")
+        .unwrap();
+    assert_eq!(ffn.dims(), &[32, 16]);
+}
+
+#[test]
+fn dropout_is_seeded_in_training_and_off_in_evaluation() {
+    let cfg = tiny_config(Norm::Post);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = BertForMaskedLm::new(&cfg, &mut params, 1).unwrap();
+    let (ids, mask, rows, _) = batch();
+    let run = |ctx: &mut Ctx| -> Vec<f32> {
+        let logits = model.forward(&ids, Some(&mask), &rows, ctx).unwrap();
+        logits.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let eval = run(&mut Ctx::eval());
+    assert_eq!(eval, run(&mut Ctx::eval()), "evaluation is deterministic");
+    let (mut a, mut b, mut c) = (Rng::new(5), Rng::new(5), Rng::new(6));
+    let train_a = run(&mut Ctx::train(&mut a));
+    assert_eq!(
+        train_a,
+        run(&mut Ctx::train(&mut b)),
+        "same seed, same dropout"
+    );
+    assert_ne!(
+        train_a,
+        run(&mut Ctx::train(&mut c)),
+        "another seed, other dropout"
+    );
+    assert_ne!(train_a, eval, "dropout is on in training");
+
+    // The same seed gives the same initial weights.
+    let mut again = Params::new(Device::Cpu, DType::F32);
+    BertForMaskedLm::new(&cfg, &mut again, 1).unwrap();
+    for ((_, x), (_, y)) in params.iter().zip(again.iter()) {
+        let d = (x.as_tensor() - y.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
+
+fn logits<'a>(bias: Option<&'a Tensor>, pad_mask: Option<&'a Tensor>) -> Logits<'a> {
+    Logits {
+        scale: 0.5,
+        bias,
+        pad_mask,
+    }
+}
+
+fn random(shape: &[usize], rng: &mut Rng) -> Var {
+    let n: usize = shape.iter().product();
+    let values: Vec<f64> = (0..n).map(|_| rng.unit() * 2.0 - 1.0).collect();
+    Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// Compares autograd gradients of `f` with central finite differences for
+/// every element of every input, in f64.
+fn check_gradients(inputs: &[Var], f: impl Fn(&[Tensor]) -> Tensor) {
+    let tensors: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = f(&tensors).backward().unwrap();
+    let eps = 1e-5;
+    for (which, var) in inputs.iter().enumerate() {
+        let analytic: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..base.len() {
+            let eval = |delta: f64| -> f64 {
+                let mut values = base.clone();
+                values[i] += delta;
+                let moved = Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap();
+                let mut args: Vec<Tensor> = tensors.iter().map(|t| t.detach()).collect();
+                args[which] = moved;
+                f(&args).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            let diff = (numeric - analytic[i]).abs();
+            assert!(
+                diff < 1e-6 * numeric.abs().max(1.0),
+                "input {which}[{i}]: autograd {} vs finite difference {numeric}",
+                analytic[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_with_bias_and_mask_matches_finite_differences() {
+    let mut rng = Rng::new(11);
+    let (b, h, l, d) = (2, 2, 4, 3);
+    let q = random(&[b, h, l, d], &mut rng);
+    let k = random(&[b, h, l, d], &mut rng);
+    let v = random(&[b, h, l, d], &mut rng);
+    let bias = random(&[h, l, l], &mut rng);
+    let weights = random(&[b, h, l, d], &mut rng).as_tensor().detach();
+    let mask = Tensor::from_vec(
+        vec![1f64, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+        (b, l),
+        &Device::Cpu,
+    )
+    .unwrap();
+    check_gradients(&[q, k, v, bias], |t| {
+        let out = attention(
+            &t[0],
+            &t[1],
+            &t[2],
+            logits(Some(&t[3]), Some(&mask)),
+            0.0,
+            &mut Ctx::eval(),
+        )
+        .unwrap();
+        (out * &weights).unwrap().sum_all().unwrap()
+    });
+
+    // A padded key gets no attention: changing its value changes nothing.
+    let (q, k, v) = (
+        random(&[b, h, l, d], &mut rng),
+        random(&[b, h, l, d], &mut rng),
+        random(&[b, h, l, d], &mut rng),
+    );
+    let run = |v: &Tensor, bias: Option<&Tensor>, mask: Option<&Tensor>| {
+        attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v,
+            logits(bias, mask),
+            0.0,
+            &mut Ctx::eval(),
+        )
+        .unwrap()
+    };
+    let max_diff = |a: Tensor, b: Tensor| -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let mut moved: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    for j in 0..h * d {
+        // Batch 0, key position 3 (padded), every head and feature.
+        let (head, feat) = (j / d, j % d);
+        moved[head * l * d + 3 * d + feat] += 10.0;
+    }
+    let moved = Tensor::from_vec(moved, (b, h, l, d), &Device::Cpu).unwrap();
+    assert!(
+        max_diff(
+            run(v.as_tensor(), None, Some(&mask)),
+            run(&moved, None, Some(&mask))
+        ) < 1e-12
+    );
+
+    // A batch × heads bias works the same as a per-head one repeated.
+    let per_head = random(&[h, l, l], &mut rng);
+    let repeated = Tensor::cat(&[per_head.as_tensor(), per_head.as_tensor()], 0).unwrap();
+    let shared = run(v.as_tensor(), Some(per_head.as_tensor()), None);
+    assert!(max_diff(shared, run(v.as_tensor(), Some(&repeated), None)) < 1e-12);
+}
+
+#[test]
+fn layer_norm_matches_finite_differences() {
+    let mut rng = Rng::new(12);
+    let x = random(&[3, 5], &mut rng);
+    let w = random(&[5], &mut rng);
+    let b = random(&[5], &mut rng);
+    let weights = random(&[3, 5], &mut rng).as_tensor().detach();
+    check_gradients(&[x, w, b], |t| {
+        let y = layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap();
+        (y * &weights).unwrap().sum_all().unwrap()
+    });
+}
