@@ -5,12 +5,16 @@
 //! - [`config`]: TOML run configs, presets and overrides;
 //! - [`corpus`]: raw text → tokenizer → word counts → packed shards;
 //! - [`model`]: the BERT encoder and its heads;
+//! - [`pretrain`]: objectives (masked LM);
+//! - [`train`]: optimiser and learning-rate schedule;
 //! - [`run`]: run directories, provenance and atomic writes.
 
 pub mod config;
 pub mod corpus;
 pub mod error;
 pub mod model;
+pub mod pretrain;
 pub mod run;
+pub mod train;
 
 pub use error::{Error, Result};

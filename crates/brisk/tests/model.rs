@@ -7,6 +7,9 @@ use brisk::corpus::generated::Rng;
 use brisk::model::attention::{attention, Logits};
 use brisk::model::norm::layer_norm;
 use brisk::model::{BertForMaskedLm, Ctx, Params};
+use brisk::pretrain::mlm::mask_tokens;
+use brisk::train::optim::{clip_scale, grad_norm, AdamW};
+use brisk::train::schedule::linear_warmup_decay;
 use candle_core::{DType, Device, Tensor, Var};
 
 fn tiny_config(norm: Norm) -> ModelConfig {
@@ -293,4 +296,55 @@ fn layer_norm_matches_finite_differences() {
         let y = layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap();
         (y * &weights).unwrap().sum_all().unwrap()
     });
+}
+
+#[test]
+fn one_batch_is_overfit() {
+    let mut cfg = tiny_config(Norm::Post);
+    cfg.hidden_dropout_prob = 0.0;
+    cfg.attention_probs_dropout_prob = 0.0;
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = BertForMaskedLm::new(&cfg, &mut params, 4).unwrap();
+    let special = brisk::corpus::tokenizer::SpecialIds {
+        pad: 0,
+        unk: 1,
+        cls: 2,
+        sep: 3,
+        mask: 4,
+    };
+    let mut rng = Rng::new(21);
+    let (b, l) = (4, 12);
+    let tokens: Vec<u32> = (0..b * l)
+        .map(|i| match i % l {
+            0 => special.cls,
+            x if x == l - 1 => special.sep,
+            _ => 5 + rng.below(45) as u32,
+        })
+        .collect();
+    let objective = Preset::Tiny.config().objective;
+    let masked = mask_tokens(&tokens, &special, cfg.vocab_size, &objective, &mut rng);
+    let ids = u32s(masked.inputs.clone(), (b, l));
+    let n = masked.rows.len();
+    let rows = Tensor::from_vec(masked.rows.clone(), n, &Device::Cpu).unwrap();
+    let targets = Tensor::from_vec(masked.targets.clone(), n, &Device::Cpu).unwrap();
+
+    let mut train = Preset::Tiny.config().train;
+    train.learning_rate = 3e-3;
+    let mut opt = AdamW::new(&params, &train).unwrap();
+    let mut last = f32::INFINITY;
+    for step in 0..300 {
+        let loss = model
+            .loss(&ids, None, &rows, &targets, &mut Ctx::eval())
+            .unwrap();
+        last = loss.to_scalar::<f32>().unwrap();
+        if last < 0.05 {
+            break;
+        }
+        let grads = loss.backward().unwrap();
+        let norm = grad_norm(&params, &grads).unwrap();
+        let lr = linear_warmup_decay(train.learning_rate, step, 10, 300);
+        opt.update(&grads, lr, clip_scale(norm, train.max_grad_norm))
+            .unwrap();
+    }
+    assert!(last < 0.1, "MLM loss after overfitting one batch: {last}");
 }

@@ -1,0 +1,3 @@
+//! Pre-training objectives.
+
+pub mod mlm;

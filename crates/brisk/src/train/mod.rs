@@ -1,0 +1,4 @@
+//! Training machinery: optimiser, learning-rate schedule, clipping.
+
+pub mod optim;
+pub mod schedule;
