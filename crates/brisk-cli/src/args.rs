@@ -16,6 +16,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Pre-train a BERT encoder with masked-LM (default: the tiny preset on
+    /// the built-in generated corpus).
+    Pretrain(PretrainArgs),
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]
@@ -54,7 +57,7 @@ pub struct JobArgs {
     /// Overwrite the run directory if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Random seed (for corpus preparation: the validation split and the generated corpus).
+    /// Random seed (training: initialisation, masks, data order; corpus preparation: the validation split and the generated corpus).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Worker threads [default: every core].
@@ -74,6 +77,18 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "N")]
     pub vocab_size: Option<usize>,
     /// Print no stage timings.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// Budget in optimiser steps (sets train.steps).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
+    /// Print nothing while training.
     #[arg(long, short)]
     pub quiet: bool,
     #[command(flatten)]

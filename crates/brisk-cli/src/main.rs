@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use args::{Cli, Command, CorpusCommand, GenerateArgs, JobArgs, PrepareArgs};
+use args::{Cli, Command, CorpusCommand, GenerateArgs, JobArgs, PrepareArgs, PretrainArgs};
 use brisk::config::{self, Config, ConfigSource};
+use brisk::corpus::shards::PreparedCorpus;
 use brisk::corpus::{self, generated, Input};
 use brisk::run::{self, Existing, RunDir};
 
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Pretrain(args) => pretrain(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),
@@ -67,6 +69,14 @@ fn resolve_config(job: &JobArgs, flag_sets: Vec<String>) -> anyhow::Result<Confi
 /// Opens the run directory named by `--out` (or the default one) and records
 /// the config and provenance in it.
 fn open_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<RunDir> {
+    let dir = create_run(job, command, config)?;
+    dir.write_config(config)?;
+    dir.write_provenance()?;
+    Ok(dir)
+}
+
+/// Creates the run directory (refusing an existing one unless `--force`).
+fn create_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<RunDir> {
     let path = job
         .out
         .clone()
@@ -76,10 +86,68 @@ fn open_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<Run
     } else {
         Existing::Refuse
     };
-    let dir = RunDir::create(&path, existing)?;
-    dir.write_config(config)?;
-    dir.write_provenance()?;
-    Ok(dir)
+    Ok(RunDir::create(&path, existing)?)
+}
+
+fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
+    init_threads(args.job.threads)?;
+    let mut flag_sets = Vec::new();
+    if let Some(seed) = args.job.seed {
+        flag_sets.push(format!("train.seed={seed}"));
+    }
+    if let Some(steps) = args.steps {
+        flag_sets.push(format!("train.steps={steps}"));
+    }
+    let mut config = resolve_config(&args.job, flag_sets)?;
+    let run = create_run(&args.job, "pretrain", &config)?;
+    let corpus_dir = if config.data.corpus.is_empty() {
+        let dir = run.path.join("corpus");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !args.quiet {
+            eprintln!("preparing the built-in corpus in {}", dir.display());
+        }
+        corpus::prepare(
+            &config.data,
+            config.model.vocab_size,
+            &Input::Generated,
+            &dir,
+            !args.quiet,
+        )?;
+        dir
+    } else {
+        std::path::PathBuf::from(&config.data.corpus)
+    };
+    let prepared = PreparedCorpus::open(&corpus_dir)?;
+    let vocab = prepared.manifest.tokenizer.vocab_size;
+    if vocab != config.model.vocab_size {
+        eprintln!("note: model.vocab_size set to {vocab}, the corpus vocabulary");
+        config.model.vocab_size = vocab;
+    }
+    if prepared.manifest.seq_len > config.model.max_position_embeddings {
+        return Err(brisk::Error::Config(format!(
+            "the corpus packs sequences of {} tokens, more than model.max_position_embeddings = {}",
+            prepared.manifest.seq_len, config.model.max_position_embeddings
+        ))
+        .into());
+    }
+    run.write_config(&config)?;
+    run.write_provenance()?;
+    if !args.quiet {
+        eprintln!("training in {}", run.path.display());
+    }
+    let summary = brisk::train::pretrain::pretrain(&config, &prepared, &run.path, !args.quiet)?;
+    println!(
+        "{} steps, {} tokens in {:.1} s ({:.0} tokens/s); loss {:.3}, validation loss {:.3} (unigram entropy {:.3})",
+        summary.steps,
+        summary.tokens,
+        summary.wall_s,
+        summary.tokens_per_s,
+        summary.final_loss,
+        summary.final_val_loss,
+        summary.unigram_entropy_nats
+    );
+    println!("run in {}", run.path.display());
+    Ok(())
 }
 
 fn corpus_prepare(args: PrepareArgs) -> anyhow::Result<()> {

@@ -227,3 +227,62 @@ fn generate_writes_the_built_in_corpus() {
     );
     assert_eq!(again.status.code(), Some(2));
 }
+
+#[test]
+fn pretrain_runs_on_the_built_in_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "pretrain",
+        "--steps",
+        "4",
+        "--out",
+        "run",
+        "-q",
+        "--set",
+        "data.generated_words=20000",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "model.vocab_size=600",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "eval.batches=2",
+        "--set",
+        "train.log_every=2",
+    ];
+    let out = brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.path().join("run");
+    for file in [
+        "config.toml",
+        "provenance.json",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/final/model.safetensors",
+        "corpus/manifest.json",
+    ] {
+        assert!(run.join(file).exists(), "{file}");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for key in [
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens",
+        "wall_s",
+        "tokens_per_s",
+    ] {
+        assert!(rows[0].get(key).is_some(), "metrics lack {key}");
+    }
+    assert!(rows[1]["val_loss"].as_f64().unwrap().is_finite());
+    assert_eq!(rows[1]["tokens"], 4 * 4 * 32);
+    let again = brisk(&args, dir.path());
+    assert_eq!(again.status.code(), Some(2), "an existing run is refused");
+}

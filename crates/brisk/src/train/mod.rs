@@ -1,4 +1,5 @@
-//! Training machinery: optimiser, learning-rate schedule, clipping.
+//! Training machinery: optimiser, learning-rate schedule, clipping, the loop.
 
 pub mod optim;
+pub mod pretrain;
 pub mod schedule;
