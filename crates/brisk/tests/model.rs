@@ -348,3 +348,51 @@ fn one_batch_is_overfit() {
     }
     assert!(last < 0.1, "MLM loss after overfitting one batch: {last}");
 }
+
+#[test]
+fn saved_weights_load_back_to_identical_logits() {
+    let cfg = tiny_config(Norm::Pre);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = BertForMaskedLm::new(&cfg, &mut params, 7).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    params.save(&path).unwrap();
+
+    let mut other = Params::new(Device::Cpu, DType::F32);
+    let restored = BertForMaskedLm::new(&cfg, &mut other, 8).unwrap();
+    let (ids, mask, rows, _) = batch();
+    let logits = |m: &BertForMaskedLm| -> Vec<f32> {
+        let out = m
+            .forward(&ids, Some(&mask), &rows, &mut Ctx::eval())
+            .unwrap();
+        out.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    assert_ne!(logits(&model), logits(&restored), "different seeds differ");
+    other.load(&path).unwrap();
+    assert_eq!(
+        logits(&model),
+        logits(&restored),
+        "loading restores every weight"
+    );
+
+    // A model of another shape is refused, naming the tensor.
+    let mut wider = tiny_config(Norm::Pre);
+    wider.intermediate_size = 48;
+    let mut wide = Params::new(Device::Cpu, DType::F32);
+    BertForMaskedLm::new(&wider, &mut wide, 1).unwrap();
+    let msg = wide.load(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("intermediate.dense.weight"),
+        "{msg}"
+    );
+    // A post-LN file lacks the final LayerNorm that a pre-LN model needs.
+    let mut post_params = Params::new(Device::Cpu, DType::F32);
+    BertForMaskedLm::new(&tiny_config(Norm::Post), &mut post_params, 1).unwrap();
+    let post_path = dir.path().join("post.safetensors");
+    post_params.save(&post_path).unwrap();
+    let msg = other.load(&post_path).unwrap_err().to_string();
+    assert!(msg.contains("bert.encoder.LayerNorm"), "{msg}");
+    std::fs::write(&path, b"garbage").unwrap();
+    let msg = other.load(&path).unwrap_err().to_string();
+    assert!(msg.contains("model.safetensors"), "{msg}");
+}

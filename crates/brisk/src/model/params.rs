@@ -1,9 +1,12 @@
 //! Named trainable parameters and the per-forward context (dropout RNG).
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::corpus::generated::Rng;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Trainable parameters by HF tensor name, in creation order (so optimiser
 /// state and checkpoints are laid out the same way every run).
@@ -70,6 +73,43 @@ impl Params {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Writes every parameter under its name to a safetensors file,
+    /// atomically (a temporary name, then a rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors: HashMap<String, Tensor> = self
+            .iter()
+            .map(|(name, var)| (name.to_string(), var.as_tensor().clone()))
+            .collect();
+        let tmp = crate::run::temporary_sibling(path);
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Overwrites every parameter with the tensor of the same name in a
+    /// safetensors file. A missing tensor or a shape mismatch is an error
+    /// naming the file and the tensor; extra tensors are ignored.
+    pub fn load(&self, path: &Path) -> Result<()> {
+        let tensors = candle_core::safetensors::load(path, &self.device)
+            .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
+        for (name, var) in self.iter() {
+            let tensor = tensors
+                .get(name)
+                .ok_or_else(|| Error::data(path, format!("has no tensor {name}")))?;
+            if tensor.dims() != var.dims() {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "tensor {name} has shape {:?}, the model expects {:?}",
+                        tensor.dims(),
+                        var.dims()
+                    ),
+                ));
+            }
+            var.set(&tensor.to_dtype(self.dtype)?)?;
+        }
+        Ok(())
     }
 
     /// Total number of scalar parameters.

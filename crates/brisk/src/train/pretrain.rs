@@ -250,7 +250,7 @@ pub fn pretrain(
 
     let dir = run_dir.join("checkpoints").join("final");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    save_params(&params, &dir.join("model.safetensors"))?;
+    params.save(&dir.join("model.safetensors"))?;
     let wall_s = start.elapsed().as_secs_f64();
     let summary = Summary {
         steps,
@@ -264,15 +264,4 @@ pub fn pretrain(
     };
     crate::run::write_json(&run_dir.join("summary.json"), &summary)?;
     Ok(summary)
-}
-
-/// Writes the parameters under their HF names, atomically.
-pub fn save_params(params: &Params, path: &Path) -> Result<()> {
-    let tensors: std::collections::HashMap<String, Tensor> = params
-        .iter()
-        .map(|(name, var)| (name.to_string(), var.as_tensor().clone()))
-        .collect();
-    let tmp = crate::run::temporary_sibling(path);
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
