@@ -19,6 +19,8 @@ pub enum Command {
     /// Pre-train a BERT encoder with masked-LM (default: the tiny preset on
     /// the built-in generated corpus).
     Pretrain(PretrainArgs),
+    /// Show the tokens a pre-trained model predicts at each [MASK].
+    FillMask(FillMaskArgs),
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]
@@ -93,6 +95,19 @@ pub struct PretrainArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub job: JobArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FillMaskArgs {
+    /// A run directory made by `brisk pretrain`.
+    #[arg(long, value_name = "RUN")]
+    pub model: PathBuf,
+    /// Text with one or more [MASK] tokens.
+    #[arg(value_name = "TEXT")]
+    pub text: String,
+    /// How many candidates to show per [MASK].
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub top_k: usize,
 }
 
 #[derive(Debug, Args)]

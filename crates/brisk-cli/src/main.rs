@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use args::{Cli, Command, CorpusCommand, GenerateArgs, JobArgs, PrepareArgs, PretrainArgs};
+use args::{
+    Cli, Command, CorpusCommand, FillMaskArgs, GenerateArgs, JobArgs, PrepareArgs, PretrainArgs,
+};
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::shards::PreparedCorpus;
 use brisk::corpus::{self, generated, Input};
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pretrain(args) => pretrain(args),
+        Command::FillMask(args) => fill_mask(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),
@@ -199,6 +202,29 @@ fn corpus_prepare(args: PrepareArgs) -> anyhow::Result<()> {
         rayon::current_num_threads(),
         run.path.display()
     );
+    Ok(())
+}
+
+fn fill_mask(args: FillMaskArgs) -> anyhow::Result<()> {
+    let run = &args.model;
+    let config = config::resolve(&ConfigSource {
+        file: Some(run.join("config.toml")),
+        ..Default::default()
+    })?;
+    let tokenizer =
+        corpus::tokenizer::load_tokenizer(&run.join("tokenizer.json"), config.data.lowercase)?;
+    let mut params = brisk::model::Params::new(candle_core::Device::Cpu, candle_core::DType::F32);
+    let model = brisk::model::BertForMaskedLm::new(&config.model, &mut params, 0)?;
+    params.load(&run.join("checkpoints/final/model.safetensors"))?;
+    let max_len = config.model.max_position_embeddings;
+    let filled =
+        brisk::pretrain::mlm::fill_mask(&model, &tokenizer, max_len, &args.text, args.top_k)?;
+    for (i, candidates) in filled.iter().enumerate() {
+        println!("[MASK] {}:", i + 1);
+        for (token, p) in candidates {
+            println!("  {p:>6.3}  {token}");
+        }
+    }
     Ok(())
 }
 

@@ -259,6 +259,7 @@ fn pretrain_runs_on_the_built_in_corpus() {
         "provenance.json",
         "metrics.jsonl",
         "summary.json",
+        "tokenizer.json",
         "checkpoints/final/model.safetensors",
         "corpus/manifest.json",
     ] {
@@ -285,4 +286,31 @@ fn pretrain_runs_on_the_built_in_corpus() {
     assert_eq!(rows[1]["tokens"], 4 * 4 * 32);
     let again = brisk(&args, dir.path());
     assert_eq!(again.status.code(), Some(2), "an existing run is refused");
+
+    // The run can fill masks.
+    let out = brisk(
+        &[
+            "fill-mask",
+            "--model",
+            "run",
+            "--top-k",
+            "3",
+            "The [MASK] is a [MASK].",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[MASK] 1:") && text.contains("[MASK] 2:"),
+        "{text}"
+    );
+    let candidates = text.lines().filter(|l| l.starts_with("  ")).count();
+    assert_eq!(candidates, 6, "{text}");
+    let out = brisk(
+        &["fill-mask", "--model", "run", "nothing to fill"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("[MASK]"), "{}", stderr(&out));
 }

@@ -6,9 +6,14 @@
 //! each time a sequence is seen, validation uses a generator with a fixed
 //! seed so every evaluation sees the same masks.
 
+use candle_core::{DType, Device, Tensor, D};
+use tokenizers::Tokenizer;
+
 use crate::config::ObjectiveConfig;
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
+use crate::error::{Error, Result};
+use crate::model::{BertForMaskedLm, Ctx};
 
 /// A batch ready for the MLM loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +72,63 @@ fn random_token(special: &SpecialIds, vocab_size: usize, rng: &mut Rng) -> u32 {
             return t;
         }
     }
+}
+
+/// One `[MASK]` position's best candidates: `(token, probability)`, most
+/// likely first.
+pub type Candidates = Vec<(String, f32)>;
+
+/// Predicts the `k` most likely tokens at every `[MASK]` in `text`.
+pub fn fill_mask(
+    model: &BertForMaskedLm,
+    tokenizer: &Tokenizer,
+    max_len: usize,
+    text: &str,
+    k: usize,
+) -> Result<Vec<Candidates>> {
+    let special = SpecialIds::of(tokenizer, "the model's tokenizer")?;
+    let encoding = tokenizer.encode(text, true)?;
+    let ids = encoding.get_ids();
+    if ids.len() > max_len {
+        return Err(Error::Usage(format!(
+            "the text is {} tokens long; the model takes at most {max_len}",
+            ids.len()
+        )));
+    }
+    let rows: Vec<u32> = (0..ids.len() as u32)
+        .filter(|&i| ids[i as usize] == special.mask)
+        .collect();
+    if rows.is_empty() {
+        return Err(Error::Usage("the text has no [MASK] token to fill".into()));
+    }
+    let device = Device::Cpu;
+    let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &device)?;
+    let n = rows.len();
+    let logits = model.forward(
+        &input,
+        None,
+        &Tensor::from_vec(rows, n, &device)?,
+        &mut Ctx::eval(),
+    )?;
+    let probs = candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let probs: Vec<Vec<f32>> = probs.to_vec2()?;
+    Ok(probs
+        .into_iter()
+        .map(|row| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            order
+                .into_iter()
+                .take(k)
+                .map(|id| {
+                    let token = tokenizer
+                        .id_to_token(id as u32)
+                        .unwrap_or_else(|| format!("<{id}>"));
+                    (token, row[id])
+                })
+                .collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -248,6 +248,10 @@ pub fn pretrain(
         }
     }
 
+    // The run directory holds everything needed to use the model.
+    let tokenizer = corpus.dir.join(&m.tokenizer.file);
+    let copy = run_dir.join("tokenizer.json");
+    std::fs::copy(&tokenizer, &copy).map_err(|e| Error::io(&copy, e))?;
     let dir = run_dir.join("checkpoints").join("final");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     params.save(&dir.join("model.safetensors"))?;
