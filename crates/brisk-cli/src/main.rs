@@ -102,6 +102,7 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         flag_sets.push(format!("train.steps={steps}"));
     }
     let mut config = resolve_config(&args.job, flag_sets)?;
+    brisk::train::pretrain::check_options(&config)?;
     let run = create_run(&args.job, "pretrain", &config)?;
     let corpus_dir = if config.data.corpus.is_empty() {
         let dir = run.path.join("corpus");

@@ -286,6 +286,20 @@ fn pretrain_runs_on_the_built_in_corpus() {
     assert_eq!(rows[1]["tokens"], 4 * 4 * 32);
     let again = brisk(&args, dir.path());
     assert_eq!(again.status.code(), Some(2), "an existing run is refused");
+    let unsupported = brisk(
+        &["pretrain", "--out", "other", "--set", "train.budget=5m"],
+        dir.path(),
+    );
+    assert_eq!(unsupported.status.code(), Some(2));
+    assert!(
+        stderr(&unsupported).contains("train.budget"),
+        "{}",
+        stderr(&unsupported)
+    );
+    assert!(
+        !dir.path().join("other").exists(),
+        "nothing is written for a refused config"
+    );
 
     // The run can fill masks.
     let out = brisk(

@@ -152,6 +152,25 @@ fn batch_loss(
     model.loss(&ids, None, &rows, &targets, ctx)
 }
 
+/// Refuses the options of the config that this first-cut loop does not
+/// honour yet, rather than silently ignoring them.
+pub fn check_options(config: &Config) -> Result<()> {
+    let t = &config.train;
+    if t.tokens != 0 || !t.budget.is_empty() || t.grad_accum_steps != 1 {
+        return Err(Error::Config(
+            "`train.tokens`, `train.budget` and `train.grad_accum_steps` are not available in pretrain yet: \
+             use train.steps, and leave the others at 0, \"\" and 1"
+                .into(),
+        ));
+    }
+    if t.steps == 0 {
+        return Err(Error::Usage(
+            "`train.steps` must be at least 1 (set --steps N)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Trains `config.train.steps` steps on `corpus`, writing `metrics.jsonl`,
 /// `checkpoints/final/model.safetensors` and `summary.json` into `run_dir`.
 pub fn pretrain(
@@ -160,6 +179,7 @@ pub fn pretrain(
     run_dir: &Path,
     verbose: bool,
 ) -> Result<Summary> {
+    check_options(config)?;
     let steps = config.train.steps;
     if steps == 0 {
         return Err(Error::Usage(
