@@ -486,11 +486,6 @@ impl PieceTable {
     }
 }
 
-/// Vocabulary as `token -> id`, for tests and tools.
-pub fn vocab_of(tokenizer: &Tokenizer) -> HashMap<String, u32> {
-    tokenizer.get_vocab(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
