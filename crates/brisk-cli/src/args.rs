@@ -90,6 +90,23 @@ pub struct PretrainArgs {
     /// Budget in optimiser steps (sets train.steps).
     #[arg(long, value_name = "N")]
     pub steps: Option<u64>,
+    /// Budget in training tokens (sets train.tokens).
+    #[arg(long, value_name = "N")]
+    pub tokens: Option<u64>,
+    /// Budget in wall-clock time, e.g. 90s, 20m, 2h (sets train.budget).
+    #[arg(long, value_name = "TIME")]
+    pub budget: Option<String>,
+    /// Evaluate on the validation split every N steps (sets eval.every).
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Write a checkpoint every N steps (sets train.save_every).
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<u64>,
+    /// Continue the run in --out from its newest checkpoint, up to the
+    /// (possibly raised) budget. The run's own config.toml is used; --set and
+    /// the budget flags may change it.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
     /// Print nothing while training.
     #[arg(long, short)]
     pub quiet: bool,

@@ -4,6 +4,7 @@
 mod args;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
@@ -92,31 +93,93 @@ fn create_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<R
     Ok(RunDir::create(&path, existing)?)
 }
 
+/// Set by Ctrl-C or SIGTERM: the training loop finishes its step, writes a
+/// checkpoint and returns.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn install_stop_handler() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now, without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and writing a checkpoint (press Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C/SIGTERM handler")
+}
+
+/// The flags of `pretrain` that set config fields, as `--set` overrides.
+fn pretrain_flag_sets(args: &PretrainArgs) -> Vec<String> {
+    let mut sets = Vec::new();
+    if let Some(seed) = args.job.seed {
+        sets.push(format!("train.seed={seed}"));
+    }
+    // A budget flag replaces the config's budget instead of adding to it.
+    if args.steps.is_some() || args.tokens.is_some() || args.budget.is_some() {
+        sets.push(format!("train.steps={}", args.steps.unwrap_or(0)));
+        sets.push(format!("train.tokens={}", args.tokens.unwrap_or(0)));
+        let budget = args.budget.clone().unwrap_or_default();
+        sets.push(format!("train.budget={budget}"));
+    }
+    if let Some(n) = args.eval_every {
+        sets.push(format!("eval.every={n}"));
+    }
+    if let Some(n) = args.save_every {
+        sets.push(format!("train.save_every={n}"));
+    }
+    sets
+}
+
 fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
     init_threads(args.job.threads)?;
-    let mut flag_sets = Vec::new();
-    if let Some(seed) = args.job.seed {
-        flag_sets.push(format!("train.seed={seed}"));
-    }
-    if let Some(steps) = args.steps {
-        flag_sets.push(format!("train.steps={steps}"));
-    }
-    let mut config = resolve_config(&args.job, flag_sets)?;
-    brisk::train::pretrain::check_options(&config)?;
-    let run = create_run(&args.job, "pretrain", &config)?;
+    let flag_sets = pretrain_flag_sets(&args);
+    let (mut config, run) = if args.resume {
+        let Some(out) = &args.job.out else {
+            return Err(usage(
+                "--resume needs --out RUN, the run directory to continue",
+            ));
+        };
+        if args.job.config.is_some() || args.job.preset.is_some() {
+            return Err(usage(
+                "--resume continues with the run's own config.toml: drop --config and --preset \
+                 (--set and the budget flags may still change it)",
+            ));
+        }
+        let file = out.join("config.toml");
+        if !file.exists() {
+            return Err(usage(&format!(
+                "--resume: {} is not a brisk run (it has no config.toml)",
+                out.display()
+            )));
+        }
+        let job = JobArgs {
+            config: Some(file),
+            ..args.job.clone()
+        };
+        let config = resolve_config(&job, flag_sets)?;
+        brisk::train::pretrain::check_options(&config)?;
+        (config, RunDir::create(out, Existing::Resume)?)
+    } else {
+        let config = resolve_config(&args.job, flag_sets)?;
+        brisk::train::pretrain::check_options(&config)?;
+        let run = create_run(&args.job, "pretrain", &config)?;
+        (config, run)
+    };
     let corpus_dir = if config.data.corpus.is_empty() {
         let dir = run.path.join("corpus");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        if !args.quiet {
-            eprintln!("preparing the built-in corpus in {}", dir.display());
+        if !dir.join("manifest.json").exists() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if !args.quiet {
+                eprintln!("preparing the built-in corpus in {}", dir.display());
+            }
+            corpus::prepare(
+                &config.data,
+                config.model.vocab_size,
+                &Input::Generated,
+                &dir,
+                !args.quiet,
+            )?;
         }
-        corpus::prepare(
-            &config.data,
-            config.model.vocab_size,
-            &Input::Generated,
-            &dir,
-            !args.quiet,
-        )?;
         dir
     } else {
         std::path::PathBuf::from(&config.data.corpus)
@@ -136,22 +199,63 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
     }
     run.write_config(&config)?;
     run.write_provenance()?;
+    install_stop_handler()?;
     if !args.quiet {
         eprintln!("training in {}", run.path.display());
     }
-    let summary = brisk::train::pretrain::pretrain(&config, &prepared, &run.path, !args.quiet)?;
-    println!(
-        "{} steps, {} tokens in {:.1} s ({:.0} tokens/s); loss {:.3}, validation loss {:.3} (unigram entropy {:.3})",
-        summary.steps,
-        summary.tokens,
-        summary.wall_s,
-        summary.tokens_per_s,
-        summary.final_loss,
-        summary.final_val_loss,
-        summary.unigram_entropy_nats
-    );
-    println!("run in {}", run.path.display());
+    let options = brisk::train::pretrain::Options {
+        resume: args.resume,
+        verbose: !args.quiet,
+        stop: &STOP,
+    };
+    let summary = brisk::train::pretrain::pretrain(&config, &prepared, &run.path, &options)?;
+    print_summary(&summary, &run.path);
     Ok(())
+}
+
+/// The one-screen summary at the end of a training session.
+fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path::Path) {
+    use brisk::train::pretrain::Ending;
+    let val = s
+        .final_val_loss
+        .map_or("not evaluated".to_string(), |v| format!("{v:.3}"));
+    println!();
+    match s.ending {
+        Ending::Finished => println!("pre-training finished: {}", run.display()),
+        Ending::Interrupted => println!("pre-training interrupted: {}", run.display()),
+    }
+    println!("  steps            {}", s.steps);
+    println!(
+        "  tokens           {} ({:.2e} training FLOPs)",
+        s.tokens, s.flops
+    );
+    println!("  parameters       {}", s.parameters);
+    println!(
+        "  wall clock       {:.1} s, {:.0} tokens/s this session",
+        s.wall_s, s.tokens_per_s
+    );
+    println!("  training loss    {:.3}", s.final_loss);
+    println!("  validation loss  {val}");
+    println!(
+        "  unigram entropy  {:.3} (a model that ignores context scores this)",
+        s.unigram_entropy_nats
+    );
+    println!("  checkpoint       {}", s.checkpoint.display());
+    println!("  loss curve       {}", s.loss_plot.display());
+    match s.ending {
+        Ending::Finished => println!(
+            "try it:  brisk fill-mask --model {} \"text with a [MASK] in it\"",
+            run.display()
+        ),
+        Ending::Interrupted => println!(
+            "continue with:  brisk pretrain --out {} --resume",
+            run.display()
+        ),
+    }
+}
+
+fn usage(message: &str) -> anyhow::Error {
+    brisk::Error::Usage(message.to_string()).into()
 }
 
 fn corpus_prepare(args: PrepareArgs) -> anyhow::Result<()> {
@@ -216,7 +320,7 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<()> {
         corpus::tokenizer::load_tokenizer(&run.join("tokenizer.json"), config.data.lowercase)?;
     let mut params = brisk::model::Params::new(candle_core::Device::Cpu, candle_core::DType::F32);
     let model = brisk::model::BertForMaskedLm::new(&config.model, &mut params, 0)?;
-    params.load(&run.join("checkpoints/final/model.safetensors"))?;
+    params.load(&brisk::train::checkpoint::latest_weights(run)?)?;
     let max_len = config.model.max_position_embeddings;
     let filled =
         brisk::pretrain::mlm::fill_mask(&model, &tokenizer, max_len, &args.text, args.top_k)?;

@@ -260,7 +260,10 @@ fn pretrain_runs_on_the_built_in_corpus() {
         "metrics.jsonl",
         "summary.json",
         "tokenizer.json",
-        "checkpoints/final/model.safetensors",
+        "checkpoints/step-000004/model.safetensors",
+        "checkpoints/step-000004/optimizer.safetensors",
+        "checkpoints/step-000004/state.json",
+        "plots/loss.svg",
         "corpus/manifest.json",
     ] {
         assert!(run.join(file).exists(), "{file}");
@@ -277,6 +280,7 @@ fn pretrain_runs_on_the_built_in_corpus() {
         "lr",
         "grad_norm",
         "tokens",
+        "flops",
         "wall_s",
         "tokens_per_s",
     ] {
@@ -287,14 +291,27 @@ fn pretrain_runs_on_the_built_in_corpus() {
     let again = brisk(&args, dir.path());
     assert_eq!(again.status.code(), Some(2), "an existing run is refused");
     let unsupported = brisk(
-        &["pretrain", "--out", "other", "--set", "train.budget=5m"],
+        &[
+            "pretrain",
+            "--out",
+            "other",
+            "--set",
+            "objective.kind=cloze",
+        ],
         dir.path(),
     );
     assert_eq!(unsupported.status.code(), Some(2));
     assert!(
-        stderr(&unsupported).contains("train.budget"),
+        stderr(&unsupported).contains("objective.kind"),
         "{}",
         stderr(&unsupported)
+    );
+    let no_budget = brisk(&["pretrain", "--out", "other", "--steps", "0"], dir.path());
+    assert_eq!(no_budget.status.code(), Some(2));
+    assert!(
+        stderr(&no_budget).contains("--budget"),
+        "{}",
+        stderr(&no_budget)
     );
     assert!(
         !dir.path().join("other").exists(),
@@ -327,4 +344,257 @@ fn pretrain_runs_on_the_built_in_corpus() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("[MASK]"), "{}", stderr(&out));
+}
+
+/// A pre-training run small enough for tests: tiny model, 32-token
+/// sequences, batch 4, a 600-entry vocabulary, two threads.
+fn quick_pretrain(out: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "pretrain",
+        "--out",
+        out,
+        "-q",
+        "--threads",
+        "2",
+        "--set",
+        "data.generated_words=20000",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "model.vocab_size=600",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "eval.batches=2",
+        "--set",
+        "eval.every=5",
+        "--set",
+        "train.log_every=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_brisk(args: &[String], cwd: &Path) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    brisk(&args, cwd)
+}
+
+/// `(step, loss bits, validation loss bits)` of every row of a run's metrics.
+fn loss_trace(run: &Path) -> Vec<(u64, u64, Option<u64>)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                row["step"].as_u64().unwrap(),
+                row["loss"].as_f64().unwrap().to_bits(),
+                row.get("val_loss").map(|v| v.as_f64().unwrap().to_bits()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn resume_continues_bitwise_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A constant schedule does not depend on the budget, so a 10-step run
+    // extended to 20 must match 20 uninterrupted steps exactly.
+    let constant = [
+        "--set",
+        "train.schedule=constant",
+        "--set",
+        "train.warmup_fraction=0",
+    ];
+    let full = quick_pretrain("full", &[&["--steps", "20"][..], &constant].concat());
+    let out = run_brisk(&full, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let first = quick_pretrain("parts", &[&["--steps", "10"][..], &constant].concat());
+    let out = run_brisk(&first, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resume = [
+        "pretrain",
+        "--out",
+        "parts",
+        "--resume",
+        "--steps",
+        "20",
+        "-q",
+        "--threads",
+        "2",
+    ];
+    let out = brisk(&resume, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let expected = loss_trace(&dir.path().join("full"));
+    assert_eq!(expected.len(), 20);
+    assert_eq!(loss_trace(&dir.path().join("parts")), expected);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("parts/checkpoints/step-000020/state.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"], 20);
+    assert_eq!(state["tokens"], 20 * 4 * 32);
+
+    // A finished run refuses to resume without a larger budget.
+    let out = brisk(&resume, dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("already reached its budget"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A checkpoint of another format version is a clear error.
+    let state = dir.path().join("parts/checkpoints/step-000020/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(
+        &state,
+        text.replace("\"format_version\": 1", "\"format_version\": 7"),
+    )
+    .unwrap();
+    let out = brisk(
+        &[
+            "pretrain", "--out", "parts", "--resume", "--steps", "30", "-q",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("state.json") && err.contains("format version 7"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_checkpoints_and_the_run_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = ["--steps", "40"];
+    let out = run_brisk(&quick_pretrain("full", &steps), dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let args = quick_pretrain("stopped", &steps);
+    let child = Command::new(env!("CARGO_BIN_EXE_brisk"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("stopped/metrics.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(std::time::Instant::now() < deadline, "the run never logged");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "SIGTERM exits 0: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("--resume"), "says how to resume: {stdout}");
+    let stopped_at = loss_trace(&dir.path().join("stopped")).last().unwrap().0;
+    assert!(stopped_at < 40, "stopped at {stopped_at}");
+    assert!(dir
+        .path()
+        .join(format!(
+            "stopped/checkpoints/step-{stopped_at:06}/state.json"
+        ))
+        .exists());
+    assert!(!dir.path().join("stopped/summary.json").exists());
+
+    let out = brisk(
+        &[
+            "pretrain",
+            "--out",
+            "stopped",
+            "--resume",
+            "-q",
+            "--threads",
+            "2",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        loss_trace(&dir.path().join("stopped")),
+        loss_trace(&dir.path().join("full"))
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = quick_pretrain(
+        "run",
+        &[
+            "--steps",
+            "5",
+            "--set",
+            "train.learning_rate=1e30",
+            "--set",
+            "train.max_grad_norm=0",
+        ],
+    );
+    let out = run_brisk(&args, dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("became NaN") || err.contains("became inf"),
+        "{err}"
+    );
+    let (step, last) = loss_trace(&dir.path().join("run"))
+        .last()
+        .map(|r| (r.0, r.1))
+        .unwrap();
+    assert!(f64::from_bits(last).is_finite());
+    assert!(err.contains(&format!("step-{step:06}")), "{err}");
+    assert!(dir
+        .path()
+        .join(format!("run/checkpoints/step-{step:06}/model.safetensors"))
+        .exists());
+}
+
+#[test]
+fn token_and_wall_clock_budgets_end_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3 steps of 4 × 32 tokens, and a little more: the schedule rounds up.
+    let out = run_brisk(&quick_pretrain("tokens", &["--tokens", "400"]), dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("tokens/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["steps"], 4);
+    assert_eq!(summary["ending"], "finished");
+
+    let out = run_brisk(
+        &quick_pretrain(
+            "clock",
+            &["--budget", "2s", "--set", "train.grad_accum_steps=2"],
+        ),
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("clock/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let wall = summary["wall_s"].as_f64().unwrap();
+    assert!((2.0..10.0).contains(&wall), "{wall}");
+    assert!(summary["steps"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        summary["tokens"].as_u64().unwrap(),
+        summary["steps"].as_u64().unwrap() * 4 * 32
+    );
 }

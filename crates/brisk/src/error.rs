@@ -37,6 +37,11 @@ pub enum Error {
     #[error("tensor: {0}")]
     Tensor(String),
 
+    /// Training went wrong (for example the loss became NaN); the message
+    /// says where the last good checkpoint is.
+    #[error("{0}")]
+    Training(String),
+
     /// The tokenizer library reported a failure.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -6,13 +6,15 @@
 //! - [`corpus`]: raw text → tokenizer → word counts → packed shards;
 //! - [`model`]: the BERT encoder and its heads;
 //! - [`pretrain`]: objectives (masked LM);
-//! - [`train`]: optimiser and learning-rate schedule;
-//! - [`run`]: run directories, provenance and atomic writes.
+//! - [`train`]: optimiser, schedule, checkpoints and the training loop;
+//! - [`run`]: run directories, provenance and atomic writes;
+//! - [`plot`]: SVG charts.
 
 pub mod config;
 pub mod corpus;
 pub mod error;
 pub mod model;
+pub mod plot;
 pub mod pretrain;
 pub mod run;
 pub mod train;

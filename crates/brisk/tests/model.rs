@@ -8,7 +8,7 @@ use brisk::model::attention::{attention, Logits};
 use brisk::model::norm::layer_norm;
 use brisk::model::{BertForMaskedLm, Ctx, Params};
 use brisk::pretrain::mlm::mask_tokens;
-use brisk::train::optim::{clip_scale, grad_norm, AdamW};
+use brisk::train::optim::{clip_scale, grad_norm, gradients, AdamW};
 use brisk::train::schedule::linear_warmup_decay;
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -340,8 +340,8 @@ fn one_batch_is_overfit() {
         if last < 0.05 {
             break;
         }
-        let grads = loss.backward().unwrap();
-        let norm = grad_norm(&params, &grads).unwrap();
+        let grads = gradients(&params, &loss.backward().unwrap()).unwrap();
+        let norm = grad_norm(&grads).unwrap();
         let lr = linear_warmup_decay(train.learning_rate, step, 10, 300);
         opt.update(&grads, lr, clip_scale(norm, train.max_grad_norm))
             .unwrap();
@@ -395,4 +395,57 @@ fn saved_weights_load_back_to_identical_logits() {
     std::fs::write(&path, b"garbage").unwrap();
     let msg = other.load(&path).unwrap_err().to_string();
     assert!(msg.contains("model.safetensors"), "{msg}");
+}
+
+#[test]
+fn accumulated_micro_batch_gradients_average_the_losses() {
+    let cfg = tiny_config(Norm::Post);
+    let mut params = Params::new(Device::Cpu, DType::F64);
+    let model = BertForMaskedLm::new(&cfg, &mut params, 5).unwrap();
+    let (ids, mask, rows, targets) = batch();
+    let halves: Vec<_> = (0..2)
+        .map(|i| {
+            let ids = ids.narrow(0, i, 1).unwrap();
+            let mask = mask.narrow(0, i, 1).unwrap();
+            // Rows of sequence i, re-based to a one-sequence batch.
+            let r: Vec<u32> = rows.to_vec1().unwrap();
+            let t: Vec<u32> = targets.to_vec1().unwrap();
+            let keep: Vec<usize> = (0..r.len()).filter(|&j| r[j] as usize / 10 == i).collect();
+            let r: Vec<u32> = keep.iter().map(|&j| r[j] - 10 * i as u32).collect();
+            let t: Vec<u32> = keep.iter().map(|&j| t[j]).collect();
+            let n = r.len();
+            (
+                ids,
+                mask,
+                Tensor::from_vec(r, n, &Device::Cpu).unwrap(),
+                Tensor::from_vec(t, n, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    let loss_of = |(ids, mask, rows, targets): &(Tensor, Tensor, Tensor, Tensor)| {
+        model
+            .loss(ids, Some(mask), rows, targets, &mut Ctx::eval())
+            .unwrap()
+    };
+    // One graph: the mean of the two micro-batch losses.
+    let joint = ((loss_of(&halves[0]) + loss_of(&halves[1])).unwrap() / 2.0).unwrap();
+    let expected = gradients(&params, &joint.backward().unwrap()).unwrap();
+    // Accumulation: each micro-batch's gradient divided by 2, summed.
+    let mut sum = Vec::new();
+    for half in &halves {
+        let g = gradients(&params, &loss_of(half).backward().unwrap()).unwrap();
+        let g = g.iter().map(|t| (t / 2.0).unwrap()).collect();
+        brisk::train::optim::accumulate(&mut sum, g).unwrap();
+    }
+    for (a, b) in sum.iter().zip(&expected) {
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(diff < 1e-12, "accumulated gradient differs by {diff}");
+    }
 }

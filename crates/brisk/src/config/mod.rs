@@ -132,6 +132,10 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Fraction of the budget spent in linear warm-up.
     pub warmup_fraction: f64,
+    /// After warm-up: `"linear"` decay to zero at the end of the budget, or
+    /// `"constant"` (the rate no longer depends on the budget, so a run can
+    /// be extended with `--resume` and still match an uninterrupted one).
+    pub schedule: Schedule,
     pub weight_decay: f64,
     pub adam_beta1: f64,
     pub adam_beta2: f64,
@@ -151,6 +155,14 @@ pub struct TrainConfig {
     /// How many checkpoints to keep (the newest ones).
     pub keep_checkpoints: usize,
     pub seed: u64,
+}
+
+/// The learning-rate shape after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Linear,
+    Constant,
 }
 
 /// Taking Notes on the Fly (note dictionary for rare words).

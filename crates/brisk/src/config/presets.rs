@@ -3,7 +3,7 @@
 
 use super::{
     Config, DataConfig, EvalConfig, ModelConfig, Norm, NotesConfig, ObjectiveConfig, Position,
-    TrainConfig,
+    Schedule, TrainConfig,
 };
 use crate::error::{Error, Result};
 
@@ -75,10 +75,10 @@ impl Preset {
                 vocab: 8192,
                 max_len: 128,
                 batch: 32,
-                lr: 1e-3,
-                steps: 600,
-                eval_every: 100,
-                save_every: 200,
+                lr: 2e-3,
+                steps: 300,
+                eval_every: 50,
+                save_every: 100,
             },
             Preset::Mini => Shape {
                 layers: 4,
@@ -164,6 +164,7 @@ impl Preset {
                 batch_size: s.batch,
                 learning_rate: s.lr,
                 warmup_fraction: 0.06,
+                schedule: Schedule::Linear,
                 weight_decay: 0.01,
                 adam_beta1: 0.9,
                 adam_beta2: 0.999,

@@ -1,5 +1,8 @@
-//! Training machinery: optimiser, learning-rate schedule, clipping, the loop.
+//! Training machinery: optimiser, learning-rate schedule and budget, FLOP
+//! counting, checkpoints, and the pre-training loop.
 
+pub mod checkpoint;
+pub mod flops;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;

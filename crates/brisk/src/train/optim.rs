@@ -3,6 +3,9 @@
 //!
 //! As in BERT, biases and LayerNorm parameters get no weight decay.
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
@@ -60,16 +63,21 @@ impl AdamW {
         })
     }
 
-    /// Applies one update with learning rate `lr`; gradients are multiplied
-    /// by `grad_scale` first (for clipping).
-    pub fn update(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+    /// Applies one update with learning rate `lr`. `grads` are in parameter
+    /// order (see [`gradients`]) and are multiplied by `grad_scale` first
+    /// (for clipping).
+    pub fn update(&mut self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            return Err(Error::Tensor(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            )));
+        }
         self.step += 1;
         let t = self.step as i32;
         let (c1, c2) = (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t));
-        for slot in &mut self.slots {
-            let grad = grads
-                .get(slot.var.as_tensor())
-                .ok_or_else(|| Error::Tensor(format!("no gradient for {}", slot.name)))?;
+        for (slot, grad) in self.slots.iter_mut().zip(grads) {
             let g = (grad * grad_scale)?;
             slot.m = ((&slot.m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             slot.v = ((&slot.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
@@ -84,19 +92,90 @@ impl AdamW {
         }
         Ok(())
     }
+
+    /// Writes the first and second moments (`m.<name>`, `v.<name>`) to a
+    /// safetensors file, atomically. The step count travels in the
+    /// checkpoint's `state.json`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = HashMap::new();
+        for slot in &self.slots {
+            tensors.insert(format!("m.{}", slot.name), slot.m.clone());
+            tensors.insert(format!("v.{}", slot.name), slot.v.clone());
+        }
+        let tmp = crate::run::temporary_sibling(path);
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Restores the moments written by [`AdamW::save`] and the step count.
+    pub fn load(&mut self, path: &Path, step: u64) -> Result<()> {
+        let device = self
+            .slots
+            .first()
+            .map(|s| s.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let mut tensors = candle_core::safetensors::load(path, &device)
+            .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
+        for slot in &mut self.slots {
+            for (prefix, moment) in [("m", &mut slot.m), ("v", &mut slot.v)] {
+                let name = format!("{prefix}.{}", slot.name);
+                let t = tensors
+                    .remove(&name)
+                    .ok_or_else(|| Error::data(path, format!("has no tensor {name}")))?;
+                if t.dims() != slot.var.dims() {
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "tensor {name} has shape {:?}, the model expects {:?}",
+                            t.dims(),
+                            slot.var.dims()
+                        ),
+                    ));
+                }
+                *moment = t.to_dtype(slot.var.dtype())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
 }
 
-/// The global L2 norm of all gradients of `params`.
-pub fn grad_norm(params: &Params, grads: &GradStore) -> Result<f64> {
+/// The gradients of every parameter in creation order; a parameter without
+/// a gradient is an error naming it (it would silently stop training).
+pub fn gradients(params: &Params, grads: &GradStore) -> Result<Vec<Tensor>> {
+    params
+        .iter()
+        .map(|(name, var)| {
+            grads
+                .get(var.as_tensor())
+                .cloned()
+                .ok_or_else(|| Error::Tensor(format!("no gradient for {name}")))
+        })
+        .collect()
+}
+
+/// Adds `more` to the accumulated gradients `sum` (empty on the first
+/// micro-batch).
+pub fn accumulate(sum: &mut Vec<Tensor>, more: Vec<Tensor>) -> Result<()> {
+    if sum.is_empty() {
+        *sum = more;
+        return Ok(());
+    }
+    for (s, g) in sum.iter_mut().zip(more) {
+        *s = (&*s + g)?;
+    }
+    Ok(())
+}
+
+/// The global L2 norm of a set of gradients.
+pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;
-    for (_, var) in params.iter() {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            total += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-        }
+    for g in grads {
+        total += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     Ok(total.sqrt())
 }
@@ -139,8 +218,8 @@ mod tests {
             .unwrap()
             .sum_all()
             .unwrap();
-        let grads = loss.backward().unwrap();
-        assert!((grad_norm(&params, &grads).unwrap() - 6.0).abs() < 1e-12);
+        let grads = gradients(&params, &loss.backward().unwrap()).unwrap();
+        assert!((grad_norm(&grads).unwrap() - 6.0).abs() < 1e-12);
         let lr = 0.01;
         opt.update(&grads, lr, 1.0).unwrap();
         // First step: m̂ = g, v̂ = g², so the step is g/(|g| + eps) ≈ 1.

@@ -1,21 +1,32 @@
-//! The pre-training loop (first cut): masked-LM on packed shards, AdamW with
-//! warm-up and linear decay, clipping, periodic validation, `metrics.jsonl`
-//! and a final checkpoint.
+//! The pre-training loop: masked-LM on packed shards, AdamW with warm-up and
+//! decay sized to the budget, clipping, gradient accumulation, periodic
+//! validation and checkpoints, `metrics.jsonl`, and bitwise-exact resume.
+//!
+//! Every random choice of a step (which tokens are masked and how, dropout)
+//! is drawn from a generator seeded by `train.seed` and the step number, and
+//! the data order is a seeded permutation per epoch. A checkpoint therefore
+//! only needs the weights, the optimiser moments and the data position to
+//! continue exactly as an uninterrupted run would, at a fixed thread count.
 
-use std::io::Write;
-use std::path::Path;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::optim::{clip_scale, grad_norm, AdamW};
-use super::schedule::{linear_warmup_decay, warmup_steps};
+use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
+use super::flops::mlm_training_per_token;
+use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
+use super::schedule::Budget;
 use crate::config::Config;
 use crate::corpus::generated::Rng;
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::error::{Error, Result};
 use crate::model::{BertForMaskedLm, Ctx, Params};
+use crate::plot::{self, Reference, Series, PALETTE};
 use crate::pretrain::mlm::mask_tokens;
 
 /// One line of `metrics.jsonl`.
@@ -28,61 +39,86 @@ pub struct Metrics {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens: u64,
+    pub flops: f64,
     pub wall_s: f64,
     pub tokens_per_s: f64,
+}
+
+/// How a training session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ending {
+    /// The budget was reached.
+    Finished,
+    /// Ctrl-C or SIGTERM: a checkpoint was written; `--resume` continues.
+    Interrupted,
 }
 
 /// Final figures of a run (`summary.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    pub ending: Ending,
     pub steps: u64,
     pub tokens: u64,
+    pub flops: f64,
     pub final_loss: f64,
-    pub final_val_loss: f64,
+    pub final_val_loss: Option<f64>,
     pub unigram_entropy_nats: f64,
     pub parameters: usize,
+    /// Training wall-clock seconds over every session of the run.
     pub wall_s: f64,
+    /// Throughput of this session.
     pub tokens_per_s: f64,
+    pub checkpoint: PathBuf,
+    pub loss_plot: PathBuf,
+}
+
+/// How to run the loop.
+pub struct Options<'a> {
+    /// Continue from the run's newest checkpoint.
+    pub resume: bool,
+    /// Show progress on standard error.
+    pub verbose: bool,
+    /// Set by a Ctrl-C or SIGTERM handler: finish the step, checkpoint, stop.
+    pub stop: &'a AtomicBool,
 }
 
 /// Sequence order: a fresh seeded permutation of the training split each epoch.
 struct Order {
     seed: u64,
-    len: usize,
-    epoch: u64,
     perm: Vec<u32>,
-    next: usize,
+    position: DataPosition,
 }
 
 impl Order {
-    fn new(seed: u64, len: usize) -> Order {
+    fn at(seed: u64, len: usize, position: DataPosition) -> Order {
         let mut order = Order {
             seed,
-            len,
-            epoch: 0,
             perm: Vec::new(),
-            next: 0,
+            position,
         };
-        order.shuffle();
+        order.shuffle(len);
         order
     }
 
-    fn shuffle(&mut self) {
-        let mut rng = Rng::new(self.seed ^ splitmix64(self.epoch));
-        self.perm = (0..self.len as u32).collect();
-        for i in (1..self.len).rev() {
+    fn shuffle(&mut self, len: usize) {
+        let mut rng = Rng::new(self.seed ^ splitmix64(self.position.epoch));
+        self.perm = (0..len as u32).collect();
+        for i in (1..len).rev() {
             self.perm.swap(i, rng.below(i + 1));
         }
-        self.next = 0;
     }
 
     fn take(&mut self) -> usize {
-        if self.next == self.len {
-            self.epoch += 1;
-            self.shuffle();
+        if self.position.next == self.perm.len() {
+            self.position = DataPosition {
+                epoch: self.position.epoch + 1,
+                next: 0,
+            };
+            self.shuffle(self.perm.len());
         }
-        self.next += 1;
-        self.perm[self.next - 1] as usize
+        self.position.next += 1;
+        self.perm[self.position.next - 1] as usize
     }
 }
 
@@ -93,8 +129,8 @@ fn gather(corpus: &PreparedCorpus, split: Split, indices: impl Iterator<Item = u
         .collect()
 }
 
-/// Mean MLM loss over the first `batches` validation batches, each with a
-/// mask fixed by its index (so every evaluation sees the same masks).
+/// Mean MLM loss over the first `eval.batches` validation batches, each with
+/// a mask fixed by its index (so every evaluation sees the same masks).
 pub fn validation_loss(
     model: &BertForMaskedLm,
     corpus: &PreparedCorpus,
@@ -106,14 +142,14 @@ pub fn validation_loss(
             "the corpus has no validation split (data.val_fraction = 0)".into(),
         ));
     }
-    let b = config.train.batch_size.min(n);
+    let b = micro_batch(config).min(n);
     let mut total = 0.0;
     let batches = config.eval.batches.min(n.div_ceil(b)).max(1);
     for i in 0..batches {
         let indices = (i * b..(i + 1) * b).map(|j| j % n);
         let tokens = gather(corpus, Split::Validation, indices);
         let mut rng = Rng::new(0x7a1 ^ splitmix64(i as u64));
-        total += batch_loss(
+        let loss = batch_loss(
             model,
             corpus,
             config,
@@ -121,8 +157,8 @@ pub fn validation_loss(
             b,
             &mut rng,
             &mut Ctx::eval(),
-        )?
-        .to_scalar::<f32>()? as f64;
+        )?;
+        total += loss.to_scalar::<f32>()? as f64;
     }
     Ok(total / batches as f64)
 }
@@ -152,40 +188,176 @@ fn batch_loss(
     model.loss(&ids, None, &rows, &targets, ctx)
 }
 
-/// Refuses the options of the config that this first-cut loop does not
-/// honour yet, rather than silently ignoring them.
+/// Sequences per micro-batch.
+fn micro_batch(config: &Config) -> usize {
+    config.train.batch_size / config.train.grad_accum_steps.max(1)
+}
+
+/// Checks what the loop needs of the config before any work is done.
 pub fn check_options(config: &Config) -> Result<()> {
-    let t = &config.train;
-    if t.tokens != 0 || !t.budget.is_empty() || t.grad_accum_steps != 1 {
-        return Err(Error::Config(
-            "`train.tokens`, `train.budget` and `train.grad_accum_steps` are not available in pretrain yet: \
-             use train.steps, and leave the others at 0, \"\" and 1"
-                .into(),
-        ));
-    }
-    if t.steps == 0 {
-        return Err(Error::Usage(
-            "`train.steps` must be at least 1 (set --steps N)".into(),
-        ));
+    Budget::from_config(&config.train, 1)?;
+    if config.objective.kind != "mlm" {
+        return Err(Error::Config(format!(
+            "`objective.kind`: {:?} is not available in pretrain (expected \"mlm\")",
+            config.objective.kind
+        )));
     }
     Ok(())
 }
 
-/// Trains `config.train.steps` steps on `corpus`, writing `metrics.jsonl`,
-/// `checkpoints/final/model.safetensors` and `summary.json` into `run_dir`.
+/// The generator seed of micro-batch `micro` of step `step` (0-based).
+fn micro_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    splitmix64(seed ^ splitmix64(step + 1) ^ splitmix64(micro as u64).rotate_left(17))
+}
+
+/// Keeps the rows of `metrics.jsonl` up to `step` (a resumed run repeats the
+/// steps after its checkpoint, so their rows are dropped).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let kept: String = text
+        .lines()
+        .filter(|line| row_step(line).is_some_and(|s| s <= step))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    crate::run::write_atomic(path, kept.as_bytes())
+}
+
+fn row_step(line: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()?
+        .get("step")?
+        .as_u64()
+}
+
+/// Draws `plots/loss.svg` from `metrics.jsonl`: training and validation
+/// loss against steps, with the corpus's unigram entropy for reference (a
+/// model that ignores context cannot do better).
+pub fn plot_losses(run_dir: &Path, unigram_entropy: f64) -> Result<PathBuf> {
+    let metrics = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let step = row.get("step").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        if let Some(loss) = row.get("loss").and_then(|v| v.as_f64()) {
+            train.push((step, loss));
+        }
+        if let Some(loss) = row.get("val_loss").and_then(|v| v.as_f64()) {
+            val.push((step, loss));
+        }
+    }
+    let dir = run_dir.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join("loss.svg");
+    let series = [
+        Series {
+            name: "training loss",
+            points: train,
+            color: PALETTE[0],
+        },
+        Series {
+            name: "validation loss",
+            points: val,
+            color: PALETTE[1],
+        },
+    ];
+    let tmp = crate::run::temporary_sibling(&path);
+    plot::line_chart(
+        &tmp,
+        "masked-LM loss",
+        "step",
+        "cross-entropy (nats)",
+        &series,
+        Some(Reference {
+            name: "unigram entropy",
+            value: unigram_entropy,
+        }),
+    )?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
+
+/// Progress on standard error: a bar on a terminal, a line per logged step
+/// otherwise (logs, CI).
+struct Progress {
+    bar: Option<ProgressBar>,
+    verbose: bool,
+}
+
+impl Progress {
+    fn new(verbose: bool, budget: &Budget, done: u64) -> Progress {
+        let bar = (verbose && std::io::stderr().is_terminal()).then(|| {
+            let bar = match budget.steps {
+                Some(total) => ProgressBar::new(total),
+                None => ProgressBar::new_spinner(),
+            };
+            let template = if budget.steps.is_some() {
+                "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  eta {eta}"
+            } else {
+                "{spinner} step {pos}  {msg}  {elapsed}"
+            };
+            bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+            bar.set_position(done);
+            bar
+        });
+        Progress { bar, verbose }
+    }
+
+    fn step(&self, row: &Metrics, logged: bool, budget: &Budget) {
+        let msg = format!(
+            "loss {:.3}  lr {:.2e}  {:.0} tok/s",
+            row.loss, row.lr, row.tokens_per_s
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(row.step);
+                bar.set_message(msg);
+                if let Some(v) = row.val_loss {
+                    bar.println(format!("step {:>6}  validation loss {v:.3}", row.step));
+                }
+            }
+            None if self.verbose && logged => {
+                let total = budget.steps.map_or(String::new(), |t| format!("/{t}"));
+                let val = row
+                    .val_loss
+                    .map_or(String::new(), |v| format!("  val {v:.3}"));
+                eprintln!("step {:>6}{total}  {msg}{val}", row.step);
+            }
+            None => {}
+        }
+    }
+
+    fn println(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if self.verbose => eprintln!("{line}"),
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Trains on `corpus` until the budget is reached or `options.stop` is set,
+/// writing `metrics.jsonl`, checkpoints, `plots/loss.svg` and (when the
+/// budget is reached) `summary.json` into `run_dir`.
 pub fn pretrain(
     config: &Config,
     corpus: &PreparedCorpus,
     run_dir: &Path,
-    verbose: bool,
+    options: &Options,
 ) -> Result<Summary> {
     check_options(config)?;
-    let steps = config.train.steps;
-    if steps == 0 {
-        return Err(Error::Usage(
-            "`train.steps` must be at least 1 (set --steps N)".into(),
-        ));
-    }
+    let train = &config.train;
     let m = &corpus.manifest;
     if m.tokenizer.vocab_size != config.model.vocab_size {
         return Err(Error::Config(format!(
@@ -193,99 +365,243 @@ pub fn pretrain(
             config.model.vocab_size, m.tokenizer.vocab_size
         )));
     }
-    let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = BertForMaskedLm::new(&config.model, &mut params, config.train.seed)?;
-    let mut opt = AdamW::new(&params, &config.train)?;
     let train_len = corpus.num_sequences(Split::Train);
-    let mut order = Order::new(config.train.seed, train_len);
-    let batch = config.train.batch_size;
-    let warmup = warmup_steps(steps, config.train.warmup_fraction);
+    if train_len == 0 {
+        return Err(Error::data(
+            &corpus.dir,
+            "the corpus has no training sequences",
+        ));
+    }
+    let micro = micro_batch(config);
+    let tokens_per_step = (train.batch_size * m.seq_len) as u64;
+    let budget = Budget::from_config(train, tokens_per_step)?;
+    let flops_per_step = tokens_per_step as f64
+        * mlm_training_per_token(&config.model, m.seq_len, config.objective.mask_prob);
+
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = BertForMaskedLm::new(&config.model, &mut params, train.seed)?;
+    let mut opt = AdamW::new(&params, train)?;
+    let mut state = TrainState {
+        format_version: FORMAT_VERSION,
+        step: 0,
+        tokens: 0,
+        flops: 0.0,
+        wall_s: 0.0,
+        data: DataPosition { epoch: 0, next: 0 },
+        seed: train.seed,
+        last_loss: f64::NAN,
+        last_val_loss: None,
+    };
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
-    let start = Instant::now();
-    let mut tokens = 0u64;
-    let (mut last_loss, mut last_val) = (f64::NAN, f64::NAN);
-
-    for step in 0..steps {
-        let step_seed = splitmix64(config.train.seed ^ splitmix64(step + 1));
-        let mut mask_rng = Rng::new(step_seed);
-        let mut dropout_rng = Rng::new(!step_seed);
-        let indices: Vec<usize> = (0..batch).map(|_| order.take()).collect();
-        let ids = gather(corpus, Split::Train, indices.into_iter());
-        let loss = batch_loss(
-            &model,
-            corpus,
-            config,
-            &ids,
-            batch,
-            &mut mask_rng,
-            &mut Ctx::train(&mut dropout_rng),
-        )?;
-        let loss_value = loss.to_scalar::<f32>()? as f64;
-        if !loss_value.is_finite() {
-            return Err(Error::Tensor(format!(
-                "loss became {loss_value} at step {}",
-                step + 1
-            )));
+    let mut saved_step = None;
+    if options.resume {
+        if let Some(dir) = checkpoint::latest(run_dir)? {
+            state = checkpoint::load(&dir, &params, &mut opt)?;
+            if state.seed != train.seed {
+                return Err(Error::Config(format!(
+                    "{}: the checkpoint was trained with train.seed = {}, the config says {}",
+                    dir.display(),
+                    state.seed,
+                    train.seed
+                )));
+            }
+            saved_step = Some(state.step);
+            if budget.exhausted(state.step, state.wall_s) {
+                return Err(Error::Usage(format!(
+                    "{} already reached its budget at step {}: give a larger --steps, --tokens or --budget to continue",
+                    run_dir.display(),
+                    state.step
+                )));
+            }
         }
-        let grads = loss.backward()?;
-        let norm = grad_norm(&params, &grads)?;
-        let lr = linear_warmup_decay(config.train.learning_rate, step, warmup, steps);
-        opt.update(&grads, lr, clip_scale(norm, config.train.max_grad_norm))?;
-        tokens += (batch * m.seq_len) as u64;
-        last_loss = loss_value;
+        truncate_metrics(&metrics_path, state.step)?;
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut order = Order::at(train.seed, train_len, state.data);
 
-        let done = step + 1;
-        let evaluate = done == steps || (config.eval.every > 0 && done % config.eval.every == 0);
-        let val_loss = if evaluate {
-            last_val = validation_loss(&model, corpus, config)?;
-            Some(last_val)
+    let progress = Progress::new(options.verbose, &budget, state.step);
+    if options.resume && state.step > 0 {
+        progress.println(format!("resuming at step {}", state.step));
+    }
+    let session = Instant::now();
+    let (wall_before, tokens_before) = (state.wall_s, state.tokens);
+    let elapsed = || wall_before + session.elapsed().as_secs_f64();
+    let mut last_step_secs = 0.0;
+
+    let ending = loop {
+        if budget.exhausted(state.step, elapsed()) {
+            break Ending::Finished;
+        }
+        if options.stop.load(Ordering::SeqCst) {
+            break Ending::Interrupted;
+        }
+        let step_start = Instant::now();
+        let step = state.step;
+        let lr = budget.learning_rate(train, step, elapsed() + last_step_secs);
+        let mut grads = Vec::new();
+        let mut loss_sum = 0.0;
+        let accum = train.grad_accum_steps.max(1);
+        for k in 0..accum {
+            let seed = micro_seed(train.seed, step, k);
+            let (mut mask_rng, mut dropout_rng) = (Rng::new(seed), Rng::new(!seed));
+            let ids = gather(corpus, Split::Train, (0..micro).map(|_| order.take()));
+            let loss = batch_loss(
+                &model,
+                corpus,
+                config,
+                &ids,
+                micro,
+                &mut mask_rng,
+                &mut Ctx::train(&mut dropout_rng),
+            )?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(diverged(
+                    run_dir,
+                    &params,
+                    &opt,
+                    &state,
+                    saved_step,
+                    train.keep_checkpoints,
+                    "the loss",
+                    value,
+                ));
+            }
+            loss_sum += value;
+            let mut g = gradients(&params, &loss.backward()?)?;
+            if accum > 1 {
+                g = g
+                    .iter()
+                    .map(|t| t / accum as f64)
+                    .collect::<candle_core::Result<_>>()?;
+            }
+            accumulate(&mut grads, g)?;
+        }
+        let norm = grad_norm(&grads)?;
+        if !norm.is_finite() {
+            return Err(diverged(
+                run_dir,
+                &params,
+                &opt,
+                &state,
+                saved_step,
+                train.keep_checkpoints,
+                "the gradient norm",
+                norm,
+            ));
+        }
+        opt.update(&grads, lr, clip_scale(norm, train.max_grad_norm))?;
+        last_step_secs = step_start.elapsed().as_secs_f64();
+        state.step += 1;
+        state.tokens += tokens_per_step;
+        state.flops += flops_per_step;
+        state.data = order.position;
+        state.last_loss = loss_sum / accum as f64;
+
+        let done = state.step;
+        let last = budget.exhausted(done, elapsed()) || options.stop.load(Ordering::SeqCst);
+        let due = |every: u64| every > 0 && done % every == 0;
+        let val_loss = if due(config.eval.every) || (last && budget.exhausted(done, elapsed())) {
+            let v = validation_loss(&model, corpus, config)?;
+            state.last_val_loss = Some(v);
+            Some(v)
         } else {
             None
         };
-        if evaluate || done % config.train.log_every == 0 {
-            let wall_s = start.elapsed().as_secs_f64();
-            let row = Metrics {
-                step: done,
-                loss: loss_value,
-                val_loss,
-                lr,
-                grad_norm: norm,
-                tokens,
-                wall_s,
-                tokens_per_s: tokens as f64 / wall_s,
-            };
+        let logged = val_loss.is_some() || due(train.log_every) || last;
+        state.wall_s = elapsed();
+        let row = Metrics {
+            step: done,
+            loss: state.last_loss,
+            val_loss,
+            lr,
+            grad_norm: norm,
+            tokens: state.tokens,
+            flops: state.flops,
+            wall_s: state.wall_s,
+            tokens_per_s: (state.tokens - tokens_before) as f64 / session.elapsed().as_secs_f64(),
+        };
+        if logged {
             let line = serde_json::to_string(&row).expect("serialisable");
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-            if verbose {
-                let val = val_loss.map_or(String::new(), |v| format!("  val {v:.3}"));
-                eprintln!(
-                    "step {done:>6}/{steps}  loss {loss_value:.3}{val}  lr {lr:.2e}  {:.0} tok/s",
-                    row.tokens_per_s
-                );
-            }
         }
-    }
+        progress.step(&row, logged, &budget);
+        if due(train.save_every) {
+            checkpoint::save(run_dir, &params, &opt, &state, train.keep_checkpoints)?;
+            saved_step = Some(done);
+        }
+    };
+    progress.finish();
+    metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+    state.wall_s = elapsed();
+    let checkpoint = if saved_step == Some(state.step) {
+        checkpoint::latest(run_dir)?.expect("a checkpoint was just written")
+    } else {
+        checkpoint::save(run_dir, &params, &opt, &state, train.keep_checkpoints)?
+    };
 
     // The run directory holds everything needed to use the model.
     let tokenizer = corpus.dir.join(&m.tokenizer.file);
     let copy = run_dir.join("tokenizer.json");
     std::fs::copy(&tokenizer, &copy).map_err(|e| Error::io(&copy, e))?;
-    let dir = run_dir.join("checkpoints").join("final");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    params.save(&dir.join("model.safetensors"))?;
-    let wall_s = start.elapsed().as_secs_f64();
+    let loss_plot = plot_losses(run_dir, m.unigram_entropy_nats)?;
     let summary = Summary {
-        steps,
-        tokens,
-        final_loss: last_loss,
-        final_val_loss: last_val,
+        ending,
+        steps: state.step,
+        tokens: state.tokens,
+        flops: state.flops,
+        final_loss: state.last_loss,
+        final_val_loss: state.last_val_loss,
         unigram_entropy_nats: m.unigram_entropy_nats,
         parameters: params.count(),
-        wall_s,
-        tokens_per_s: tokens as f64 / wall_s,
+        wall_s: state.wall_s,
+        tokens_per_s: (state.tokens - tokens_before) as f64 / session.elapsed().as_secs_f64(),
+        checkpoint,
+        loss_plot,
     };
-    crate::run::write_json(&run_dir.join("summary.json"), &summary)?;
+    if ending == Ending::Finished {
+        crate::run::write_json(&run_dir.join("summary.json"), &summary)?;
+    }
     Ok(summary)
+}
+
+/// The NaN/inf guard: the update that would have used `what` is not applied,
+/// so the model is still the last good one; it is checkpointed (unless it
+/// already is) and the run stops with an error that says where it is.
+#[allow(clippy::too_many_arguments)]
+fn diverged(
+    run_dir: &Path,
+    params: &Params,
+    opt: &AdamW,
+    state: &TrainState,
+    saved_step: Option<u64>,
+    keep: usize,
+    what: &str,
+    value: f64,
+) -> Error {
+    let step = state.step + 1;
+    let kept = if state.step == 0 {
+        Ok(None)
+    } else if saved_step == Some(state.step) {
+        checkpoint::latest(run_dir)
+    } else {
+        checkpoint::save(run_dir, params, opt, state, keep).map(Some)
+    };
+    let where_ = match kept {
+        Ok(Some(dir)) => format!(
+            "the last good state (step {}) is in {}",
+            state.step,
+            dir.display()
+        ),
+        Ok(None) => "no step had completed, so there is no checkpoint".into(),
+        Err(e) => format!("writing the last good checkpoint failed too: {e}"),
+    };
+    Error::Training(format!(
+        "{what} became {value} at step {step}; training stopped and {where_}. \
+         Lower train.learning_rate or train.max_grad_norm, then continue with --resume"
+    ))
 }

@@ -1,0 +1,122 @@
+"""The PyTorch side of bench/mlm_step.sh: the same BERT masked-LM step as
+brisk's `mlm-step`, on the same weights, batch and mask.
+
+HF `BertForMaskedLM` is built from the preset's shape, loads brisk's initial
+weights (brisk uses HF tensor names), and predicts only the masked rows, as
+brisk does. The step-1 loss and the loss after one AdamW update (dropout off)
+are printed for the runner to compare; then full training steps (dropout on)
+are timed. Prints one JSON object.
+"""
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+from safetensors.torch import load_file
+from transformers import BertConfig, BertForMaskedLM
+
+
+def parse_args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True, help="where mlm-step wrote init/batch")
+    p.add_argument("--brisk-json", required=True, help="brisk's report (for the shape)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--lr", type=float, default=1e-3)
+    return p.parse_args()
+
+
+# The presets' shapes (crates/brisk/src/config/presets.rs).
+SHAPES = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
+    "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+    "small": dict(num_hidden_layers=12, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+}
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    brisk = json.load(open(args.brisk_json))
+    weights = load_file(f"{args.dir}/init.safetensors")
+    vocab = weights["bert.embeddings.word_embeddings.weight"].shape[0]
+    max_len = weights["bert.embeddings.position_embeddings.weight"].shape[0]
+    config = BertConfig(
+        vocab_size=vocab,
+        max_position_embeddings=max_len,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        **SHAPES[brisk["preset"]],
+    )
+    model = BertForMaskedLM(config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # The decoder weight is tied to the word embeddings; position_ids is a buffer.
+    missing = [k for k in missing if k not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+               and not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise SystemExit(f"weights do not match HF BERT: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+
+    batch = load_file(f"{args.dir}/batch.safetensors")
+    ids, rows, targets = batch["input_ids"], batch["rows"], batch["targets"]
+    hidden_size = config.hidden_size
+
+    def loss_fn():
+        hidden = model.bert(input_ids=ids).last_hidden_state.reshape(-1, hidden_size)
+        logits = model.cls(hidden[rows])
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    decay = [p for n, p in model.named_parameters() if not (n.endswith(".bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith(".bias") or "LayerNorm" in n]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.999), eps=1e-6,
+    )
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.item(), norm.item()
+
+    model.eval()
+    loss_step1, norm_step1 = step()
+    with torch.no_grad():
+        loss_after = loss_fn().item()
+
+    model.train()
+    timed = 0.0
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        step()
+        if i >= args.warmup:
+            timed += time.perf_counter() - start
+    steps_per_s = args.steps / timed
+    b, l = ids.shape
+    print(json.dumps({
+        "framework": "pytorch",
+        "torch": torch.__version__,
+        "batch": b,
+        "seq_len": l,
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "loss_step1": loss_step1,
+        "loss_after_update": loss_after,
+        "grad_norm_step1": norm_step1,
+        "steps_per_s": steps_per_s,
+        "tokens_per_s": steps_per_s * b * l,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }))
+
+
+if __name__ == "__main__":
+    main()

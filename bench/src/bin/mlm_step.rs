@@ -1,0 +1,161 @@
+//! brisk's side of `bench/mlm_step.sh`: one masked-LM training step of a
+//! preset's BERT, on a batch of the built-in corpus.
+//!
+//! It writes what the PyTorch side needs to run the very same step
+//! (`init.safetensors`: the initial weights under HF names;
+//! `batch.safetensors`: input ids, masked rows and their targets), prints
+//! the losses of that step without dropout (before and after one AdamW
+//! update), then times full training steps (dropout on) and prints one JSON
+//! object.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use brisk::config::Preset;
+use brisk::corpus::generated::Rng;
+use brisk::corpus::shards::{PreparedCorpus, Split};
+use brisk::corpus::{self, Input};
+use brisk::model::{BertForMaskedLm, Ctx, Params};
+use brisk::pretrain::mlm::mask_tokens;
+use brisk::train::optim::{clip_scale, grad_norm, gradients, AdamW};
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Preset whose model is timed.
+    #[arg(long, default_value = "mini")]
+    preset: String,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Timed steps (after `--warmup` untimed ones).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long)]
+    threads: usize,
+    /// Learning rate of the checked update.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Where the corpus, weights and batch go.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()?;
+    let mut config = Preset::from_name(&args.preset)?.config();
+    config.train.batch_size = args.batch;
+    config.train.learning_rate = args.lr;
+
+    let corpus_dir = args.out.join("corpus");
+    if !corpus_dir.join("manifest.json").exists() {
+        std::fs::create_dir_all(&corpus_dir)?;
+        corpus::prepare(
+            &config.data,
+            config.model.vocab_size,
+            &Input::Generated,
+            &corpus_dir,
+            false,
+        )?;
+    }
+    let corpus = PreparedCorpus::open(&corpus_dir)?;
+    let m = &corpus.manifest;
+    config.model.vocab_size = m.tokenizer.vocab_size;
+    let (b, l) = (args.batch, m.seq_len);
+
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = BertForMaskedLm::new(&config.model, &mut params, config.train.seed)?;
+    params.save(&args.out.join("init.safetensors"))?;
+
+    let tokens: Vec<u32> = (0..b)
+        .flat_map(|i| corpus.sequence(Split::Train, i).tokens.to_vec())
+        .collect();
+    let masked = mask_tokens(
+        &tokens,
+        &m.special_ids,
+        m.tokenizer.vocab_size,
+        &config.objective,
+        &mut Rng::new(7),
+    );
+    let dev = Device::Cpu;
+    let n = masked.rows.len();
+    let ids = Tensor::from_vec(masked.inputs.clone(), (b, l), &dev)?;
+    let rows = Tensor::from_vec(masked.rows.clone(), n, &dev)?;
+    let targets = Tensor::from_vec(masked.targets.clone(), n, &dev)?;
+    let as_i64 = |t: &Tensor| t.to_dtype(DType::I64);
+    let batch: HashMap<String, Tensor> = [
+        ("input_ids", as_i64(&ids)?),
+        ("rows", as_i64(&rows)?),
+        ("targets", as_i64(&targets)?),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    candle_core::safetensors::save(&batch, args.out.join("batch.safetensors"))?;
+
+    // The checked step: no dropout, so both frameworks compute the same thing.
+    let mut opt = AdamW::new(&params, &config.train)?;
+    let loss = model.loss(&ids, None, &rows, &targets, &mut Ctx::eval())?;
+    let loss_before = loss.to_scalar::<f32>()?;
+    let grads = gradients(&params, &loss.backward()?)?;
+    let norm = grad_norm(&grads)?;
+    opt.update(
+        &grads,
+        args.lr,
+        clip_scale(norm, config.train.max_grad_norm),
+    )?;
+    let loss_after = model
+        .loss(&ids, None, &rows, &targets, &mut Ctx::eval())?
+        .to_scalar::<f32>()?;
+
+    // Timed training steps, dropout on, as in pre-training.
+    let mut rng = Rng::new(11);
+    let mut timed = 0.0;
+    for step in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        let loss = model.loss(&ids, None, &rows, &targets, &mut Ctx::train(&mut rng))?;
+        let grads = gradients(&params, &loss.backward()?)?;
+        let norm = grad_norm(&grads)?;
+        opt.update(
+            &grads,
+            args.lr,
+            clip_scale(norm, config.train.max_grad_norm),
+        )?;
+        if step >= args.warmup {
+            timed += start.elapsed().as_secs_f64();
+        }
+    }
+    let steps_per_s = args.steps as f64 / timed;
+    let report = serde_json::json!({
+        "framework": "brisk",
+        "preset": args.preset,
+        "batch": b,
+        "seq_len": l,
+        "threads": args.threads,
+        "parameters": params.count(),
+        "masked": n,
+        "loss_step1": loss_before,
+        "loss_after_update": loss_after,
+        "grad_norm_step1": norm,
+        "steps_per_s": steps_per_s,
+        "tokens_per_s": steps_per_s * (b * l) as f64,
+        "peak_rss_mb": peak_rss_mb().context("reading /proc/self/status")?,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// The process's peak resident set (VmHWM), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

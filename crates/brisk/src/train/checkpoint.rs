@@ -1,0 +1,234 @@
+//! Checkpoints: `checkpoints/step-NNNNNN/` holding `model.safetensors`,
+//! `optimizer.safetensors` and `state.json` (format version, step, data
+//! position, counters).
+//!
+//! A checkpoint directory is assembled under a temporary name and renamed
+//! into place, so a crash or a kill never leaves a half-written checkpoint
+//! under a real name. Random streams (masks, dropout) are derived from the
+//! seed and the step, so the step and the data position are all the state
+//! that resume needs besides weights and optimiser moments.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::Params;
+use crate::run::write_json;
+use crate::train::optim::AdamW;
+
+/// The checkpoint layout this brisk writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where the data order stands: the epoch's permutation is derived from the
+/// seed and the epoch, and `next` sequences of it have been used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPosition {
+    pub epoch: u64,
+    pub next: usize,
+}
+
+/// `state.json`: everything but the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format_version: u32,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Training tokens seen.
+    pub tokens: u64,
+    /// Training FLOPs so far (ELECTRA's counting convention).
+    pub flops: f64,
+    /// Training wall-clock seconds so far, over every session of the run.
+    pub wall_s: f64,
+    pub data: DataPosition,
+    /// The seed the per-step random streams derive from (`train.seed`).
+    pub seed: u64,
+    pub last_loss: f64,
+    pub last_val_loss: Option<f64>,
+}
+
+/// `checkpoints/` of a run.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step-{step:06}")
+}
+
+/// The step of a `step-NNNNNN` directory name.
+fn parse_step_dir(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Every checkpoint of a run, oldest first.
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(step) = parse_step_dir(&name) {
+            found.push((step, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(list(run_dir)?.pop().map(|(_, path)| path))
+}
+
+/// Writes a checkpoint of `params`, `opt` and `state` atomically, then keeps
+/// only the newest `keep` checkpoints (at least this one). Returns its path.
+pub fn save(
+    run_dir: &Path,
+    params: &Params,
+    opt: &AdamW,
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let dir = checkpoints_dir(run_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let name = step_dir_name(state.step);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    params.save(&tmp.join("model.safetensors"))?;
+    opt.save(&tmp.join("optimizer.safetensors"))?;
+    write_json(&tmp.join("state.json"), state)?;
+    let target = dir.join(&name);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+    prune(run_dir, keep.max(1))?;
+    Ok(target)
+}
+
+/// Deletes all but the newest `keep` checkpoints.
+fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let all = list(run_dir)?;
+    let excess = all.len().saturating_sub(keep);
+    for (_, path) in all.into_iter().take(excess) {
+        std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint's `state.json`, refusing another format version.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::data(&path, format!("not valid JSON: {e}")))?;
+    let version = value.get("format_version").and_then(|v| v.as_u64());
+    if version != Some(FORMAT_VERSION as u64) {
+        let found = version.map_or("none".to_string(), |v| v.to_string());
+        return Err(Error::data(
+            &path,
+            format!(
+                "checkpoint format version {found}, but this brisk reads version {FORMAT_VERSION}; \
+                 resume it with the brisk that wrote it"
+            ),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Error::data(&path, format!("bad checkpoint state: {e}")))
+}
+
+/// Loads a checkpoint into `params` and `opt` and returns its state.
+pub fn load(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<TrainState> {
+    let state = read_state(dir)?;
+    params.load(&dir.join("model.safetensors"))?;
+    opt.load(&dir.join("optimizer.safetensors"), state.step)?;
+    Ok(state)
+}
+
+/// The weights file of a run's newest checkpoint, for commands that use a
+/// trained model (`fill-mask`).
+pub fn latest_weights(run_dir: &Path) -> Result<PathBuf> {
+    let dir = latest(run_dir)?.ok_or_else(|| {
+        Error::data(
+            checkpoints_dir(run_dir),
+            "has no checkpoint (is this a `brisk pretrain` run directory?)",
+        )
+    })?;
+    Ok(dir.join("model.safetensors"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+    use candle_core::{DType, Device};
+
+    fn state(step: u64) -> TrainState {
+        TrainState {
+            format_version: FORMAT_VERSION,
+            step,
+            tokens: step * 10,
+            flops: 1.5e9,
+            wall_s: 2.0,
+            data: DataPosition { epoch: 1, next: 3 },
+            seed: 42,
+            last_loss: 3.0,
+            last_val_loss: None,
+        }
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_only_the_newest_are_kept() {
+        let run = tempfile::tempdir().unwrap();
+        let mut params = Params::new(Device::Cpu, DType::F32);
+        params.ones("w.weight", &[3]).unwrap();
+        let mut opt = AdamW::new(&params, &Preset::Tiny.config().train).unwrap();
+        for step in [5, 10, 15] {
+            save(run.path(), &params, &opt, &state(step), 2).unwrap();
+        }
+        let kept: Vec<u64> = list(run.path())
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(kept, vec![10, 15]);
+        let dir = latest(run.path()).unwrap().unwrap();
+        assert!(dir.ends_with("step-000015"));
+        assert_eq!(load(&dir, &params, &mut opt).unwrap(), state(15));
+        assert_eq!(opt.step, 15);
+        let leftovers: Vec<_> = std::fs::read_dir(checkpoints_dir(run.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn another_format_version_is_a_clear_error() {
+        let run = tempfile::tempdir().unwrap();
+        let mut params = Params::new(Device::Cpu, DType::F32);
+        params.ones("w.weight", &[3]).unwrap();
+        let opt = AdamW::new(&params, &Preset::Tiny.config().train).unwrap();
+        let dir = save(run.path(), &params, &opt, &state(1), 3).unwrap();
+        let path = dir.join("state.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("\"format_version\": 1", "\"format_version\": 99"),
+        )
+        .unwrap();
+        let err = read_state(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("format version 99"),
+            "{err}"
+        );
+    }
+}

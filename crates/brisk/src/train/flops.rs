@@ -1,0 +1,86 @@
+//! Training FLOPs, counted as ELECTRA does (Clark et al., 2020, and its
+//! `flops_computation.py`), so that objectives with different costs per step
+//! can be compared on one axis:
+//! - a matrix product counts 2 FLOPs per multiply-add;
+//! - the backward pass costs as much as the forward pass, so training is
+//!   2 × forward;
+//! - embeddings are dense look-ups (a product with a one-hot vector);
+//! - the MLM output layer is counted only at the masked fraction of tokens.
+//!
+//! Element-wise work (LayerNorm, GELU, softmax, dropout, residuals) is
+//! counted with small per-element constants; it is a few percent of the
+//! total for BERT shapes.
+
+use crate::config::ModelConfig;
+
+const LAYER_NORM: f64 = 5.0;
+const GELU: f64 = 8.0;
+const SOFTMAX: f64 = 5.0;
+const DROPOUT: f64 = 4.0;
+
+/// Forward FLOPs of the encoder for one token of a `seq_len`-token sequence.
+pub fn encoder_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let i = cfg.intermediate_size as f64;
+    let l = seq_len as f64;
+    let heads = cfg.num_attention_heads as f64;
+    let lookups = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) as f64;
+    let embeddings = 2.0 * h * lookups + 2.0 * h + (LAYER_NORM + DROPOUT) * h;
+    let attention = 2.0 * 3.0 * h * h + 3.0 * h // query, key, value
+        + 2.0 * l * h // scores
+        + l * heads * (2.0 + SOFTMAX + DROPOUT) // scale, mask, softmax, dropout
+        + 2.0 * l * h // probabilities × values
+        + 2.0 * h * h + h // output projection
+        + (DROPOUT + 1.0 + LAYER_NORM) * h;
+    let feed_forward =
+        2.0 * h * i + i + GELU * i + 2.0 * i * h + h + (DROPOUT + 1.0 + LAYER_NORM) * h;
+    embeddings + cfg.num_hidden_layers as f64 * (attention + feed_forward)
+}
+
+/// Forward FLOPs of the MLM head for one predicted token.
+pub fn mlm_head_forward_per_prediction(cfg: &ModelConfig) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let v = cfg.vocab_size as f64;
+    2.0 * h * h + h + (GELU + LAYER_NORM) * h + 2.0 * h * v + v + SOFTMAX * v
+}
+
+/// Training FLOPs per token of masked-LM pre-training with `mask_prob` of
+/// the tokens predicted.
+pub fn mlm_training_per_token(cfg: &ModelConfig, seq_len: usize, mask_prob: f64) -> f64 {
+    2.0 * (encoder_forward_per_token(cfg, seq_len)
+        + mask_prob * mlm_head_forward_per_prediction(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    #[test]
+    fn matrix_products_dominate_and_scale_as_expected() {
+        let cfg = Preset::Base.config().model;
+        // 12 layers × (4h² + 2hi) × 2 FLOPs: the familiar 2 × parameters rule.
+        let matmuls = 12.0 * 2.0 * (4.0 * 768.0 * 768.0 + 2.0 * 768.0 * 3072.0);
+        let forward = encoder_forward_per_token(&cfg, 128);
+        assert!(
+            forward > matmuls && forward < 1.6 * matmuls,
+            "{forward} vs {matmuls}"
+        );
+        let bigger = ModelConfig {
+            num_hidden_layers: 24,
+            ..cfg.clone()
+        };
+        let embeddings = encoder_forward_per_token(
+            &ModelConfig {
+                num_hidden_layers: 0,
+                ..cfg.clone()
+            },
+            128,
+        );
+        let per_layer = (forward - embeddings) / 12.0;
+        assert!(
+            (encoder_forward_per_token(&bigger, 128) - embeddings - 24.0 * per_layer).abs() < 1.0
+        );
+        assert!(mlm_training_per_token(&cfg, 128, 0.15) > 2.0 * forward);
+    }
+}
