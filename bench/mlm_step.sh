@@ -38,14 +38,14 @@ diff = abs(b["loss_step1"] - t["loss_step1"])
 after = abs(b["loss_after_update"] - t["loss_after_update"])
 print(f"{b['preset']}, batch {b['batch']} x {b['seq_len']}, {b['threads']} threads, "
       f"{b['parameters']:,} parameters, torch {t['torch']}")
-print(f"step-1 loss: brisk {b['loss_step1']:.6f}  pytorch {t['loss_step1']:.6f}  |diff| {diff:.2e}")
-print(f"loss after one AdamW update: brisk {b['loss_after_update']:.6f}  "
-      f"pytorch {t['loss_after_update']:.6f}  |diff| {after:.2e}")
+print(f"step-1 loss: brisk {b['loss_step1']!r}  pytorch {t['loss_step1']!r}  |diff| {diff:.2e}")
+print(f"loss after one AdamW update: brisk {b['loss_after_update']!r}  "
+      f"pytorch {t['loss_after_update']!r}  |diff| {after:.2e}")
 if diff > 1e-4:
     sys.exit(f"step-1 losses differ by {diff:.2e} (> 1e-4): not timing different computations")
 print()
 print(f"| {'':8} | {'steps/s':>8} | {'tokens/s':>9} | {'peak RSS (MB)':>13} |")
-print(f"| {'-'*8} | {'-'*8}: | {'-'*9}: | {'-'*13}: |")
+print(f"| {'-'*8} | {'-'*7}: | {'-'*8}: | {'-'*12}: |")
 for r in (b, t):
     print(f"| {r['framework']:8} | {r['steps_per_s']:8.2f} | {r['tokens_per_s']:9.0f} | {r['peak_rss_mb']:13.0f} |")
 print(f"\nbrisk / PyTorch speed: {b['steps_per_s'] / t['steps_per_s']:.2f}x")

@@ -104,3 +104,59 @@ fn entities_keep_their_attributes() {
         "the most frequent person is mentioned {most} times"
     );
 }
+
+/// The language is learnable from context: a `tiny`-width model pre-trained
+/// for 300 steps predicts masked tokens clearly better than the unigram
+/// distribution (the best any model that ignores context can do).
+///
+/// Settings: 300,000 words, a 2,000-entry vocabulary, 32-token sequences,
+/// batch 32, the `tiny` model and optimiser otherwise. Measured on 2 cores:
+/// validation loss 5.849 against a unigram entropy of 5.946, a margin of
+/// 0.10 nats, in about 45 s. The test asks for half that margin.
+#[test]
+fn a_tiny_model_beats_the_unigram_entropy() {
+    use std::sync::atomic::AtomicBool;
+
+    use brisk::corpus::shards::PreparedCorpus;
+    use brisk::corpus::{prepare, Input};
+    use brisk::train::pretrain::{pretrain, Options};
+
+    let mut config = Preset::Tiny.config();
+    config.data.generated_words = 300_000;
+    config.data.seq_len = 32;
+    config.model.vocab_size = 2_000;
+    config.train.batch_size = 32;
+    config.train.steps = 300;
+    config.eval.every = 0;
+    config.eval.batches = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus_dir = dir.path().join("corpus");
+    std::fs::create_dir(&corpus_dir).unwrap();
+    prepare(
+        &config.data,
+        config.model.vocab_size,
+        &Input::Generated,
+        &corpus_dir,
+        false,
+    )
+    .unwrap();
+    let corpus = PreparedCorpus::open(&corpus_dir).unwrap();
+    config.model.vocab_size = corpus.manifest.tokenizer.vocab_size;
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let stop = AtomicBool::new(false);
+    let options = Options {
+        resume: false,
+        verbose: false,
+        stop: &stop,
+    };
+    let summary = pretrain(&config, &corpus, &run, &options).unwrap();
+    let val = summary.final_val_loss.unwrap();
+    let entropy = summary.unigram_entropy_nats;
+    println!("validation loss {val:.3}, unigram entropy {entropy:.3}");
+    const MARGIN: f64 = 0.05;
+    assert!(
+        val < entropy - MARGIN,
+        "validation loss {val:.3} is not {MARGIN} nats below the unigram entropy {entropy:.3}"
+    );
+}
