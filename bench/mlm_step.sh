@@ -26,7 +26,7 @@ cargo build --release --quiet -p brisk-bench
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-target/release/mlm-step --preset "$preset" --batch "$batch" --threads "$threads" \
+RAYON_NUM_THREADS=$threads target/release/mlm-step --preset "$preset" --batch "$batch" --threads "$threads" \
     --steps "$steps" --out "$work" > "$work/brisk.json"
 "$python" bench/mlm_step.py --dir "$work" --brisk-json "$work/brisk.json" \
     --threads "$threads" --steps "$steps" > "$work/torch.json"

@@ -50,6 +50,9 @@ fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
         if n == 0 {
             return Err(brisk::Error::Usage("--threads must be at least 1".into()).into());
         }
+        // candle sizes its matrix-multiply parallelism from this variable
+        // (as rayon does); set it before any thread starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
@@ -198,7 +201,11 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         .into());
     }
     run.write_config(&config)?;
-    run.write_provenance()?;
+    if args.resume {
+        run.append_resumed_provenance()?;
+    } else {
+        run.write_provenance()?;
+    }
     install_stop_handler()?;
     if !args.quiet {
         eprintln!("training in {}", run.path.display());

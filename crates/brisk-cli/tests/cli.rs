@@ -440,6 +440,15 @@ fn resume_continues_bitwise_exactly() {
     )
     .unwrap();
     assert_eq!(state["step"], 20);
+    let provenance: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("parts/provenance.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        provenance["resumed"].as_array().map(Vec::len),
+        Some(1),
+        "the resumed session is recorded: {provenance}"
+    );
     assert_eq!(state["tokens"], 20 * 4 * 32);
 
     // A finished run refuses to resume without a larger budget.

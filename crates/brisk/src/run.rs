@@ -86,6 +86,29 @@ impl RunDir {
         write_json(&self.path.join("provenance.json"), &provenance)?;
         Ok(provenance)
     }
+
+    /// Records a resumed session: `provenance.json` keeps how the run was
+    /// started and lists every later session under `resumed`.
+    pub fn append_resumed_provenance(&self) -> Result<()> {
+        let path = self.path.join("provenance.json");
+        let session = serde_json::to_value(Provenance::now()).expect("serialisable");
+        let mut record = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| Error::data(&path, format!("not valid JSON: {e}")))?,
+            Err(_) => return self.write_provenance().map(|_| ()),
+        };
+        let Some(object) = record.as_object_mut() else {
+            return Err(Error::data(&path, "is not a JSON object"));
+        };
+        let resumed = object
+            .entry("resumed")
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        match resumed.as_array_mut() {
+            Some(list) => list.push(session),
+            None => return Err(Error::data(&path, "`resumed` is not a list")),
+        }
+        write_json(&path, &record)
+    }
 }
 
 /// Where and how a run was made.

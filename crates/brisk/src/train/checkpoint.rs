@@ -43,6 +43,9 @@ pub struct TrainState {
     pub data: DataPosition,
     /// The seed the per-step random streams derive from (`train.seed`).
     pub seed: u64,
+    /// Worker threads of the session that wrote the checkpoint: resume is
+    /// bitwise exact at the same count.
+    pub threads: usize,
     pub last_loss: f64,
     pub last_val_loss: Option<f64>,
 }
@@ -179,6 +182,7 @@ mod tests {
             wall_s: 2.0,
             data: DataPosition { epoch: 1, next: 3 },
             seed: 42,
+            threads: 2,
             last_loss: 3.0,
             last_val_loss: None,
         }

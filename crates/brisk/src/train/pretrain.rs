@@ -389,6 +389,7 @@ pub fn pretrain(
         wall_s: 0.0,
         data: DataPosition { epoch: 0, next: 0 },
         seed: train.seed,
+        threads: rayon::current_num_threads(),
         last_loss: f64::NAN,
         last_val_loss: None,
     };
@@ -406,6 +407,15 @@ pub fn pretrain(
                 )));
             }
             saved_step = Some(state.step);
+            let threads = rayon::current_num_threads();
+            if state.threads != threads && options.verbose {
+                eprintln!(
+                    "note: resuming on {threads} threads; the checkpoint was written on {}, \
+                     so the losses may differ from an uninterrupted run in the last bits",
+                    state.threads
+                );
+            }
+            state.threads = threads;
             if budget.exhausted(state.step, state.wall_s) {
                 return Err(Error::Usage(format!(
                     "{} already reached its budget at step {}: give a larger --steps, --tokens or --budget to continue",
