@@ -105,14 +105,22 @@ fn entities_keep_their_attributes() {
     );
 }
 
-/// The language is learnable from context: a `tiny`-width model pre-trained
-/// for 300 steps predicts masked tokens clearly better than the unigram
-/// distribution (the best any model that ignores context can do).
+/// A `tiny`-width model pre-trained for 300 short steps predicts masked
+/// tokens clearly better than the unigram distribution (the best a model
+/// that reads nothing of its input can do).
 ///
 /// Settings: 300,000 words, a 2,000-entry vocabulary, 32-token sequences,
 /// batch 32, the `tiny` model and optimiser otherwise. Measured on 2 cores:
 /// validation loss 5.849 against a unigram entropy of 5.946, a margin of
 /// 0.10 nats, in about 45 s. The test asks for half that margin.
+///
+/// What the margin is made of, measured: with every selected token replaced
+/// by `[MASK]` (no kept or random tokens) the same run ends at 5.972, so at
+/// this budget the model has learned the unigram distribution and to trust
+/// a visible token (the 10% kept), not yet to read context. HF BERT in
+/// PyTorch, trained the same way on the same shards, is on the same plateau
+/// after 1,000 steps (validation 5.85 against 5.85 for brisk's weights on
+/// the same masks); leaving it takes more compute than a unit test has.
 #[test]
 fn a_tiny_model_beats_the_unigram_entropy() {
     use std::sync::atomic::AtomicBool;
