@@ -23,6 +23,10 @@ use brisk::train::optim::{clip_scale, grad_norm, gradients, AdamW};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Preset whose model is timed.
@@ -47,6 +51,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !cfg!(feature = "mimalloc") && std::env::var_os("BRISK_GLIBC_DEFAULTS").is_none() {
+        brisk::runtime::keep_freed_memory();
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build_global()?;
@@ -100,17 +107,19 @@ fn main() -> anyhow::Result<()> {
     .collect();
     candle_core::safetensors::save(&batch, args.out.join("batch.safetensors"))?;
 
+    // One optimiser step on the batch; returns the loss and gradient norm.
+    let max_norm = config.train.max_grad_norm;
+    let step = |opt: &mut AdamW, ctx: &mut Ctx| -> anyhow::Result<(f32, f64)> {
+        let loss = model.loss(&ids, None, &rows, &targets, ctx)?;
+        let grads = gradients(&params, &loss.backward()?)?;
+        let norm = grad_norm(&grads)?;
+        opt.update(&grads, args.lr, clip_scale(norm, max_norm))?;
+        Ok((loss.to_scalar::<f32>()?, norm))
+    };
+
     // The checked step: no dropout, so both frameworks compute the same thing.
     let mut opt = AdamW::new(&params, &config.train)?;
-    let loss = model.loss(&ids, None, &rows, &targets, &mut Ctx::eval())?;
-    let loss_before = loss.to_scalar::<f32>()?;
-    let grads = gradients(&params, &loss.backward()?)?;
-    let norm = grad_norm(&grads)?;
-    opt.update(
-        &grads,
-        args.lr,
-        clip_scale(norm, config.train.max_grad_norm),
-    )?;
+    let (loss_before, norm) = step(&mut opt, &mut Ctx::eval())?;
     let loss_after = model
         .loss(&ids, None, &rows, &targets, &mut Ctx::eval())?
         .to_scalar::<f32>()?;
@@ -118,17 +127,10 @@ fn main() -> anyhow::Result<()> {
     // Timed training steps, dropout on, as in pre-training.
     let mut rng = Rng::new(11);
     let mut timed = 0.0;
-    for step in 0..args.warmup + args.steps {
+    for i in 0..args.warmup + args.steps {
         let start = Instant::now();
-        let loss = model.loss(&ids, None, &rows, &targets, &mut Ctx::train(&mut rng))?;
-        let grads = gradients(&params, &loss.backward()?)?;
-        let norm = grad_norm(&grads)?;
-        opt.update(
-            &grads,
-            args.lr,
-            clip_scale(norm, config.train.max_grad_norm),
-        )?;
-        if step >= args.warmup {
+        step(&mut opt, &mut Ctx::train(&mut rng))?;
+        if i >= args.warmup {
             timed += start.elapsed().as_secs_f64();
         }
     }

@@ -18,6 +18,7 @@ use brisk::corpus::{self, generated, Input};
 use brisk::run::{self, Existing, RunDir};
 
 fn main() -> ExitCode {
+    brisk::runtime::keep_freed_memory();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -231,27 +231,18 @@ fn generate_writes_the_built_in_corpus() {
 #[test]
 fn pretrain_runs_on_the_built_in_corpus() {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "pretrain",
-        "--steps",
-        "4",
-        "--out",
+    let args = quick_pretrain(
         "run",
-        "-q",
-        "--set",
-        "data.generated_words=20000",
-        "--set",
-        "data.seq_len=32",
-        "--set",
-        "model.vocab_size=600",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "eval.batches=2",
-        "--set",
-        "train.log_every=2",
-    ];
-    let out = brisk(&args, dir.path());
+        &[
+            "--steps",
+            "4",
+            "--set",
+            "train.log_every=2",
+            "--set",
+            "eval.every=0",
+        ],
+    );
+    let out = run_brisk(&args, dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let run = dir.path().join("run");
     for file in [
@@ -288,7 +279,7 @@ fn pretrain_runs_on_the_built_in_corpus() {
     }
     assert!(rows[1]["val_loss"].as_f64().unwrap().is_finite());
     assert_eq!(rows[1]["tokens"], 4 * 4 * 32);
-    let again = brisk(&args, dir.path());
+    let again = run_brisk(&args, dir.path());
     assert_eq!(again.status.code(), Some(2), "an existing run is refused");
     let unsupported = brisk(
         &[

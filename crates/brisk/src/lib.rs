@@ -8,6 +8,7 @@
 //! - [`pretrain`]: objectives (masked LM);
 //! - [`train`]: optimiser, schedule, checkpoints and the training loop;
 //! - [`run`]: run directories, provenance and atomic writes;
+//! - [`runtime`]: process set-up (allocator tuning);
 //! - [`plot`]: SVG charts.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod model;
 pub mod plot;
 pub mod pretrain;
 pub mod run;
+pub mod runtime;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -451,6 +451,12 @@ pub fn pretrain(
         }
         let step_start = Instant::now();
         let step = state.step;
+        let stop_diverged = |what: &str, value: f64| {
+            let keep = train.keep_checkpoints;
+            diverged(
+                run_dir, &params, &opt, &state, saved_step, keep, what, value,
+            )
+        };
         let lr = budget.learning_rate(train, step, elapsed() + last_step_secs);
         let mut grads = Vec::new();
         let mut loss_sum = 0.0;
@@ -470,16 +476,7 @@ pub fn pretrain(
             )?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
-                return Err(diverged(
-                    run_dir,
-                    &params,
-                    &opt,
-                    &state,
-                    saved_step,
-                    train.keep_checkpoints,
-                    "the loss",
-                    value,
-                ));
+                return Err(stop_diverged("the loss", value));
             }
             loss_sum += value;
             let mut g = gradients(&params, &loss.backward()?)?;
@@ -493,16 +490,7 @@ pub fn pretrain(
         }
         let norm = grad_norm(&grads)?;
         if !norm.is_finite() {
-            return Err(diverged(
-                run_dir,
-                &params,
-                &opt,
-                &state,
-                saved_step,
-                train.keep_checkpoints,
-                "the gradient norm",
-                norm,
-            ));
+            return Err(stop_diverged("the gradient norm", norm));
         }
         opt.update(&grads, lr, clip_scale(norm, train.max_grad_norm))?;
         last_step_secs = step_start.elapsed().as_secs_f64();

@@ -1,0 +1,26 @@
+//! Process set-up for training.
+//!
+//! A training step allocates and frees the same large activation and
+//! gradient buffers every time. With its defaults, glibc's allocator serves
+//! buffers above 128 KiB-32 MiB (adaptive) with fresh `mmap`s and returns
+//! freed heap tops to the kernel, so every step pays page faults and page
+//! clearing for memory it just gave back. Keeping those buffers in the heap
+//! measured +20% tokens/s on `mini` (bench/mlm_step.sh, 2 threads) at the
+//! same peak RSS; mimalloc measured +12% with 18% more RSS.
+
+/// Tells glibc's allocator to keep large buffers for reuse. Call it once,
+/// first thing in `main`; a no-op on other C libraries.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        // Buffers up to 32 MiB (glibc's largest allowed threshold) come from
+        // the heap rather than from mmap.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // Never trim the heap top back to the kernel below 1 GiB, and grow
+        // it in steps of 64 MiB.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
