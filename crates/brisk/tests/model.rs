@@ -2,7 +2,7 @@
 //! match finite differences, dropout is on only in training, and tensor
 //! names follow HuggingFace.
 
-use brisk::config::{ModelConfig, Norm, Preset};
+use brisk::config::{Kernels, ModelConfig, Norm, Preset};
 use brisk::corpus::generated::Rng;
 use brisk::model::attention::{attention, Logits};
 use brisk::model::norm::layer_norm;
@@ -42,10 +42,18 @@ fn batch() -> (Tensor, Tensor, Tensor, Tensor) {
 
 #[test]
 fn every_parameter_gets_a_finite_non_zero_gradient() {
-    for norm in [Norm::Post, Norm::Pre] {
-        let cfg = tiny_config(norm);
+    for (norm, kernels) in [
+        (Norm::Post, Kernels::Fused),
+        (Norm::Pre, Kernels::Fused),
+        (Norm::Post, Kernels::Reference),
+        (Norm::Pre, Kernels::Reference),
+    ] {
+        let mut cfg = tiny_config(norm);
+        cfg.kernels = kernels;
         let mut params = Params::new(Device::Cpu, DType::F32);
         let model = BertForMaskedLm::new(&cfg, &mut params, 1).unwrap();
+        let fused = model.bert.layers.iter().all(|l| l.is_fused());
+        assert_eq!(fused, kernels == Kernels::Fused);
         let (ids, mask, rows, targets) = batch();
         let mut rng = Rng::new(9);
         let loss = model
@@ -60,18 +68,20 @@ fn every_parameter_gets_a_finite_non_zero_gradient() {
         let loss_value = loss.to_scalar::<f32>().unwrap();
         // An untrained model is close to uniform over the vocabulary.
         assert!((loss_value - (50f32).ln()).abs() < 0.5, "{loss_value}");
-        let grads = loss.backward().unwrap();
-        for (name, var) in params.iter() {
-            let grad = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{norm:?}: {name} gets no gradient"));
+        let flat = gradients(&params, &loss.backward().unwrap()).unwrap();
+        let named = params.split(&flat).unwrap();
+        assert_eq!(named.len(), params.len());
+        for (name, grad) in named {
             let values: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
             assert!(
                 values.iter().all(|v| v.is_finite()),
-                "{norm:?}: {name} has a non-finite gradient"
+                "{norm:?} {kernels:?}: {name} has a non-finite gradient"
             );
             let size: f32 = values.iter().map(|v| v.abs()).sum();
-            assert!(size > 0.0, "{norm:?}: {name} has a zero gradient");
+            assert!(
+                size > 0.0,
+                "{norm:?} {kernels:?}: {name} has a zero gradient"
+            );
         }
     }
 }
@@ -150,12 +160,7 @@ fn dropout_is_seeded_in_training_and_off_in_evaluation() {
     let mut again = Params::new(Device::Cpu, DType::F32);
     BertForMaskedLm::new(&cfg, &mut again, 1).unwrap();
     for ((_, x), (_, y)) in params.iter().zip(again.iter()) {
-        let d = (x.as_tensor() - y.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let d = (x - y).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
     }
 }

@@ -57,6 +57,20 @@ pub struct ModelConfig {
     pub initializer_range: f64,
     pub norm: Norm,
     pub position: Position,
+    /// How the encoder layers run; not part of the model (a checkpoint
+    /// trained with one runs with the other).
+    pub kernels: Kernels,
+}
+
+/// Which implementation runs the encoder layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// Each layer is one op with a hand-written backward (CPU, f32/f64).
+    Fused,
+    /// The plain composition of candle ops: the tested reference, and the
+    /// path for devices the fused kernels do not cover.
+    Reference,
 }
 
 /// Where LayerNorm sits in each encoder layer.

@@ -2,8 +2,8 @@
 //! table is generated from the same numbers (see `docs/config.md`).
 
 use super::{
-    Config, DataConfig, EvalConfig, ModelConfig, Norm, NotesConfig, ObjectiveConfig, Position,
-    Schedule, TrainConfig,
+    Config, DataConfig, EvalConfig, Kernels, ModelConfig, Norm, NotesConfig, ObjectiveConfig,
+    Position, Schedule, TrainConfig,
 };
 use crate::error::{Error, Result};
 
@@ -142,6 +142,7 @@ impl Preset {
                 initializer_range: 0.02,
                 norm: Norm::Post,
                 position: Position::Absolute,
+                kernels: Kernels::Fused,
             },
             data: DataConfig {
                 corpus: String::new(),

@@ -4,9 +4,10 @@
 use candle_core::{DType, Tensor};
 
 use super::attention::{attention, Logits};
+use super::fused::{Activation, LayerLayout, LayerSpec};
 use super::norm::LayerNorm;
-use super::params::{Ctx, Params};
-use crate::config::{ModelConfig, Norm, Position};
+use super::params::{Ctx, Group, GroupBuilder, Params};
+use crate::config::{Kernels, ModelConfig, Norm, Position};
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
 
@@ -18,17 +19,23 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(
-        params: &mut Params,
-        prefix: &str,
-        inputs: usize,
-        outputs: usize,
+    /// Adds `{local}.weight` (N(0, std²), `[outputs, inputs]`) and
+    /// `{local}.bias` (zeros) to a group.
+    fn add(
+        group: &mut GroupBuilder,
+        local: &str,
+        (inputs, outputs): (usize, usize),
         std: f64,
         rng: &mut Rng,
-    ) -> Result<Linear> {
+    ) {
+        group.normal(&format!("{local}.weight"), &[outputs, inputs], std, rng);
+        group.zeros(&format!("{local}.bias"), &[outputs]);
+    }
+
+    fn view(group: &Group, local: &str) -> Result<Linear> {
         Ok(Linear {
-            weight: params.normal(&format!("{prefix}.weight"), &[outputs, inputs], std, rng)?,
-            bias: params.zeros(&format!("{prefix}.bias"), &[outputs])?,
+            weight: group.view(&format!("{local}.weight"))?,
+            bias: group.view(&format!("{local}.bias"))?,
         })
     }
 
@@ -71,26 +78,27 @@ struct Embeddings {
 impl Embeddings {
     fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<Embeddings> {
         let (h, std) = (cfg.hidden_size, cfg.initializer_range);
+        let mut g = params.group("bert.embeddings");
+        g.normal("word_embeddings.weight", &[cfg.vocab_size, h], std, rng);
+        g.normal(
+            "position_embeddings.weight",
+            &[cfg.max_position_embeddings, h],
+            std,
+            rng,
+        );
+        g.normal(
+            "token_type_embeddings.weight",
+            &[cfg.type_vocab_size, h],
+            std,
+            rng,
+        );
+        LayerNorm::add(&mut g, "LayerNorm", h);
+        let g = g.finish()?;
         Ok(Embeddings {
-            word: params.normal(
-                "bert.embeddings.word_embeddings.weight",
-                &[cfg.vocab_size, h],
-                std,
-                rng,
-            )?,
-            position: params.normal(
-                "bert.embeddings.position_embeddings.weight",
-                &[cfg.max_position_embeddings, h],
-                std,
-                rng,
-            )?,
-            token_type: params.normal(
-                "bert.embeddings.token_type_embeddings.weight",
-                &[cfg.type_vocab_size, h],
-                std,
-                rng,
-            )?,
-            norm: LayerNorm::new(params, "bert.embeddings.LayerNorm", h, cfg.layer_norm_eps)?,
+            word: g.view("word_embeddings.weight")?,
+            position: g.view("position_embeddings.weight")?,
+            token_type: g.view("token_type_embeddings.weight")?,
+            norm: LayerNorm::view(g, "LayerNorm", cfg.layer_norm_eps)?,
         })
     }
 
@@ -117,6 +125,10 @@ impl Embeddings {
 
 /// One encoder layer: self-attention and feed-forward, each with a residual
 /// connection and LayerNorm (after it for `post`, before it for `pre`).
+///
+/// Its parameters are one flat group (Q, K and V adjacent). With
+/// `model.kernels = "fused"` the layer runs as one op ([`LayerSpec`]);
+/// otherwise as the plain composition below, the reference.
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
     query: Linear,
@@ -132,10 +144,15 @@ pub struct EncoderLayer {
     act: String,
     hidden_dropout: f64,
     attn_dropout: f64,
+    /// The flat parameter group.
+    params: Tensor,
+    /// Set when the fused kernels run this layer.
+    fused: Option<LayerSpec>,
 }
 
 impl EncoderLayer {
-    fn new(
+    /// Creates the layer's parameter group `prefix` (HF names) in `params`.
+    pub fn new(
         params: &mut Params,
         prefix: &str,
         cfg: &ModelConfig,
@@ -147,35 +164,70 @@ impl EncoderLayer {
             cfg.initializer_range,
             cfg.layer_norm_eps,
         );
-        let mut linear = |name: &str, i, o, rng: &mut Rng| {
-            Linear::new(params, &format!("{prefix}.{name}"), i, o, std, rng)
-        };
-        let query = linear("attention.self.query", h, h, rng)?;
-        let key = linear("attention.self.key", h, h, rng)?;
-        let value = linear("attention.self.value", h, h, rng)?;
-        let attn_out = linear("attention.output.dense", h, h, rng)?;
-        let ffn_in = linear("intermediate.dense", h, f, rng)?;
-        let ffn_out = linear("output.dense", f, h, rng)?;
+        let mut g = params.group(prefix);
+        // Q, K, V weights then their biases, adjacent: the fused kernel
+        // projects all three with one product.
+        for name in ["query", "key", "value"] {
+            g.normal(&format!("attention.self.{name}.weight"), &[h, h], std, rng);
+        }
+        for name in ["query", "key", "value"] {
+            g.zeros(&format!("attention.self.{name}.bias"), &[h]);
+        }
+        Linear::add(&mut g, "attention.output.dense", (h, h), std, rng);
+        LayerNorm::add(&mut g, "attention.output.LayerNorm", h);
+        Linear::add(&mut g, "intermediate.dense", (h, f), std, rng);
+        Linear::add(&mut g, "output.dense", (f, h), std, rng);
+        LayerNorm::add(&mut g, "output.LayerNorm", h);
+        let g = g.finish()?;
+        let act = Activation::from_name(&cfg.hidden_act).ok_or_else(|| {
+            Error::Config(format!(
+                "`model.hidden_act`: unknown activation {:?}",
+                cfg.hidden_act
+            ))
+        })?;
+        let fused_dtype = matches!(g.var.dtype(), DType::F32 | DType::F64);
+        let fused = (cfg.kernels == Kernels::Fused && g.var.device().is_cpu() && fused_dtype)
+            .then(|| -> Result<LayerSpec> {
+                Ok(LayerSpec {
+                    hidden: h,
+                    heads: cfg.num_attention_heads,
+                    ffn: f,
+                    norm: cfg.norm,
+                    act,
+                    eps,
+                    hidden_dropout: cfg.hidden_dropout_prob,
+                    attn_dropout: cfg.attention_probs_dropout_prob,
+                    layout: LayerLayout::of(g, h)?,
+                })
+            })
+            .transpose()?;
         Ok(EncoderLayer {
-            query,
-            key,
-            value,
-            attn_out,
-            attn_norm: LayerNorm::new(
-                params,
-                &format!("{prefix}.attention.output.LayerNorm"),
-                h,
-                eps,
-            )?,
-            ffn_in,
-            ffn_out,
-            ffn_norm: LayerNorm::new(params, &format!("{prefix}.output.LayerNorm"), h, eps)?,
+            query: Linear::view(g, "attention.self.query")?,
+            key: Linear::view(g, "attention.self.key")?,
+            value: Linear::view(g, "attention.self.value")?,
+            attn_out: Linear::view(g, "attention.output.dense")?,
+            attn_norm: LayerNorm::view(g, "attention.output.LayerNorm", eps)?,
+            ffn_in: Linear::view(g, "intermediate.dense")?,
+            ffn_out: Linear::view(g, "output.dense")?,
+            ffn_norm: LayerNorm::view(g, "output.LayerNorm", eps)?,
             heads: cfg.num_attention_heads,
             norm: cfg.norm,
             act: cfg.hidden_act.clone(),
             hidden_dropout: cfg.hidden_dropout_prob,
             attn_dropout: cfg.attention_probs_dropout_prob,
+            params: g.var.as_tensor().clone(),
+            fused,
         })
+    }
+
+    /// The flat parameter group.
+    pub fn params(&self) -> &Tensor {
+        &self.params
+    }
+
+    /// True when this layer runs on the fused kernels.
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
     }
 
     fn self_attention(
@@ -214,6 +266,20 @@ impl EncoderLayer {
     /// Hidden states `[batch, len, hidden]` → hidden states. `bias` and
     /// `pad_mask` are as in [`attention`].
     pub fn forward(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        pad_mask: Option<&Tensor>,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        match &self.fused {
+            Some(spec) => spec.forward(x, &self.params, bias, pad_mask, ctx),
+            None => self.reference_forward(x, bias, pad_mask, ctx),
+        }
+    }
+
+    /// The plain composition of candle ops (the fused kernel's reference).
+    pub fn reference_forward(
         &self,
         x: &Tensor,
         bias: Option<&Tensor>,
@@ -260,12 +326,17 @@ impl Bert {
             .map(|i| EncoderLayer::new(params, &format!("bert.encoder.layer.{i}"), cfg, rng))
             .collect::<Result<_>>()?;
         let final_norm = match cfg.norm {
-            Norm::Pre => Some(LayerNorm::new(
-                params,
-                "bert.encoder.LayerNorm",
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-            )?),
+            Norm::Pre => {
+                let mut g = params.group("bert.encoder.LayerNorm");
+                g.ones("weight", &[cfg.hidden_size]);
+                g.zeros("bias", &[cfg.hidden_size]);
+                let g = g.finish()?;
+                Some(LayerNorm {
+                    weight: g.view("weight")?,
+                    bias: g.view("bias")?,
+                    eps: cfg.layer_norm_eps,
+                })
+            }
             Norm::Post => None,
         };
         Ok(Bert {
@@ -317,22 +388,21 @@ pub struct MlmHead {
 impl MlmHead {
     pub fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<MlmHead> {
         let h = cfg.hidden_size;
+        let mut g = params.group("cls.predictions");
+        Linear::add(
+            &mut g,
+            "transform.dense",
+            (h, h),
+            cfg.initializer_range,
+            rng,
+        );
+        LayerNorm::add(&mut g, "transform.LayerNorm", h);
+        g.zeros("bias", &[cfg.vocab_size]);
+        let g = g.finish()?;
         Ok(MlmHead {
-            transform: Linear::new(
-                params,
-                "cls.predictions.transform.dense",
-                h,
-                h,
-                cfg.initializer_range,
-                rng,
-            )?,
-            norm: LayerNorm::new(
-                params,
-                "cls.predictions.transform.LayerNorm",
-                h,
-                cfg.layer_norm_eps,
-            )?,
-            bias: params.zeros("cls.predictions.bias", &[cfg.vocab_size])?,
+            transform: Linear::view(g, "transform.dense")?,
+            norm: LayerNorm::view(g, "transform.LayerNorm", cfg.layer_norm_eps)?,
+            bias: g.view("bias")?,
             act: cfg.hidden_act.clone(),
         })
     }

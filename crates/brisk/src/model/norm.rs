@@ -3,7 +3,7 @@
 
 use candle_core::{Tensor, D};
 
-use super::params::Params;
+use super::params::{Group, GroupBuilder};
 use crate::error::Result;
 
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
@@ -15,11 +15,17 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Creates `{prefix}.weight` (ones) and `{prefix}.bias` (zeros).
-    pub fn new(params: &mut Params, prefix: &str, size: usize, eps: f64) -> Result<LayerNorm> {
+    /// Adds `{local}.weight` (ones) and `{local}.bias` (zeros) to a group.
+    pub fn add(group: &mut GroupBuilder, local: &str, size: usize) {
+        group.ones(&format!("{local}.weight"), &[size]);
+        group.zeros(&format!("{local}.bias"), &[size]);
+    }
+
+    /// The LayerNorm whose tensors [`LayerNorm::add`] put in `group`.
+    pub fn view(group: &Group, local: &str, eps: f64) -> Result<LayerNorm> {
         Ok(LayerNorm {
-            weight: params.ones(&format!("{prefix}.weight"), &[size])?,
-            bias: params.zeros(&format!("{prefix}.bias"), &[size])?,
+            weight: group.view(&format!("{local}.weight"))?,
+            bias: group.view(&format!("{local}.bias"))?,
             eps,
         })
     }

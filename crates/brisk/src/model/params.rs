@@ -1,4 +1,12 @@
-//! Named trainable parameters and the per-forward context (dropout RNG).
+//! Named trainable parameters in flat groups, and the per-forward context
+//! (dropout RNG).
+//!
+//! Parameters live in *groups*: one flat, 1-D [`Var`] per unit of the model
+//! (the embeddings, each encoder layer, the head), with a named view for
+//! every HF tensor in it. The fused kernels take a whole group as one input,
+//! so the gradient store and the optimiser see one tensor per layer instead
+//! of sixteen; the reference composition uses the views, which share the
+//! group's storage (an in-place update of the group moves every view).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,13 +16,145 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
 
+/// One named tensor inside a group.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The HF tensor name.
+    pub name: String,
+    /// Offset in the group's flat buffer.
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    view: Tensor,
+}
+
+impl Entry {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tensor, a view of the group's storage.
+    pub fn view(&self) -> &Tensor {
+        &self.view
+    }
+}
+
+/// A flat parameter buffer and the named tensors laid out in it, in
+/// creation order.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub var: Var,
+    pub entries: Vec<Entry>,
+}
+
+impl Group {
+    /// The entry `{group}.{local}`; an error naming it when absent.
+    pub fn entry(&self, local: &str) -> Result<&Entry> {
+        let full = format!("{}.{local}", self.name);
+        self.entries
+            .iter()
+            .find(|e| e.name == full)
+            .ok_or_else(|| Error::Tensor(format!("group {} has no tensor {full}", self.name)))
+    }
+
+    /// The view of entry `{group}.{local}`.
+    pub fn view(&self, local: &str) -> Result<Tensor> {
+        Ok(self.entry(local)?.view.clone())
+    }
+}
+
+/// Collects the initial values of a group's tensors; [`GroupBuilder::finish`]
+/// turns them into one flat variable.
+pub struct GroupBuilder<'a> {
+    params: &'a mut Params,
+    name: String,
+    /// `None` for a one-tensor group named by its tensor.
+    prefix: Option<String>,
+    values: Vec<f64>,
+    entries: Vec<(String, usize, Vec<usize>)>,
+}
+
+impl<'a> GroupBuilder<'a> {
+    fn push(&mut self, local: &str, shape: &[usize], values: impl Iterator<Item = f64>) {
+        let name = match &self.prefix {
+            Some(p) => format!("{p}.{local}"),
+            None => local.to_string(),
+        };
+        assert!(
+            self.params.get(&name).is_none() && self.entries.iter().all(|e| e.0 != name),
+            "parameter {name} created twice"
+        );
+        let offset = self.values.len();
+        self.values.extend(values);
+        self.entries.push((name, offset, shape.to_vec()));
+    }
+
+    /// A tensor drawn from N(0, std²) with brisk's seeded generator.
+    pub fn normal(&mut self, local: &str, shape: &[usize], std: f64, rng: &mut Rng) {
+        let n: usize = shape.iter().product();
+        let values: Vec<f64> = (0..n).map(|_| std * standard_normal(rng)).collect();
+        self.push(local, shape, values.into_iter());
+    }
+
+    pub fn zeros(&mut self, local: &str, shape: &[usize]) {
+        self.push(
+            local,
+            shape,
+            std::iter::repeat_n(0.0, shape.iter().product()),
+        );
+    }
+
+    pub fn ones(&mut self, local: &str, shape: &[usize]) {
+        self.push(
+            local,
+            shape,
+            std::iter::repeat_n(1.0, shape.iter().product()),
+        );
+    }
+
+    /// Creates the group's variable and its views.
+    pub fn finish(self) -> Result<&'a Group> {
+        let params = self.params;
+        let n = self.values.len();
+        let flat = Tensor::from_vec(self.values, n, &params.device)?.to_dtype(params.dtype)?;
+        let var = Var::from_tensor(&flat)?;
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|(name, offset, shape)| {
+                let len: usize = shape.iter().product();
+                let view = var
+                    .as_tensor()
+                    .narrow(0, offset, len)?
+                    .reshape(shape.as_slice())?;
+                Ok(Entry {
+                    name,
+                    offset,
+                    shape,
+                    view,
+                })
+            })
+            .collect::<Result<_>>()?;
+        params.groups.push(Group {
+            name: self.name,
+            var,
+            entries,
+        });
+        Ok(params.groups.last().expect("just pushed"))
+    }
+}
+
 /// Trainable parameters by HF tensor name, in creation order (so optimiser
 /// state and checkpoints are laid out the same way every run).
 #[derive(Debug, Clone)]
 pub struct Params {
     pub device: Device,
     pub dtype: DType,
-    entries: Vec<(String, Var)>,
+    groups: Vec<Group>,
 }
 
 impl Params {
@@ -22,19 +162,36 @@ impl Params {
         Params {
             device,
             dtype,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Starts a group whose tensors are named `{prefix}.{local}`.
+    pub fn group(&mut self, prefix: &str) -> GroupBuilder<'_> {
+        assert!(
+            self.groups.iter().all(|g| g.name != prefix),
+            "group {prefix} created twice"
+        );
+        GroupBuilder {
+            name: prefix.to_string(),
+            prefix: Some(prefix.to_string()),
+            params: self,
+            values: Vec::new(),
             entries: Vec::new(),
         }
     }
 
-    fn add(&mut self, name: &str, tensor: Tensor) -> Result<Tensor> {
-        assert!(self.get(name).is_none(), "parameter {name} created twice");
-        let var = Var::from_tensor(&tensor.to_dtype(self.dtype)?)?;
-        let t = var.as_tensor().clone();
-        self.entries.push((name.to_string(), var));
-        Ok(t)
+    fn single(&mut self, name: &str) -> GroupBuilder<'_> {
+        GroupBuilder {
+            name: name.to_string(),
+            prefix: None,
+            params: self,
+            values: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 
-    /// A parameter drawn from N(0, std²) with brisk's seeded generator.
+    /// A one-tensor group drawn from N(0, std²).
     pub fn normal(
         &mut self,
         name: &str,
@@ -42,37 +199,66 @@ impl Params {
         std: f64,
         rng: &mut Rng,
     ) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f64> = (0..n).map(|_| std * standard_normal(rng)).collect();
-        let t = Tensor::from_vec(values, shape, &self.device)?;
-        self.add(name, t)
+        let mut g = self.single(name);
+        g.normal(name, shape, std, rng);
+        Ok(g.finish()?.entries[0].view.clone())
     }
 
+    /// A one-tensor group of zeros.
     pub fn zeros(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = Tensor::zeros(shape, self.dtype, &self.device)?;
-        self.add(name, t)
+        let mut g = self.single(name);
+        g.zeros(name, shape);
+        Ok(g.finish()?.entries[0].view.clone())
     }
 
+    /// A one-tensor group of ones.
     pub fn ones(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = Tensor::ones(shape, self.dtype, &self.device)?;
-        self.add(name, t)
+        let mut g = self.single(name);
+        g.ones(name, shape);
+        Ok(g.finish()?.entries[0].view.clone())
     }
 
-    pub fn get(&self, name: &str) -> Option<&Var> {
-        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    /// The tensor named `name` (a view of its group).
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.entries().find(|e| e.name == name).map(Entry::view)
     }
 
-    /// `(name, variable)` in creation order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Var)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
     }
 
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.groups.iter().flat_map(|g| g.entries.iter())
+    }
+
+    /// `(name, tensor)` for every named tensor, in creation order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.entries().map(|e| (e.name.as_str(), &e.view))
+    }
+
+    /// Number of named tensors.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.groups.is_empty()
+    }
+
+    /// Splits per-group flat tensors (gradients, optimiser moments) into
+    /// `(name, tensor)` pairs shaped like the named parameters.
+    pub fn split<'a>(&'a self, flat: &'a [Tensor]) -> Result<Vec<(&'a str, Tensor)>> {
+        let mut out = Vec::new();
+        for (group, t) in self.groups.iter().zip(flat) {
+            for e in &group.entries {
+                out.push((
+                    e.name.as_str(),
+                    t.narrow(0, e.offset, e.len())?
+                        .reshape(e.shape.as_slice())?,
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes every parameter under its name to a safetensors file,
@@ -80,7 +266,7 @@ impl Params {
     pub fn save(&self, path: &Path) -> Result<()> {
         let tensors: HashMap<String, Tensor> = self
             .iter()
-            .map(|(name, var)| (name.to_string(), var.as_tensor().clone()))
+            .map(|(name, t)| (name.to_string(), t.clone()))
             .collect();
         let tmp = crate::run::temporary_sibling(path);
         candle_core::safetensors::save(&tensors, &tmp)?;
@@ -93,29 +279,47 @@ impl Params {
     pub fn load(&self, path: &Path) -> Result<()> {
         let tensors = candle_core::safetensors::load(path, &self.device)
             .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
-        for (name, var) in self.iter() {
-            let tensor = tensors
-                .get(name)
-                .ok_or_else(|| Error::data(path, format!("has no tensor {name}")))?;
-            if tensor.dims() != var.dims() {
-                return Err(Error::data(
-                    path,
-                    format!(
-                        "tensor {name} has shape {:?}, the model expects {:?}",
-                        tensor.dims(),
-                        var.dims()
-                    ),
-                ));
-            }
-            var.set(&tensor.to_dtype(self.dtype)?)?;
+        for group in &self.groups {
+            let parts = group
+                .entries
+                .iter()
+                .map(|e| {
+                    let t = named(&tensors, path, &e.name, &e.shape)?;
+                    Ok(t.to_dtype(self.dtype)?.flatten_all()?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            group.var.set(&Tensor::cat(&parts, 0)?)?;
         }
         Ok(())
     }
 
     /// Total number of scalar parameters.
     pub fn count(&self) -> usize {
-        self.entries.iter().map(|(_, v)| v.elem_count()).sum()
+        self.groups.iter().map(|g| g.var.elem_count()).sum()
     }
+}
+
+/// The tensor `name` of a loaded safetensors file, checked against the shape
+/// the model expects; errors name the file and the tensor.
+pub fn named<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<&'a Tensor> {
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| Error::data(path, format!("has no tensor {name}")))?;
+    if t.dims() != shape {
+        return Err(Error::data(
+            path,
+            format!(
+                "tensor {name} has shape {:?}, the model expects {shape:?}",
+                t.dims()
+            ),
+        ));
+    }
+    Ok(t)
 }
 
 /// A standard normal sample (Box–Muller).
@@ -141,20 +345,28 @@ impl<'a> Ctx<'a> {
         Ctx { rng: None }
     }
 
+    /// The multipliers of inverted dropout over `n` elements: 0 with
+    /// probability `p`, else `1/(1-p)`. `None` in evaluation or when `p` is 0.
+    /// Both the reference and the fused kernels draw their masks here, so
+    /// the same seed drops the same elements in either.
+    pub fn dropout_mask(&mut self, n: usize, p: f64) -> Option<Vec<f32>> {
+        let rng = self.rng.as_deref_mut()?;
+        if p <= 0.0 {
+            return None;
+        }
+        let keep = (1.0 / (1.0 - p)) as f32;
+        Some(rng.map_units(n, |u| if u < p { 0.0 } else { keep }))
+    }
+
     /// Inverted dropout: zeroes each element with probability `p` and scales
     /// the rest by `1/(1-p)`; the identity in evaluation.
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
-        let Some(rng) = self.rng.as_deref_mut() else {
-            return Ok(x.clone());
-        };
-        if p <= 0.0 {
-            return Ok(x.clone());
+        match self.dropout_mask(x.elem_count(), p) {
+            None => Ok(x.clone()),
+            Some(mask) => {
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                Ok(x.mul(&mask)?)
+            }
         }
-        let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.unit() < p { 0.0 } else { keep as f32 })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok(x.mul(&mask)?)
     }
 }

@@ -1,25 +1,37 @@
 //! AdamW (Loshchilov & Hutter, 2019) with decoupled weight decay and two
 //! parameter groups, and global gradient-norm clipping.
 //!
-//! As in BERT, biases and LayerNorm parameters get no weight decay.
+//! As in BERT, biases and LayerNorm parameters get no weight decay. The
+//! update runs in place over each flat parameter group in one pass (weights,
+//! both moments), with the no-decay tensors as ranges of the group.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor};
+use rayon::prelude::*;
 
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
+use crate::model::fused::kernels::Float;
+use crate::model::params::{named, Group};
 use crate::model::Params;
 
-/// One parameter and its moments.
+/// The first and second moments of one group, in its dtype.
+enum Moments {
+    F32(Vec<f32>, Vec<f32>),
+    F64(Vec<f64>, Vec<f64>),
+}
+
+/// One parameter group and its optimiser state.
 struct Slot {
-    name: String,
-    var: Var,
-    m: Tensor,
-    v: Tensor,
-    decay: bool,
+    group: Group,
+    moments: Moments,
+    /// Element ranges of the group that get weight decay.
+    decayed: Vec<Range<usize>>,
 }
 
 /// AdamW state over a model's parameters.
@@ -39,17 +51,183 @@ pub fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("LayerNorm"))
 }
 
+/// The hyper-parameters of one update, shared by every group.
+#[derive(Clone, Copy)]
+struct Hyper {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    /// Bias corrections `1 − β^t`.
+    c1: f64,
+    c2: f64,
+    grad_scale: f64,
+}
+
+/// `w ← w·(1 − lr·λ·decay) − lr · m̂ / (sqrt(v̂) + eps)` for one group, in
+/// place; `m`, `v` are updated on the way.
+fn adamw_step<T: Float>(
+    w: &mut [T],
+    g: &[T],
+    (m, v): (&mut [T], &mut [T]),
+    decayed: &[Range<usize>],
+    k: Hyper,
+) {
+    let update = |w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], decay: bool| {
+        let shrink = T::of(if decay {
+            1.0 - k.lr * k.weight_decay
+        } else {
+            1.0
+        });
+        let (b1, b2) = (T::of(k.beta1), T::of(k.beta2));
+        let (a1, a2) = (T::of(1.0 - k.beta1), T::of(1.0 - k.beta2));
+        let (inv_c1, inv_c2) = (T::of(1.0 / k.c1), T::of(1.0 / k.c2));
+        let (lr, eps, scale) = (T::of(k.lr), T::of(k.eps), T::of(k.grad_scale));
+        for i in 0..w.len() {
+            let gi = g[i] * scale;
+            m[i] = b1 * m[i] + a1 * gi;
+            v[i] = b2 * v[i] + a2 * gi * gi;
+            let step = (m[i] * inv_c1) / ((v[i] * inv_c2).sqrt() + eps);
+            w[i] = w[i] * shrink - lr * step;
+        }
+    };
+    // Split the group into decayed and plain stretches, then each stretch
+    // into chunks for the pool.
+    let mut cuts = vec![0, w.len()];
+    for r in decayed {
+        cuts.extend([r.start, r.end]);
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    const CHUNK: usize = 1 << 15;
+    let mut jobs = Vec::new();
+    let (mut w, mut m, mut v, mut g) = (w, m, v, g);
+    let mut at = 0;
+    for &end in &cuts[1..] {
+        let decay = decayed.iter().any(|r| r.start <= at && at < r.end);
+        let mut len = end - at;
+        while len > 0 {
+            let n = len.min(CHUNK);
+            let (w0, w1) = w.split_at_mut(n);
+            let (m0, m1) = m.split_at_mut(n);
+            let (v0, v1) = v.split_at_mut(n);
+            let (g0, g1) = g.split_at(n);
+            jobs.push((w0, g0, m0, v0, decay));
+            (w, m, v, g) = (w1, m1, v1, g1);
+            len -= n;
+            at += n;
+        }
+    }
+    jobs.into_par_iter()
+        .for_each(|(w, g, m, v, decay)| update(w, g, m, v, decay));
+}
+
+/// The in-place update of one group's weights (candle's in-place op hook).
+struct Step<'a> {
+    moments: Mutex<&'a mut Moments>,
+    decayed: &'a [Range<usize>],
+    hyper: Hyper,
+}
+
+impl InplaceOp2 for Step<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        w: &mut CpuStorage,
+        wl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
+        let Some((start, end)) = wl.contiguous_offsets() else {
+            candle_core::bail!("adamw: parameters are not contiguous");
+        };
+        let mut moments = self.moments.lock().expect("moments");
+        match (w, &mut **moments) {
+            (CpuStorage::F32(w), Moments::F32(m, v)) => adamw_step(
+                &mut w[start..end],
+                f32::slice(g, gl)?,
+                (m, v),
+                self.decayed,
+                self.hyper,
+            ),
+            (CpuStorage::F64(w), Moments::F64(m, v)) => adamw_step(
+                &mut w[start..end],
+                f64::slice(g, gl)?,
+                (m, v),
+                self.decayed,
+                self.hyper,
+            ),
+            _ => candle_core::bail!("adamw: parameters and moments differ in dtype"),
+        }
+        Ok(())
+    }
+}
+
+impl Moments {
+    fn zeros(group: &Group) -> Result<Moments> {
+        let n = group.var.elem_count();
+        Ok(match group.var.dtype() {
+            candle_core::DType::F32 => Moments::F32(vec![0.0; n], vec![0.0; n]),
+            candle_core::DType::F64 => Moments::F64(vec![0.0; n], vec![0.0; n]),
+            other => {
+                return Err(Error::Tensor(format!(
+                    "{}: AdamW runs on f32 or f64 parameters, not {other:?}",
+                    group.name
+                )))
+            }
+        })
+    }
+
+    /// Both moments as flat tensors.
+    fn tensors(&self) -> Result<(Tensor, Tensor)> {
+        let dev = &candle_core::Device::Cpu;
+        Ok(match self {
+            Moments::F32(m, v) => (
+                Tensor::from_slice(m, m.len(), dev)?,
+                Tensor::from_slice(v, v.len(), dev)?,
+            ),
+            Moments::F64(m, v) => (
+                Tensor::from_slice(m, m.len(), dev)?,
+                Tensor::from_slice(v, v.len(), dev)?,
+            ),
+        })
+    }
+
+    fn set(&mut self, m: &Tensor, v: &Tensor) -> Result<()> {
+        match self {
+            Moments::F32(a, b) => {
+                *a = m.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                *b = v.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            }
+            Moments::F64(a, b) => {
+                *a = m.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+                *b = v.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AdamW {
     pub fn new(params: &Params, train: &TrainConfig) -> Result<AdamW> {
         let slots = params
+            .groups()
             .iter()
-            .map(|(name, var)| {
+            .map(|group| {
+                let decayed = group
+                    .entries
+                    .iter()
+                    .filter(|e| decays(&e.name))
+                    .map(|e| e.offset..e.offset + e.len())
+                    .collect();
                 Ok(Slot {
-                    name: name.to_string(),
-                    var: var.clone(),
-                    m: var.zeros_like()?,
-                    v: var.zeros_like()?,
-                    decay: decays(name),
+                    moments: Moments::zeros(group)?,
+                    group: group.clone(),
+                    decayed,
                 })
             })
             .collect::<Result<_>>()?;
@@ -63,32 +241,39 @@ impl AdamW {
         })
     }
 
-    /// Applies one update with learning rate `lr`. `grads` are in parameter
-    /// order (see [`gradients`]) and are multiplied by `grad_scale` first
-    /// (for clipping).
+    /// Applies one update with learning rate `lr`. `grads` are per group
+    /// (see [`gradients`]) and are multiplied by `grad_scale` first (for
+    /// clipping).
     pub fn update(&mut self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
             return Err(Error::Tensor(format!(
-                "{} gradients for {} parameters",
+                "{} gradients for {} parameter groups",
                 grads.len(),
                 self.slots.len()
             )));
         }
         self.step += 1;
         let t = self.step as i32;
-        let (c1, c2) = (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t));
+        let hyper = Hyper {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            c1: 1.0 - self.beta1.powi(t),
+            c2: 1.0 - self.beta2.powi(t),
+            grad_scale,
+        };
         for (slot, grad) in self.slots.iter_mut().zip(grads) {
-            let g = (grad * grad_scale)?;
-            slot.m = ((&slot.m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            slot.v = ((&slot.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let step = ((&slot.m / c1)? / ((&slot.v / c2)?.sqrt()? + self.eps)?)?;
-            let w = slot.var.as_tensor();
-            let decayed = if slot.decay {
-                (w * (1.0 - lr * self.weight_decay))?
-            } else {
-                w.clone()
+            let step = Step {
+                moments: Mutex::new(&mut slot.moments),
+                decayed: &slot.decayed,
+                hyper,
             };
-            slot.var.set(&(decayed - (step * lr)?)?)?;
+            slot.group
+                .var
+                .as_tensor()
+                .inplace_op2(&grad.contiguous()?, &step)?;
         }
         Ok(())
     }
@@ -99,8 +284,15 @@ impl AdamW {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors = HashMap::new();
         for slot in &self.slots {
-            tensors.insert(format!("m.{}", slot.name), slot.m.clone());
-            tensors.insert(format!("v.{}", slot.name), slot.v.clone());
+            let (m, v) = slot.moments.tensors()?;
+            for e in &slot.group.entries {
+                let part = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, e.offset, e.len())?
+                        .reshape(e.shape.as_slice())?)
+                };
+                tensors.insert(format!("m.{}", e.name), part(&m)?);
+                tensors.insert(format!("v.{}", e.name), part(&v)?);
+            }
         }
         let tmp = crate::run::temporary_sibling(path);
         candle_core::safetensors::save(&tensors, &tmp)?;
@@ -109,47 +301,41 @@ impl AdamW {
 
     /// Restores the moments written by [`AdamW::save`] and the step count.
     pub fn load(&mut self, path: &Path, step: u64) -> Result<()> {
-        let device = self
-            .slots
-            .first()
-            .map(|s| s.var.device().clone())
-            .unwrap_or(candle_core::Device::Cpu);
-        let mut tensors = candle_core::safetensors::load(path, &device)
+        let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
             .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
         for slot in &mut self.slots {
-            for (prefix, moment) in [("m", &mut slot.m), ("v", &mut slot.v)] {
-                let name = format!("{prefix}.{}", slot.name);
-                let t = tensors
-                    .remove(&name)
-                    .ok_or_else(|| Error::data(path, format!("has no tensor {name}")))?;
-                if t.dims() != slot.var.dims() {
-                    return Err(Error::data(
-                        path,
-                        format!(
-                            "tensor {name} has shape {:?}, the model expects {:?}",
-                            t.dims(),
-                            slot.var.dims()
-                        ),
-                    ));
-                }
-                *moment = t.to_dtype(slot.var.dtype())?;
-            }
+            let flat = |prefix: &str| -> Result<Tensor> {
+                let parts = slot
+                    .group
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let name = format!("{prefix}.{}", e.name);
+                        Ok(named(&tensors, path, &name, &e.shape)?.flatten_all()?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&parts, 0)?)
+            };
+            let (m, v) = (flat("m")?, flat("v")?);
+            slot.moments.set(&m, &v)?;
         }
         self.step = step;
         Ok(())
     }
 }
 
-/// The gradients of every parameter in creation order; a parameter without
-/// a gradient is an error naming it (it would silently stop training).
+/// The gradient of every parameter group, in creation order; a group
+/// without a gradient is an error naming it (it would silently stop
+/// training).
 pub fn gradients(params: &Params, grads: &GradStore) -> Result<Vec<Tensor>> {
     params
+        .groups()
         .iter()
-        .map(|(name, var)| {
+        .map(|group| {
             grads
-                .get(var.as_tensor())
+                .get(group.var.as_tensor())
                 .cloned()
-                .ok_or_else(|| Error::Tensor(format!("no gradient for {name}")))
+                .ok_or_else(|| Error::Tensor(format!("no gradient for {}", group.name)))
         })
         .collect()
 }
@@ -224,7 +410,7 @@ mod tests {
         opt.update(&grads, lr, 1.0).unwrap();
         // First step: m̂ = g, v̂ = g², so the step is g/(|g| + eps) ≈ 1.
         let step = 3.0 / (3.0 + train.adam_epsilon);
-        let read = |name| -> Vec<f64> { params.get(name).unwrap().as_tensor().to_vec1().unwrap() };
+        let read = |name| -> Vec<f64> { params.get(name).unwrap().to_vec1().unwrap() };
         let expect_w = 1.0 * (1.0 - lr * 0.1) - lr * step;
         let expect_b = 1.0 - lr * step;
         assert!(read("w.weight")

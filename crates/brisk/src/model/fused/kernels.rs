@@ -1,0 +1,461 @@
+//! The loops the fused ops are made of, generic over f32 and f64 (f64 for
+//! the finite-difference checks): matrix products through the `gemm` crate,
+//! row-wise LayerNorm, activations, column sums and dropout masks.
+//!
+//! Matrices are row-major slices; [`Mat`] adds strides so a transpose, a
+//! head's column block or a packed Q/K/V part is read in place, not copied.
+
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, WithDType};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// The element types the fused kernels run in.
+pub trait Float:
+    WithDType
+    + Copy
+    + Send
+    + Sync
+    + 'static
+    + Default
+    + PartialOrd
+    + std::fmt::Debug
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const DTYPE: DType;
+    fn of(x: f64) -> Self;
+    fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn erf(self) -> Self;
+    fn tanh(self) -> Self;
+    /// The contiguous elements of a storage seen through `layout`.
+    fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [Self]>;
+    fn storage(values: Vec<Self>) -> CpuStorage;
+}
+
+macro_rules! float {
+    ($t:ty, $variant:ident, $erf:path) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const DTYPE: DType = DType::$variant;
+            #[inline(always)]
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn slice<'a>(
+                storage: &'a CpuStorage,
+                layout: &Layout,
+            ) -> candle_core::Result<&'a [Self]> {
+                let CpuStorage::$variant(values) = storage else {
+                    candle_core::bail!(
+                        "fused kernel: expected {:?}, got {:?}",
+                        DType::$variant,
+                        storage.dtype()
+                    );
+                };
+                match layout.contiguous_offsets() {
+                    Some((start, end)) => Ok(&values[start..end]),
+                    None => candle_core::bail!("fused kernel: input is not contiguous"),
+                }
+            }
+            fn storage(values: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(values)
+            }
+        }
+    };
+}
+
+float!(f32, F32, candle_core::cpu::erf::erf_f32);
+float!(f64, F64, candle_core::cpu::erf::erf_f64);
+
+/// A zero-filled buffer.
+pub fn zeros<T: Float>(n: usize) -> Vec<T> {
+    vec![T::ZERO; n]
+}
+
+/// A read-only strided matrix.
+#[derive(Clone, Copy)]
+pub struct Mat<T> {
+    ptr: *const T,
+    rs: isize,
+    cs: isize,
+}
+
+impl<T> Mat<T> {
+    /// Row-major data with `ld` elements per row.
+    pub fn rows(data: &[T], ld: usize) -> Mat<T> {
+        Mat {
+            ptr: data.as_ptr(),
+            rs: ld as isize,
+            cs: 1,
+        }
+    }
+
+    /// The same matrix starting at column `c` (a head's block, say).
+    pub fn col(self, c: usize) -> Mat<T> {
+        Mat {
+            ptr: self.ptr.wrapping_add(c * self.cs as usize),
+            ..self
+        }
+    }
+
+    /// The same matrix starting at row `r`.
+    pub fn row(self, r: usize) -> Mat<T> {
+        Mat {
+            ptr: self.ptr.wrapping_add(r * self.rs as usize),
+            ..self
+        }
+    }
+
+    /// The transpose, read in place.
+    pub fn t(self) -> Mat<T> {
+        Mat {
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// A writable strided matrix.
+#[derive(Clone, Copy)]
+pub struct MatMut<T> {
+    ptr: *mut T,
+    rs: isize,
+}
+
+// SAFETY: a `MatMut` is only shared between tasks that write disjoint
+// blocks (one attention head each).
+unsafe impl<T: Send> Send for MatMut<T> {}
+unsafe impl<T: Send> Sync for MatMut<T> {}
+unsafe impl<T: Sync> Send for Mat<T> {}
+unsafe impl<T: Sync> Sync for Mat<T> {}
+
+impl<T> MatMut<T> {
+    pub fn rows(data: &mut [T], ld: usize) -> MatMut<T> {
+        MatMut {
+            ptr: data.as_mut_ptr(),
+            rs: ld as isize,
+        }
+    }
+
+    pub fn col(self, c: usize) -> MatMut<T> {
+        MatMut {
+            ptr: self.ptr.wrapping_add(c),
+            ..self
+        }
+    }
+
+    pub fn row(self, r: usize) -> MatMut<T> {
+        MatMut {
+            ptr: self.ptr.wrapping_add(r * self.rs as usize),
+            ..self
+        }
+    }
+}
+
+/// How a product is threaded: large ones split over the rayon pool, the
+/// small per-head ones run on the calling task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    Pool,
+    One,
+}
+
+/// `dst[m×n] = (accumulate ? dst : 0) + alpha · a[m×k] · b[k×n]`.
+///
+/// # Safety
+/// Every matrix must cover its `m`, `n`, `k` extent inside live memory, and
+/// no other thread may touch `dst`'s block meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: MatMut<T>,
+    a: Mat<T>,
+    b: Mat<T>,
+    alpha: T,
+    accumulate: bool,
+    threads: Threads,
+) {
+    let parallelism = match threads {
+        Threads::Pool if rayon::current_num_threads() > 1 => Parallelism::Rayon(0),
+        _ => Parallelism::None,
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.ptr,
+        1,
+        dst.rs,
+        accumulate,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        T::ONE,
+        alpha,
+        false,
+        false,
+        false,
+        parallelism,
+    )
+}
+
+/// Rows per rayon task in row-wise loops: enough work to pay for the task.
+fn rows_per_task(width: usize) -> usize {
+    (16_384 / width.max(1)).max(1)
+}
+
+/// Applies `f(row_index, row)` to every `width`-long row, in parallel.
+pub fn for_rows<T: Send>(data: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    data.par_chunks_mut(width)
+        .with_min_len(rows_per_task(width))
+        .enumerate()
+        .for_each(|(i, row)| f(i, row));
+}
+
+/// `dst[j] += Σ_i a[i, j]` (bias gradients).
+pub fn add_column_sums<T: Float>(dst: &mut [T], a: &[T]) {
+    let w = dst.len();
+    add_column_sums_of(dst, a.len() / w.max(1), |i, j| a[i * w + j]);
+}
+
+/// `dst[j] += Σ_i a[i, j] · b[i, j]` (LayerNorm gain gradients).
+pub fn add_column_sums_product<T: Float>(dst: &mut [T], a: &[T], b: &[T]) {
+    let w = dst.len();
+    add_column_sums_of(dst, a.len() / w.max(1), |i, j| a[i * w + j] * b[i * w + j]);
+}
+
+/// `dst[j] += Σ_{i < rows} value(i, j)`, summed in row blocks in parallel.
+fn add_column_sums_of<T: Float>(
+    dst: &mut [T],
+    rows: usize,
+    value: impl Fn(usize, usize) -> T + Sync,
+) {
+    let w = dst.len();
+    let block = rows_per_task(w).max(64);
+    let partial = (0..rows.div_ceil(block))
+        .into_par_iter()
+        .map(|b| {
+            let mut sums = zeros::<T>(w);
+            for i in b * block..((b + 1) * block).min(rows) {
+                for (j, s) in sums.iter_mut().enumerate() {
+                    *s += value(i, j);
+                }
+            }
+            sums
+        })
+        .collect::<Vec<_>>();
+    for sums in partial {
+        for (d, s) in dst.iter_mut().zip(sums) {
+            *d += s;
+        }
+    }
+}
+
+/// `x[i, j] += bias[j]`.
+pub fn add_bias<T: Float>(x: &mut [T], bias: &[T]) {
+    for_rows(x, bias.len(), |_, row| {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += *b;
+        }
+    });
+}
+
+/// `x *= mask` elementwise (a dropout mask of `0` and `1/(1-p)`).
+pub fn apply_mask<T: Float>(x: &mut [T], mask: Option<&[f32]>) {
+    if let Some(mask) = mask {
+        x.par_iter_mut()
+            .with_min_len(1 << 14)
+            .zip(mask)
+            .for_each(|(v, m)| *v *= T::of(*m as f64));
+    }
+}
+
+/// What LayerNorm's backward needs of its forward: `x̂ = (x − mean)·rstd`
+/// and `rstd = 1/sqrt(var + eps)` per row.
+pub struct Normed<T> {
+    pub xhat: Vec<T>,
+    pub rstd: Vec<T>,
+}
+
+/// LayerNorm over rows of `x` (`width` wide): returns `y = x̂·g + b` and what
+/// the backward needs.
+pub fn layer_norm<T: Float>(x: &[T], g: &[T], b: &[T], eps: f64) -> (Vec<T>, Normed<T>) {
+    let w = g.len();
+    let rows = x.len() / w;
+    let mut y = zeros::<T>(x.len());
+    let mut xhat = zeros::<T>(x.len());
+    let mut rstd = zeros::<T>(rows);
+    let inv_w = T::of(1.0 / w as f64);
+    y.par_chunks_mut(w)
+        .zip(xhat.par_chunks_mut(w))
+        .zip(rstd.par_iter_mut())
+        .zip(x.par_chunks(w))
+        .with_min_len(rows_per_task(w))
+        .for_each(|(((y, xh), r), x)| {
+            let mut mean = T::ZERO;
+            for v in x {
+                mean += *v;
+            }
+            mean *= inv_w;
+            let mut var = T::ZERO;
+            for v in x {
+                let c = *v - mean;
+                var += c * c;
+            }
+            *r = T::ONE / (var * inv_w + T::of(eps)).sqrt();
+            for j in 0..w {
+                xh[j] = (x[j] - mean) * *r;
+                y[j] = xh[j] * g[j] + b[j];
+            }
+        });
+    (y, Normed { xhat, rstd })
+}
+
+/// LayerNorm's backward: adds `∂L/∂x` to `dx` (or writes it when `dx` is
+/// fresh zeros) and the gain and bias gradients to `dg`, `db`.
+pub fn layer_norm_backward<T: Float>(
+    dy: &[T],
+    normed: &Normed<T>,
+    g: &[T],
+    dx: &mut [T],
+    dg: &mut [T],
+    db: &mut [T],
+) {
+    let w = g.len();
+    let inv_w = T::of(1.0 / w as f64);
+    dx.par_chunks_mut(w)
+        .zip(dy.par_chunks(w))
+        .zip(normed.xhat.par_chunks(w))
+        .zip(normed.rstd.par_iter())
+        .with_min_len(rows_per_task(w))
+        .for_each(|(((dx, dy), xh), r)| {
+            let (mut mean_d, mut mean_dx) = (T::ZERO, T::ZERO);
+            for j in 0..w {
+                let d = dy[j] * g[j];
+                mean_d += d;
+                mean_dx += d * xh[j];
+            }
+            mean_d *= inv_w;
+            mean_dx *= inv_w;
+            for j in 0..w {
+                dx[j] += *r * (dy[j] * g[j] - mean_d - xh[j] * mean_dx);
+            }
+        });
+    add_column_sums_product(dg, dy, &normed.xhat);
+    add_column_sums(db, dy);
+}
+
+/// `x̂·g + b` again from what [`layer_norm`] kept.
+pub fn denormalise<T: Float>(normed: &Normed<T>, g: &[T], b: &[T]) -> Vec<T> {
+    let mut y = normed.xhat.clone();
+    for_rows(&mut y, g.len(), |_, row| {
+        for j in 0..row.len() {
+            row[j] = row[j] * g[j] + b[j];
+        }
+    });
+    y
+}
+
+/// The feed-forward activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// HF `"gelu"`: `x·Φ(x)` with the exact (erf) normal CDF.
+    GeluErf,
+    /// HF `"gelu_new"`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044_715;
+
+impl Activation {
+    pub fn from_name(name: &str) -> Option<Activation> {
+        match name {
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    pub fn value<T: Float>(self, x: T) -> T {
+        let half = T::of(0.5);
+        match self {
+            Activation::GeluErf => {
+                half * x * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf())
+            }
+            Activation::GeluTanh => {
+                let t = (T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_CUBIC) * x * x * x)).tanh();
+                half * x * (T::ONE + t)
+            }
+            Activation::Relu => {
+                if x > T::ZERO {
+                    x
+                } else {
+                    T::ZERO
+                }
+            }
+        }
+    }
+
+    #[inline]
+    pub fn derivative<T: Float>(self, x: T) -> T {
+        let half = T::of(0.5);
+        match self {
+            Activation::GeluErf => {
+                let cdf = half * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf = T::of(0.398_942_280_401_432_7) * (-half * x * x).exp();
+                cdf + x * pdf
+            }
+            Activation::GeluTanh => {
+                let c = T::of(SQRT_2_OVER_PI);
+                let a = T::of(GELU_CUBIC);
+                let t = (c * (x + a * x * x * x)).tanh();
+                half * (T::ONE + t)
+                    + half * x * (T::ONE - t * t) * c * (T::ONE + T::of(3.0) * a * x * x)
+            }
+            Activation::Relu => {
+                if x > T::ZERO {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+        }
+    }
+}

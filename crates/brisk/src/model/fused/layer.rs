@@ -1,0 +1,833 @@
+//! The whole encoder layer as one candle op with a hand-written backward.
+//!
+//! Inputs: the hidden states `x` `[batch, len, hidden]`, the layer's flat
+//! parameter group, and optionally an additive attention bias
+//! (`[heads | batch·heads, len, len]`, TUPE's positional term). The op runs
+//! attention (packed Q/K/V, padding mask, dropout on the probabilities),
+//! the output projection, residuals, both LayerNorms (post- or pre-LN) and
+//! the feed-forward block, keeping what its backward needs in the op itself
+//! (nothing is recomputed but two cheap `x̂·g + b`). The backward returns one
+//! gradient for `x`, one flat gradient for the whole group and one for the
+//! bias, so candle's gradient store handles three tensors per layer instead
+//! of dozens.
+//!
+//! [`super::super::bert::EncoderLayer`]'s plain composition of candle ops is
+//! the reference this op is tested against.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::kernels::{
+    add_bias, add_column_sums, apply_mask, denormalise, for_rows, layer_norm, layer_norm_backward,
+    matmul, zeros, Activation, Float, Mat, MatMut, Normed, Threads,
+};
+use crate::config::Norm;
+use crate::error::{Error, Result};
+use crate::model::params::{Ctx, Group};
+
+/// Logit of a padded key: large and negative, but finite so that a fully
+/// padded row stays finite (as in the reference).
+const MASKED: f32 = -1e9;
+
+/// Backward passes run by fused layers in this process: lets a test (and a
+/// run's summary) confirm that training went through the fused kernels.
+static BACKWARD_PASSES: AtomicU64 = AtomicU64::new(0);
+
+/// How many fused-layer backward passes this process has run.
+pub fn backward_passes() -> u64 {
+    BACKWARD_PASSES.load(Ordering::Relaxed)
+}
+
+/// Where each tensor sits in a layer's flat group. Q, K and V are adjacent
+/// (weights, then biases) so that one product computes all three.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerLayout {
+    wqkv: usize,
+    bqkv: usize,
+    wo: usize,
+    bo: usize,
+    attn_norm_g: usize,
+    attn_norm_b: usize,
+    w1: usize,
+    b1: usize,
+    w2: usize,
+    b2: usize,
+    ffn_norm_g: usize,
+    ffn_norm_b: usize,
+    len: usize,
+}
+
+impl LayerLayout {
+    /// Reads the offsets of a layer group built with HF names, checking the
+    /// adjacency the kernels rely on.
+    pub fn of(group: &Group, hidden: usize) -> Result<LayerLayout> {
+        let at = |local: &str| -> Result<usize> { Ok(group.entry(local)?.offset) };
+        let wqkv = at("attention.self.query.weight")?;
+        let bqkv = at("attention.self.query.bias")?;
+        let adjacent = at("attention.self.key.weight")? == wqkv + hidden * hidden
+            && at("attention.self.value.weight")? == wqkv + 2 * hidden * hidden
+            && at("attention.self.key.bias")? == bqkv + hidden
+            && at("attention.self.value.bias")? == bqkv + 2 * hidden;
+        if !adjacent {
+            return Err(Error::Tensor(format!(
+                "{}: query, key and value are not adjacent in the flat group",
+                group.name
+            )));
+        }
+        Ok(LayerLayout {
+            wqkv,
+            bqkv,
+            wo: at("attention.output.dense.weight")?,
+            bo: at("attention.output.dense.bias")?,
+            attn_norm_g: at("attention.output.LayerNorm.weight")?,
+            attn_norm_b: at("attention.output.LayerNorm.bias")?,
+            w1: at("intermediate.dense.weight")?,
+            b1: at("intermediate.dense.bias")?,
+            w2: at("output.dense.weight")?,
+            b2: at("output.dense.bias")?,
+            ffn_norm_g: at("output.LayerNorm.weight")?,
+            ffn_norm_b: at("output.LayerNorm.bias")?,
+            len: group.var.elem_count(),
+        })
+    }
+}
+
+/// The shape-independent description of one layer.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    pub hidden: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub norm: Norm,
+    pub act: Activation,
+    pub eps: f64,
+    pub hidden_dropout: f64,
+    pub attn_dropout: f64,
+    pub layout: LayerLayout,
+}
+
+impl LayerSpec {
+    /// Runs the layer on `x` `[batch, len, hidden]`; `bias` and `pad_mask`
+    /// are as in [`crate::model::attention::attention`]. Dropout masks are
+    /// drawn from `ctx` in the reference's order (attention probabilities,
+    /// attention output, feed-forward output).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        bias: Option<&Tensor>,
+        pad_mask: Option<&Tensor>,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let (batch, len, hidden) = x.dims3()?;
+        if hidden != self.hidden || params.elem_count() != self.layout.len {
+            return Err(Error::Tensor(format!(
+                "fused layer: hidden {hidden} and {} parameters, expected {} and {}",
+                params.elem_count(),
+                self.hidden,
+                self.layout.len
+            )));
+        }
+        let bias_rows = match bias {
+            None => 0,
+            Some(b) => {
+                let (rows, q, k) = b.dims3()?;
+                if (rows != self.heads && rows != batch * self.heads) || q != len || k != len {
+                    return Err(Error::Tensor(format!(
+                        "attention bias has shape {:?}; expected [{} or {}, {len}, {len}]",
+                        b.dims(),
+                        self.heads,
+                        batch * self.heads
+                    )));
+                }
+                rows
+            }
+        };
+        let pad = match pad_mask {
+            None => None,
+            Some(m) => {
+                let keep: Vec<f32> = m.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                Some(keep.iter().map(|k| (1.0 - k) * MASKED).collect())
+            }
+        };
+        let tokens = batch * len;
+        let masks = Masks {
+            attn: ctx.dropout_mask(batch * self.heads * len * len, self.attn_dropout),
+            attn_out: ctx.dropout_mask(tokens * hidden, self.hidden_dropout),
+            ffn_out: ctx.dropout_mask(tokens * hidden, self.hidden_dropout),
+        };
+        let op = LayerOp {
+            spec: self.clone(),
+            batch,
+            len,
+            bias_rows,
+            pad,
+            masks,
+            keep: x.track_op() || params.track_op() || bias.is_some_and(Tensor::track_op),
+            saved: Mutex::new(None),
+        };
+        let x = x.contiguous()?;
+        let params = params.contiguous()?;
+        Ok(match bias {
+            None => x.apply_op2(&params, op)?,
+            Some(b) => x.apply_op3(&params, &b.contiguous()?, op)?,
+        })
+    }
+}
+
+/// Dropout multipliers, `None` where dropout is off.
+struct Masks {
+    attn: Option<Vec<f32>>,
+    attn_out: Option<Vec<f32>>,
+    ffn_out: Option<Vec<f32>>,
+}
+
+/// One application of a layer: its shapes, masks and saved activations.
+struct LayerOp {
+    spec: LayerSpec,
+    batch: usize,
+    len: usize,
+    bias_rows: usize,
+    /// Additive logit per `(batch, key)`: 0 for tokens, [`MASKED`] for padding.
+    pad: Option<Vec<f32>>,
+    masks: Masks,
+    /// Whether a backward pass can follow (otherwise nothing is saved).
+    keep: bool,
+    saved: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// What the backward needs of the forward.
+struct Saved<T> {
+    /// Post-LN: the norm after attention; pre-LN: the norm before it.
+    attn_norm: Normed<T>,
+    /// Post-LN: the norm after the feed-forward block; pre-LN: before it.
+    ffn_norm: Normed<T>,
+    qkv: Vec<T>,
+    probs: Vec<T>,
+    context: Vec<T>,
+    /// Feed-forward pre-activation and activation.
+    pre_act: Vec<T>,
+    act: Vec<T>,
+}
+
+/// A parameter slice of the flat group.
+fn part<T>(p: &[T], offset: usize, len: usize) -> &[T] {
+    &p[offset..offset + len]
+}
+
+/// `[rows, n] = x[rows, k] · Wᵀ + b` with HF's `[n, k]` weight.
+fn linear<T: Float>(x: &[T], w: &[T], b: &[T], k: usize) -> Vec<T> {
+    let n = b.len();
+    let rows = x.len() / k;
+    let mut y = zeros::<T>(rows * n);
+    // SAFETY: `y` is `rows × n`, `x` is `rows × k`, `w` is `n × k`.
+    unsafe {
+        matmul(
+            (rows, n, k),
+            MatMut::rows(&mut y, n),
+            Mat::rows(x, k),
+            Mat::rows(w, k).t(),
+            T::ONE,
+            false,
+            Threads::Pool,
+        )
+    };
+    add_bias(&mut y, b);
+    y
+}
+
+/// The backward of [`linear`]: adds `dyᵀ·x` to `dw`, the column sums of
+/// `dy` to `db`, and returns `dy·W` (`[rows, k]`).
+fn linear_backward<T: Float>(dy: &[T], x: &[T], w: &[T], dw: &mut [T], db: &mut [T]) -> Vec<T> {
+    let n = db.len();
+    let k = w.len() / n;
+    let rows = dy.len() / n;
+    let mut dx = zeros::<T>(rows * k);
+    // SAFETY: `dw` is `n × k`, `dy` is `rows × n`, `x` is `rows × k`.
+    unsafe {
+        matmul(
+            (n, k, rows),
+            MatMut::rows(dw, k),
+            Mat::rows(dy, n).t(),
+            Mat::rows(x, k),
+            T::ONE,
+            true,
+            Threads::Pool,
+        );
+        matmul(
+            (rows, k, n),
+            MatMut::rows(&mut dx, k),
+            Mat::rows(dy, n),
+            Mat::rows(w, k),
+            T::ONE,
+            false,
+            Threads::Pool,
+        );
+    }
+    add_column_sums(db, dy);
+    dx
+}
+
+fn add<T: Float>(dst: &mut [T], src: &[T]) {
+    dst.par_iter_mut()
+        .with_min_len(1 << 14)
+        .zip(src)
+        .for_each(|(d, s)| *d += *s);
+}
+
+fn masked<T: Float>(x: &[T], mask: Option<&[f32]>) -> Vec<T> {
+    let mut y = x.to_vec();
+    apply_mask(&mut y, mask);
+    y
+}
+
+/// `probs[t] · mask[t]` for one head's `len × len` block, or the block itself.
+fn dropped<'a, T: Float>(p: &'a [T], mask: Option<&[f32]>, scratch: &'a mut Vec<T>) -> &'a [T] {
+    match mask {
+        None => p,
+        Some(m) => {
+            scratch.clear();
+            scratch.extend(p.iter().zip(m).map(|(v, k)| *v * T::of(*k as f64)));
+            scratch
+        }
+    }
+}
+
+impl LayerOp {
+    fn head_dim(&self) -> usize {
+        self.spec.hidden / self.spec.heads
+    }
+
+    /// The bias block added to head task `t` (batch `t / heads`).
+    fn bias_block<'a, T>(&self, bias: Option<&'a [T]>, t: usize) -> Option<&'a [T]> {
+        let ll = self.len * self.len;
+        let row = if self.bias_rows == self.spec.heads {
+            t % self.spec.heads
+        } else {
+            t
+        };
+        bias.map(|b| &b[row * ll..(row + 1) * ll])
+    }
+
+    /// Softmax attention over packed `qkv` `[tokens, 3·hidden]`: returns the
+    /// probabilities `[batch·heads, len, len]` (before dropout) and the
+    /// context `[tokens, hidden]`.
+    fn attention<T: Float>(&self, qkv: &[T], bias: Option<&[T]>) -> (Vec<T>, Vec<T>) {
+        let (l, h, heads, d) = (self.len, self.spec.hidden, self.spec.heads, self.head_dim());
+        let scale = T::of(1.0 / (d as f64).sqrt());
+        let mut probs = zeros::<T>(self.batch * heads * l * l);
+        let mut context = zeros::<T>(self.batch * l * h);
+        let out = MatMut::rows(&mut context, h);
+        let packed = Mat::rows(qkv, 3 * h);
+        probs
+            .par_chunks_mut(l * l)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (t, p)| {
+                let (b, head) = (t / heads, t % heads);
+                let rows = packed.row(b * l);
+                let (q, k, v) = (
+                    rows.col(head * d),
+                    rows.col(h + head * d),
+                    rows.col(2 * h + head * d),
+                );
+                // SAFETY: `p` is this task's `l × l` block; q, k, v are
+                // `l × d` blocks of `qkv`; each task writes its own
+                // `l × d` block of `context`.
+                unsafe {
+                    matmul(
+                        (l, l, d),
+                        MatMut::rows(p, l),
+                        q,
+                        k.t(),
+                        scale,
+                        false,
+                        Threads::One,
+                    )
+                };
+                let bias = self.bias_block(bias, t);
+                let pad = self.pad.as_ref().map(|m| &m[b * l..(b + 1) * l]);
+                for (i, row) in p.chunks_mut(l).enumerate() {
+                    if let Some(bias) = bias {
+                        for (s, add) in row.iter_mut().zip(&bias[i * l..(i + 1) * l]) {
+                            *s += *add;
+                        }
+                    }
+                    if let Some(pad) = pad {
+                        for (s, add) in row.iter_mut().zip(pad) {
+                            *s += T::of(*add as f64);
+                        }
+                    }
+                    softmax_in_place(row);
+                }
+                let mask = self
+                    .masks
+                    .attn
+                    .as_ref()
+                    .map(|m| &m[t * l * l..(t + 1) * l * l]);
+                let pd = dropped(p, mask, scratch);
+                unsafe {
+                    matmul(
+                        (l, d, l),
+                        out.row(b * l).col(head * d),
+                        Mat::rows(pd, l),
+                        v,
+                        T::ONE,
+                        false,
+                        Threads::One,
+                    )
+                };
+            });
+        (probs, context)
+    }
+
+    /// The backward of [`LayerOp::attention`]: `∂L/∂qkv` and, per head
+    /// task, `∂L/∂logits` (`[batch·heads, len, len]`, the bias gradient).
+    fn attention_backward<T: Float>(
+        &self,
+        d_context: &[T],
+        qkv: &[T],
+        probs: &[T],
+    ) -> (Vec<T>, Vec<T>) {
+        let (l, h, heads, d) = (self.len, self.spec.hidden, self.spec.heads, self.head_dim());
+        let scale = T::of(1.0 / (d as f64).sqrt());
+        let mut d_qkv = zeros::<T>(self.batch * l * 3 * h);
+        let mut d_logits = zeros::<T>(probs.len());
+        let out = MatMut::rows(&mut d_qkv, 3 * h);
+        let packed = Mat::rows(qkv, 3 * h);
+        let dc = Mat::rows(d_context, h);
+        d_logits
+            .par_chunks_mut(l * l)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (t, ds)| {
+                let (b, head) = (t / heads, t % heads);
+                let rows = packed.row(b * l);
+                let (q, k, v) = (
+                    rows.col(head * d),
+                    rows.col(h + head * d),
+                    rows.col(2 * h + head * d),
+                );
+                let dc = dc.row(b * l).col(head * d);
+                let d_rows = out.row(b * l);
+                let p = &probs[t * l * l..(t + 1) * l * l];
+                let mask = self
+                    .masks
+                    .attn
+                    .as_ref()
+                    .map(|m| &m[t * l * l..(t + 1) * l * l]);
+                let pd = dropped(p, mask, scratch);
+                // SAFETY: every block is `l × l` or `l × d` inside its
+                // buffer; each task writes only its own head's columns of
+                // `d_qkv` and its own `ds` block.
+                unsafe {
+                    // ∂L/∂(dropped probs) = dC · vᵀ; ∂L/∂v = dropped probsᵀ · dC.
+                    matmul(
+                        (l, l, d),
+                        MatMut::rows(ds, l),
+                        dc,
+                        v.t(),
+                        T::ONE,
+                        false,
+                        Threads::One,
+                    );
+                    matmul(
+                        (l, d, l),
+                        d_rows.col(2 * h + head * d),
+                        Mat::rows(pd, l).t(),
+                        dc,
+                        T::ONE,
+                        false,
+                        Threads::One,
+                    );
+                }
+                if let Some(m) = mask {
+                    for (g, k) in ds.iter_mut().zip(m) {
+                        *g *= T::of(*k as f64);
+                    }
+                }
+                // Softmax backward, row by row: p ⊙ (g − Σ p·g).
+                for (g, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
+                    let mut dot = T::ZERO;
+                    for (g, p) in g.iter().zip(p) {
+                        dot += *g * *p;
+                    }
+                    for (g, p) in g.iter_mut().zip(p) {
+                        *g = *p * (*g - dot);
+                    }
+                }
+                let ds = Mat::rows(&*ds, l);
+                unsafe {
+                    matmul(
+                        (l, d, l),
+                        d_rows.col(head * d),
+                        ds,
+                        k,
+                        scale,
+                        false,
+                        Threads::One,
+                    );
+                    matmul(
+                        (l, d, l),
+                        d_rows.col(h + head * d),
+                        ds.t(),
+                        q,
+                        scale,
+                        false,
+                        Threads::One,
+                    );
+                }
+            });
+        (d_qkv, d_logits)
+    }
+
+    fn forward<T: Float>(&self, x: &[T], p: &[T], bias: Option<&[T]>) -> Vec<T> {
+        let s = &self.spec;
+        let (h, f, lay) = (s.hidden, s.ffn, &s.layout);
+        let post = s.norm == Norm::Post;
+        let attn_g = part(p, lay.attn_norm_g, h);
+        let attn_b = part(p, lay.attn_norm_b, h);
+        let ffn_g = part(p, lay.ffn_norm_g, h);
+        let ffn_b = part(p, lay.ffn_norm_b, h);
+
+        let pre_attn = (!post).then(|| layer_norm(x, attn_g, attn_b, s.eps));
+        let a_in = pre_attn.as_ref().map_or(x, |(y, _)| y.as_slice());
+        let qkv = linear(
+            a_in,
+            part(p, lay.wqkv, 3 * h * h),
+            part(p, lay.bqkv, 3 * h),
+            h,
+        );
+        let (probs, context) = self.attention(&qkv, bias);
+        let mut z1 = linear(&context, part(p, lay.wo, h * h), part(p, lay.bo, h), h);
+        apply_mask(&mut z1, self.masks.attn_out.as_deref());
+        add(&mut z1, x);
+        let (h1, attn_norm) = match pre_attn {
+            Some((_, normed)) => (z1, normed),
+            None => layer_norm(&z1, attn_g, attn_b, s.eps),
+        };
+
+        let pre_ffn = (!post).then(|| layer_norm(&h1, ffn_g, ffn_b, s.eps));
+        let f_in = pre_ffn
+            .as_ref()
+            .map_or(h1.as_slice(), |(y, _)| y.as_slice());
+        let pre_act = linear(f_in, part(p, lay.w1, f * h), part(p, lay.b1, f), h);
+        let mut act = pre_act.clone();
+        for_rows(&mut act, f, |_, row| {
+            for v in row {
+                *v = s.act.value(*v);
+            }
+        });
+        let mut z2 = linear(&act, part(p, lay.w2, h * f), part(p, lay.b2, h), f);
+        apply_mask(&mut z2, self.masks.ffn_out.as_deref());
+        add(&mut z2, &h1);
+        let (y, ffn_norm) = match pre_ffn {
+            Some((_, normed)) => (z2, normed),
+            None => layer_norm(&z2, ffn_g, ffn_b, s.eps),
+        };
+        if self.keep {
+            *self.saved.lock().expect("saved activations") = Some(Box::new(Saved {
+                attn_norm,
+                ffn_norm,
+                qkv,
+                probs,
+                context,
+                pre_act,
+                act,
+            }));
+        }
+        y
+    }
+
+    /// Gradients of `x`, of the flat parameters and (per head task) of the
+    /// attention logits.
+    fn backward<T: Float>(
+        &self,
+        x: &[T],
+        p: &[T],
+        dy: &[T],
+    ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let saved = self
+            .saved
+            .lock()
+            .expect("saved activations")
+            .take()
+            .and_then(|b| b.downcast::<Saved<T>>().ok())
+            .ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "fused encoder layer: backward without the forward's activations \
+                     (a second backward through the same graph?)"
+                        .into(),
+                )
+            })?;
+        BACKWARD_PASSES.fetch_add(1, Ordering::Relaxed);
+        let s = &self.spec;
+        let (h, f, lay) = (s.hidden, s.ffn, &s.layout);
+        let post = s.norm == Norm::Post;
+        let mut dp = zeros::<T>(p.len());
+        let attn_g = part(p, lay.attn_norm_g, h).to_vec();
+        let ffn_g = part(p, lay.ffn_norm_g, h).to_vec();
+        let attn_b = part(p, lay.attn_norm_b, h);
+        let ffn_b = part(p, lay.ffn_norm_b, h);
+        // Gradient slices of the flat group, by offset.
+        macro_rules! grad {
+            ($offset:expr, $len:expr) => {
+                &mut dp[$offset..$offset + $len]
+            };
+        }
+
+        // Feed-forward block: y = LN(h1 + drop(W2·act(W1·f_in))) (post) or
+        // h1 + drop(...) with f_in = LN(h1) (pre).
+        let mut dh1 = if post {
+            let mut dz2 = zeros::<T>(dy.len());
+            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
+            layer_norm_backward(dy, &saved.ffn_norm, &ffn_g, &mut dz2, &mut dg, &mut db);
+            grad!(lay.ffn_norm_g, h).copy_from_slice(&dg);
+            grad!(lay.ffn_norm_b, h).copy_from_slice(&db);
+            dz2
+        } else {
+            dy.to_vec()
+        };
+        let d_out = masked(&dh1, self.masks.ffn_out.as_deref());
+        let (mut dw2, mut db2) = (zeros::<T>(h * f), zeros::<T>(h));
+        let mut d_act = linear_backward(
+            &d_out,
+            &saved.act,
+            part(p, lay.w2, h * f),
+            &mut dw2,
+            &mut db2,
+        );
+        grad!(lay.w2, h * f).copy_from_slice(&dw2);
+        grad!(lay.b2, h).copy_from_slice(&db2);
+        drop((dw2, db2, d_out));
+        d_act
+            .par_chunks_mut(f)
+            .zip(saved.pre_act.par_chunks(f))
+            .for_each(|(g, u)| {
+                for (g, u) in g.iter_mut().zip(u) {
+                    *g *= s.act.derivative(*u);
+                }
+            });
+        let f_in = if post {
+            denormalise(&saved.attn_norm, &attn_g, attn_b)
+        } else {
+            denormalise(&saved.ffn_norm, &ffn_g, ffn_b)
+        };
+        let (mut dw1, mut db1) = (zeros::<T>(f * h), zeros::<T>(f));
+        let df_in = linear_backward(&d_act, &f_in, part(p, lay.w1, f * h), &mut dw1, &mut db1);
+        grad!(lay.w1, f * h).copy_from_slice(&dw1);
+        grad!(lay.b1, f).copy_from_slice(&db1);
+        drop((dw1, db1, d_act, f_in));
+
+        // Attention block: h1 = LN(x + drop(Wo·attn(a_in))) (post) or
+        // x + drop(...) with a_in = LN(x) (pre).
+        let mut dx = if post {
+            add(&mut dh1, &df_in);
+            let mut dz1 = zeros::<T>(dy.len());
+            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
+            layer_norm_backward(&dh1, &saved.attn_norm, &attn_g, &mut dz1, &mut dg, &mut db);
+            grad!(lay.attn_norm_g, h).copy_from_slice(&dg);
+            grad!(lay.attn_norm_b, h).copy_from_slice(&db);
+            dz1
+        } else {
+            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
+            layer_norm_backward(&df_in, &saved.ffn_norm, &ffn_g, &mut dh1, &mut dg, &mut db);
+            grad!(lay.ffn_norm_g, h).copy_from_slice(&dg);
+            grad!(lay.ffn_norm_b, h).copy_from_slice(&db);
+            dh1
+        };
+        let d_out = masked(&dx, self.masks.attn_out.as_deref());
+        let (mut dwo, mut dbo) = (zeros::<T>(h * h), zeros::<T>(h));
+        let d_context = linear_backward(
+            &d_out,
+            &saved.context,
+            part(p, lay.wo, h * h),
+            &mut dwo,
+            &mut dbo,
+        );
+        grad!(lay.wo, h * h).copy_from_slice(&dwo);
+        grad!(lay.bo, h).copy_from_slice(&dbo);
+        drop((dwo, dbo, d_out));
+        let (d_qkv, d_logits) = self.attention_backward(&d_context, &saved.qkv, &saved.probs);
+        let pre_attn = (!post).then(|| denormalise(&saved.attn_norm, &attn_g, attn_b));
+        let a_in = pre_attn.as_deref().unwrap_or(x);
+        let (mut dw, mut db) = (zeros::<T>(3 * h * h), zeros::<T>(3 * h));
+        let da_in = linear_backward(&d_qkv, a_in, part(p, lay.wqkv, 3 * h * h), &mut dw, &mut db);
+        grad!(lay.wqkv, 3 * h * h).copy_from_slice(&dw);
+        grad!(lay.bqkv, 3 * h).copy_from_slice(&db);
+        if post {
+            add(&mut dx, &da_in);
+        } else {
+            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
+            layer_norm_backward(&da_in, &saved.attn_norm, &attn_g, &mut dx, &mut dg, &mut db);
+            grad!(lay.attn_norm_g, h).copy_from_slice(&dg);
+            grad!(lay.attn_norm_b, h).copy_from_slice(&db);
+        }
+        Ok((dx, dp, d_logits))
+    }
+
+    /// Sums per-task logit gradients into the bias's shape.
+    fn bias_gradient<T: Float>(&self, d_logits: Vec<T>) -> Vec<T> {
+        if self.bias_rows != self.spec.heads || self.batch == 1 {
+            return d_logits;
+        }
+        let block = self.spec.heads * self.len * self.len;
+        let mut sum = d_logits[..block].to_vec();
+        for b in 1..self.batch {
+            for (s, g) in sum.iter_mut().zip(&d_logits[b * block..(b + 1) * block]) {
+                *s += *g;
+            }
+        }
+        sum
+    }
+
+    fn run_forward<T: Float>(
+        &self,
+        x: (&CpuStorage, &Layout),
+        p: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = match bias {
+            Some((s, l)) => Some(T::slice(s, l)?),
+            None => None,
+        };
+        let y = self.forward(T::slice(x.0, x.1)?, T::slice(p.0, p.1)?, bias);
+        Ok((T::storage(y), x.1.shape().clone()))
+    }
+
+    fn dispatch_forward(
+        &self,
+        x: (&CpuStorage, &Layout),
+        p: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match x.0.dtype() {
+            DType::F32 => self.run_forward::<f32>(x, p, bias),
+            DType::F64 => self.run_forward::<f64>(x, p, bias),
+            other => candle_core::bail!("fused encoder layer: no kernel for {other:?}"),
+        }
+    }
+
+    fn run_backward<T: Float>(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        bias: Option<&Tensor>,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (dx, dp, d_logits) = {
+            let (xs, xl) = x.storage_and_layout();
+            let (ps, pl) = p.storage_and_layout();
+            let (gs, gl) = dy.storage_and_layout();
+            let (Storage::Cpu(xs), Storage::Cpu(ps), Storage::Cpu(gs)) = (&*xs, &*ps, &*gs) else {
+                candle_core::bail!("fused encoder layer: CPU tensors only");
+            };
+            self.backward(T::slice(xs, xl)?, T::slice(ps, pl)?, T::slice(gs, gl)?)?
+        };
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        let dp = Tensor::from_vec(dp, p.shape(), p.device())?;
+        let d_bias = match bias {
+            Some(b) if b.track_op() => Some(Tensor::from_vec(
+                self.bias_gradient(d_logits),
+                b.shape(),
+                b.device(),
+            )?),
+            _ => None,
+        };
+        Ok((dx, dp, d_bias))
+    }
+
+    fn dispatch_backward(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        bias: Option<&Tensor>,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+        match x.dtype() {
+            DType::F32 => self.run_backward::<f32>(x, p, bias, dy),
+            DType::F64 => self.run_backward::<f64>(x, p, bias, dy),
+            other => candle_core::bail!("fused encoder layer: no kernel for {other:?}"),
+        }
+    }
+}
+
+/// Numerically stable softmax of one row, in place.
+fn softmax_in_place<T: Float>(row: &mut [T]) {
+    let mut max = row[0];
+    for v in row.iter() {
+        if *v > max {
+            max = *v;
+        }
+    }
+    let mut sum = T::ZERO;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = T::ONE / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+impl CustomOp2 for LayerOp {
+    fn name(&self) -> &'static str {
+        "fused-encoder-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch_forward((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp, _) = self.dispatch_backward(x, p, None, dy)?;
+        Ok((Some(dx), Some(dp)))
+    }
+}
+
+impl CustomOp3 for LayerOp {
+    fn name(&self) -> &'static str {
+        "fused-encoder-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch_forward((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp, db) = self.dispatch_backward(x, p, Some(bias), dy)?;
+        Ok((Some(dx), Some(dp), db))
+    }
+}
