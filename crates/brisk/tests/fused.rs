@@ -1,12 +1,15 @@
-//! The fused encoder layer against its reference, the plain composition of
+//! The fused kernels against their reference, the plain composition of
 //! candle ops: the same outputs and the same gradients (for the hidden
-//! states, every parameter and the attention bias) on random shapes, with
-//! and without bias, padding and dropout; and finite differences in f64.
+//! states, every parameter and the attention bias) on random layer shapes,
+//! with and without bias, padding and dropout, and for a whole model
+//! (embeddings with token types, layers, masked-LM head and loss); and
+//! finite differences in f64.
 
 use brisk::config::{Kernels, ModelConfig, Norm, Preset};
 use brisk::corpus::generated::Rng;
 use brisk::model::bert::EncoderLayer;
-use brisk::model::{Ctx, Params};
+use brisk::model::{BertForMaskedLm, Ctx, Params};
+use brisk::train::optim::gradients;
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 
@@ -248,5 +251,141 @@ fn fused_layer_gradients_match_finite_differences() {
                 );
             }
         }
+    }
+}
+
+fn small_model(kernels: Kernels, dtype: DType, dropout: f64) -> (BertForMaskedLm, Params) {
+    let mut cfg = Preset::Tiny.config().model;
+    cfg.vocab_size = 40;
+    cfg.hidden_size = 12;
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 3;
+    cfg.intermediate_size = 20;
+    cfg.max_position_embeddings = 10;
+    cfg.type_vocab_size = 2;
+    cfg.hidden_dropout_prob = dropout;
+    cfg.attention_probs_dropout_prob = dropout;
+    cfg.kernels = kernels;
+    let mut params = Params::new(Device::Cpu, dtype);
+    let model = BertForMaskedLm::new(&cfg, &mut params, 3).unwrap();
+    // Move LayerNorm gains and biases off 1 and 0 so their gradients and
+    // their use in the forward pass are both tested.
+    let mut rng = Rng::new(8);
+    for g in params.groups() {
+        let moved =
+            (g.var.as_tensor() + random(g.var.dims(), dtype, &mut rng).as_tensor() * 0.1).unwrap();
+        g.var.set(&moved).unwrap();
+    }
+    (model, params)
+}
+
+/// Input ids, token types, padding mask, masked rows and targets for a
+/// 2 × 7 batch with padding in the second sequence.
+fn model_batch() -> [Tensor; 5] {
+    let dev = &Device::Cpu;
+    let ids = Tensor::new(&[[2u32, 9, 4, 17, 30, 5, 3], [2, 11, 4, 3, 0, 0, 0]], dev).unwrap();
+    let types = Tensor::new(&[[0u32, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]], dev).unwrap();
+    let mask = Tensor::new(&[[1u32; 7], [1, 1, 1, 1, 0, 0, 0]], dev).unwrap();
+    let rows = Tensor::new(&[1u32, 2, 5, 8, 9], dev).unwrap();
+    let targets = Tensor::new(&[6u32, 7, 39, 8, 10], dev).unwrap();
+    [ids, types, mask, rows, targets]
+}
+
+/// `Σ weights ⊙ bert(ids, types)` plus the masked-LM loss: exercises token
+/// types in the embeddings and the fused head.
+fn model_loss(model: &BertForMaskedLm, batch: &[Tensor; 5], ctx: &mut Ctx) -> Tensor {
+    let [ids, types, mask, rows, targets] = batch;
+    let hidden = model
+        .bert
+        .forward(ids, Some(types), Some(mask), None, ctx)
+        .unwrap();
+    let n = hidden.elem_count();
+    let weights: Vec<f64> = (0..n).map(|i| ((i * 7) % 11) as f64 / 11.0 - 0.5).collect();
+    let weights = Tensor::from_vec(weights, hidden.shape(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(hidden.dtype())
+        .unwrap();
+    let mlm = model.loss(ids, Some(mask), rows, targets, ctx).unwrap();
+    let dtype = hidden.dtype();
+    ((hidden * weights).unwrap().sum_all().unwrap() + mlm.to_dtype(dtype).unwrap()).unwrap()
+}
+
+#[test]
+fn the_fused_model_equals_the_reference_model() {
+    for dropout in [0.0, 0.1] {
+        let batch = model_batch();
+        let mut results = Vec::new();
+        for kernels in [Kernels::Fused, Kernels::Reference] {
+            let (model, params) = small_model(kernels, DType::F32, dropout);
+            assert_eq!(model.is_fused(), kernels == Kernels::Fused);
+            let mut rng = Rng::new(5);
+            let loss = model_loss(&model, &batch, &mut Ctx::train(&mut rng));
+            let grads = gradients(&params, &loss.backward().unwrap()).unwrap();
+            let value = loss.to_scalar::<f32>().unwrap() as f64;
+            let named: Vec<(String, Vec<f64>)> = params
+                .split(&grads)
+                .unwrap()
+                .into_iter()
+                .map(|(name, g)| {
+                    let g = g.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+                    (name.to_string(), g.to_vec1().unwrap())
+                })
+                .collect();
+            results.push((value, named));
+        }
+        let (fused, reference) = (&results[0], &results[1]);
+        assert!(
+            (fused.0 - reference.0).abs() < 1e-4 * reference.0.abs().max(1.0),
+            "dropout {dropout}: loss {} vs {}",
+            fused.0,
+            reference.0
+        );
+        for ((name, f), (_, r)) in fused.1.iter().zip(&reference.1) {
+            let diff = max_relative_diff(r, f);
+            assert!(
+                diff < 2e-4,
+                "dropout {dropout}: {name} gradient differs by {diff}"
+            );
+        }
+    }
+}
+
+/// Central finite differences of the whole fused model (embeddings with
+/// token types, layers, head and loss) in f64, for every parameter.
+#[test]
+fn the_fused_model_matches_finite_differences() {
+    let batch = model_batch();
+    let (model, params) = small_model(Kernels::Fused, DType::F64, 0.0);
+    let loss = model_loss(&model, &batch, &mut Ctx::eval());
+    let grads = gradients(&params, &loss.backward().unwrap()).unwrap();
+    let eps = 1e-6;
+    for (group, grad) in params.groups().iter().zip(&grads) {
+        let analytic: Vec<f64> = grad.to_vec1().unwrap();
+        let base: Vec<f64> = group.var.as_tensor().to_vec1().unwrap();
+        let n = base.len();
+        let at = |values: Vec<f64>| -> f64 {
+            group
+                .var
+                .set(&Tensor::from_vec(values, n, &Device::Cpu).unwrap())
+                .unwrap();
+            model_loss(&model, &batch, &mut Ctx::eval())
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        for i in 0..n {
+            let mut moved = base.clone();
+            moved[i] += eps;
+            let up = at(moved.clone());
+            moved[i] -= 2.0 * eps;
+            let down = at(moved);
+            let numeric = (up - down) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[i]).abs() < 1e-6 * numeric.abs().max(1.0),
+                "{}[{i}]: fused backward {} vs finite difference {numeric}",
+                group.name,
+                analytic[i]
+            );
+        }
+        at(base);
     }
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 
 use super::attention::{attention, Logits};
-use super::fused::{Activation, LayerLayout, LayerSpec};
+use super::fused::{Activation, EmbeddingSpec, HeadSpec, LayerLayout, LayerSpec};
 use super::norm::LayerNorm;
 use super::params::{Ctx, Group, GroupBuilder, Params};
 use crate::config::{Kernels, ModelConfig, Norm, Position};
@@ -53,6 +53,24 @@ impl Linear {
     }
 }
 
+/// The activation named by `model.hidden_act`.
+fn activation_kind(cfg: &ModelConfig) -> Result<Activation> {
+    Activation::from_name(&cfg.hidden_act).ok_or_else(|| {
+        Error::Config(format!(
+            "`model.hidden_act`: unknown activation {:?}",
+            cfg.hidden_act
+        ))
+    })
+}
+
+/// Whether the fused kernels run a group: asked for, and on the CPU in
+/// f32 or f64 (anything else takes the reference path).
+fn runs_fused(cfg: &ModelConfig, group: &Group) -> bool {
+    cfg.kernels == Kernels::Fused
+        && group.var.device().is_cpu()
+        && matches!(group.var.dtype(), DType::F32 | DType::F64)
+}
+
 fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
     Ok(match name {
         "gelu" => x.gelu_erf()?,
@@ -73,6 +91,10 @@ struct Embeddings {
     position: Tensor,
     token_type: Tensor,
     norm: LayerNorm,
+    /// The flat group.
+    group: Tensor,
+    /// Set when the fused kernel runs the embeddings (dropout included).
+    fused: Option<EmbeddingSpec>,
 }
 
 impl Embeddings {
@@ -94,11 +116,16 @@ impl Embeddings {
         );
         LayerNorm::add(&mut g, "LayerNorm", h);
         let g = g.finish()?;
+        let fused = runs_fused(cfg, g)
+            .then(|| EmbeddingSpec::of(g, cfg.layer_norm_eps, cfg.hidden_dropout_prob))
+            .transpose()?;
         Ok(Embeddings {
             word: g.view("word_embeddings.weight")?,
             position: g.view("position_embeddings.weight")?,
             token_type: g.view("token_type_embeddings.weight")?,
             norm: LayerNorm::view(g, "LayerNorm", cfg.layer_norm_eps)?,
+            group: g.var.as_tensor().clone(),
+            fused,
         })
     }
 
@@ -179,14 +206,8 @@ impl EncoderLayer {
         Linear::add(&mut g, "output.dense", (f, h), std, rng);
         LayerNorm::add(&mut g, "output.LayerNorm", h);
         let g = g.finish()?;
-        let act = Activation::from_name(&cfg.hidden_act).ok_or_else(|| {
-            Error::Config(format!(
-                "`model.hidden_act`: unknown activation {:?}",
-                cfg.hidden_act
-            ))
-        })?;
-        let fused_dtype = matches!(g.var.dtype(), DType::F32 | DType::F64);
-        let fused = (cfg.kernels == Kernels::Fused && g.var.device().is_cpu() && fused_dtype)
+        let act = activation_kind(cfg)?;
+        let fused = runs_fused(cfg, g)
             .then(|| -> Result<LayerSpec> {
                 Ok(LayerSpec {
                     hidden: h,
@@ -361,10 +382,11 @@ impl Bert {
         bias: Option<&Tensor>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
-        let mut x = ctx.dropout(
-            &self.embeddings.forward(ids, token_types)?,
-            self.hidden_dropout,
-        )?;
+        let emb = &self.embeddings;
+        let mut x = match &emb.fused {
+            Some(spec) => spec.forward(&emb.group, ids, token_types, ctx)?,
+            None => ctx.dropout(&emb.forward(ids, token_types)?, self.hidden_dropout)?,
+        };
         for layer in &self.layers {
             x = layer.forward(&x, bias, pad_mask, ctx)?;
         }
@@ -383,10 +405,20 @@ pub struct MlmHead {
     norm: LayerNorm,
     bias: Tensor,
     act: String,
+    /// The flat group.
+    group: Tensor,
+    /// Set when the fused kernel computes the head and its loss.
+    fused: Option<HeadSpec>,
 }
 
 impl MlmHead {
-    pub fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<MlmHead> {
+    /// The head for `bert`, whose word embeddings its decoder is tied to.
+    pub fn new(
+        params: &mut Params,
+        cfg: &ModelConfig,
+        bert: &Bert,
+        rng: &mut Rng,
+    ) -> Result<MlmHead> {
         let h = cfg.hidden_size;
         let mut g = params.group("cls.predictions");
         Linear::add(
@@ -399,11 +431,22 @@ impl MlmHead {
         LayerNorm::add(&mut g, "transform.LayerNorm", h);
         g.zeros("bias", &[cfg.vocab_size]);
         let g = g.finish()?;
+        let fused = match (&bert.embeddings.fused, runs_fused(cfg, g)) {
+            (Some(embeddings), true) => Some(HeadSpec::of(
+                g,
+                embeddings,
+                activation_kind(cfg)?,
+                cfg.layer_norm_eps,
+            )?),
+            _ => None,
+        };
         Ok(MlmHead {
             transform: Linear::view(g, "transform.dense")?,
             norm: LayerNorm::view(g, "transform.LayerNorm", cfg.layer_norm_eps)?,
             bias: g.view("bias")?,
             act: cfg.hidden_act.clone(),
+            group: g.var.as_tensor().clone(),
+            fused,
         })
     }
 
@@ -437,7 +480,7 @@ impl BertForMaskedLm {
     pub fn new(cfg: &ModelConfig, params: &mut Params, seed: u64) -> Result<BertForMaskedLm> {
         let mut rng = Rng::new(seed);
         let bert = Bert::new(params, cfg, &mut rng)?;
-        let head = MlmHead::new(params, cfg, &mut rng)?;
+        let head = MlmHead::new(params, cfg, &bert, &mut rng)?;
         Ok(BertForMaskedLm { bert, head })
     }
 
@@ -463,10 +506,34 @@ impl BertForMaskedLm {
         targets: &Tensor,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
+        if let Some(spec) = &self.head.fused {
+            let hidden = self.bert.forward(ids, None, pad_mask, None, ctx)?;
+            let embeddings = &self.bert.embeddings.group;
+            return spec.loss(&hidden, &self.head.group, embeddings, rows, targets);
+        }
+        self.reference_loss(ids, pad_mask, rows, targets, ctx)
+    }
+
+    /// [`BertForMaskedLm::loss`] through candle's ops (the head's reference).
+    pub fn reference_loss(
+        &self,
+        ids: &Tensor,
+        pad_mask: Option<&Tensor>,
+        rows: &Tensor,
+        targets: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
         let logits = self.forward(ids, pad_mask, rows, ctx)?;
         Ok(candle_nn::loss::cross_entropy(
             &logits.to_dtype(DType::F32)?,
             targets,
         )?)
+    }
+
+    /// True when every part of the model runs on the fused kernels.
+    pub fn is_fused(&self) -> bool {
+        self.head.fused.is_some()
+            && self.bert.embeddings.fused.is_some()
+            && self.bert.layers.iter().all(EncoderLayer::is_fused)
     }
 }

@@ -8,7 +8,7 @@
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -95,6 +95,23 @@ macro_rules! float {
 
 float!(f32, F32, candle_core::cpu::erf::erf_f32);
 float!(f64, F64, candle_core::cpu::erf::erf_f64);
+
+/// Calls `f` with the elements of CPU tensors (made contiguous by the
+/// caller), as slices of `T`.
+pub fn with_slices<T: Float, R>(
+    tensors: &[&Tensor],
+    f: impl FnOnce(&[&[T]]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("the fused kernels run on the CPU");
+        };
+        slices.push(T::slice(cpu, layout)?);
+    }
+    f(&slices)
+}
 
 /// A zero-filled buffer.
 pub fn zeros<T: Float>(n: usize) -> Vec<T> {
@@ -301,6 +318,74 @@ pub fn apply_mask<T: Float>(x: &mut [T], mask: Option<&[f32]>) {
             .zip(mask)
             .for_each(|(v, m)| *v *= T::of(*m as f64));
     }
+}
+
+/// `[rows, n] = x[rows, k] · Wᵀ + b` with HF's `[n, k]` weight.
+pub fn linear<T: Float>(x: &[T], w: &[T], b: &[T], k: usize) -> Vec<T> {
+    let n = b.len();
+    let rows = x.len() / k;
+    let mut y = zeros::<T>(rows * n);
+    // SAFETY: `y` is `rows × n`, `x` is `rows × k`, `w` is `n × k`.
+    unsafe {
+        matmul(
+            (rows, n, k),
+            MatMut::rows(&mut y, n),
+            Mat::rows(x, k),
+            Mat::rows(w, k).t(),
+            T::ONE,
+            false,
+            Threads::Pool,
+        )
+    };
+    add_bias(&mut y, b);
+    y
+}
+
+/// The backward of [`linear`]: adds `dyᵀ·x` to `dw`, the column sums of
+/// `dy` to `db`, and returns `dy·W` (`[rows, k]`).
+pub fn linear_backward<T: Float>(dy: &[T], x: &[T], w: &[T], dw: &mut [T], db: &mut [T]) -> Vec<T> {
+    let n = db.len();
+    let k = w.len() / n;
+    let rows = dy.len() / n;
+    let mut dx = zeros::<T>(rows * k);
+    // SAFETY: `dw` is `n × k`, `dy` is `rows × n`, `x` is `rows × k`.
+    unsafe {
+        matmul(
+            (n, k, rows),
+            MatMut::rows(dw, k),
+            Mat::rows(dy, n).t(),
+            Mat::rows(x, k),
+            T::ONE,
+            true,
+            Threads::Pool,
+        );
+        matmul(
+            (rows, k, n),
+            MatMut::rows(&mut dx, k),
+            Mat::rows(dy, n),
+            Mat::rows(w, k),
+            T::ONE,
+            false,
+            Threads::Pool,
+        );
+    }
+    add_column_sums(db, dy);
+    dx
+}
+
+/// `dst += src`.
+pub fn add<T: Float>(dst: &mut [T], src: &[T]) {
+    dst.par_iter_mut()
+        .with_min_len(1 << 14)
+        .zip(src)
+        .for_each(|(d, s)| *d += *s);
+}
+
+/// A copy of `x` times a dropout mask.
+pub fn masked<T: Float>(x: &[T], mask: Option<&[f32]>) -> Vec<T> {
+    let mut y = x.to_vec();
+    apply_mask(&mut y, mask);
+    y
 }
 
 /// What LayerNorm's backward needs of its forward: `x̂ = (x − mean)·rstd`

@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{
-    add_bias, add_column_sums, apply_mask, denormalise, for_rows, layer_norm, layer_norm_backward,
-    matmul, zeros, Activation, Float, Mat, MatMut, Normed, Threads,
+    add, apply_mask, denormalise, for_rows, layer_norm, layer_norm_backward, linear,
+    linear_backward, masked, matmul, with_slices, zeros, Activation, Float, Mat, MatMut, Normed,
+    Threads,
 };
 use crate::config::Norm;
 use crate::error::{Error, Result};
@@ -218,72 +219,6 @@ struct Saved<T> {
 /// A parameter slice of the flat group.
 fn part<T>(p: &[T], offset: usize, len: usize) -> &[T] {
     &p[offset..offset + len]
-}
-
-/// `[rows, n] = x[rows, k] · Wᵀ + b` with HF's `[n, k]` weight.
-fn linear<T: Float>(x: &[T], w: &[T], b: &[T], k: usize) -> Vec<T> {
-    let n = b.len();
-    let rows = x.len() / k;
-    let mut y = zeros::<T>(rows * n);
-    // SAFETY: `y` is `rows × n`, `x` is `rows × k`, `w` is `n × k`.
-    unsafe {
-        matmul(
-            (rows, n, k),
-            MatMut::rows(&mut y, n),
-            Mat::rows(x, k),
-            Mat::rows(w, k).t(),
-            T::ONE,
-            false,
-            Threads::Pool,
-        )
-    };
-    add_bias(&mut y, b);
-    y
-}
-
-/// The backward of [`linear`]: adds `dyᵀ·x` to `dw`, the column sums of
-/// `dy` to `db`, and returns `dy·W` (`[rows, k]`).
-fn linear_backward<T: Float>(dy: &[T], x: &[T], w: &[T], dw: &mut [T], db: &mut [T]) -> Vec<T> {
-    let n = db.len();
-    let k = w.len() / n;
-    let rows = dy.len() / n;
-    let mut dx = zeros::<T>(rows * k);
-    // SAFETY: `dw` is `n × k`, `dy` is `rows × n`, `x` is `rows × k`.
-    unsafe {
-        matmul(
-            (n, k, rows),
-            MatMut::rows(dw, k),
-            Mat::rows(dy, n).t(),
-            Mat::rows(x, k),
-            T::ONE,
-            true,
-            Threads::Pool,
-        );
-        matmul(
-            (rows, k, n),
-            MatMut::rows(&mut dx, k),
-            Mat::rows(dy, n),
-            Mat::rows(w, k),
-            T::ONE,
-            false,
-            Threads::Pool,
-        );
-    }
-    add_column_sums(db, dy);
-    dx
-}
-
-fn add<T: Float>(dst: &mut [T], src: &[T]) {
-    dst.par_iter_mut()
-        .with_min_len(1 << 14)
-        .zip(src)
-        .for_each(|(d, s)| *d += *s);
-}
-
-fn masked<T: Float>(x: &[T], mask: Option<&[f32]>) -> Vec<T> {
-    let mut y = x.to_vec();
-    apply_mask(&mut y, mask);
-    y
 }
 
 /// `probs[t] · mask[t]` for one head's `len × len` block, or the block itself.
@@ -719,15 +654,8 @@ impl LayerOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let (dx, dp, d_logits) = {
-            let (xs, xl) = x.storage_and_layout();
-            let (ps, pl) = p.storage_and_layout();
-            let (gs, gl) = dy.storage_and_layout();
-            let (Storage::Cpu(xs), Storage::Cpu(ps), Storage::Cpu(gs)) = (&*xs, &*ps, &*gs) else {
-                candle_core::bail!("fused encoder layer: CPU tensors only");
-            };
-            self.backward(T::slice(xs, xl)?, T::slice(ps, pl)?, T::slice(gs, gl)?)?
-        };
+        let (dx, dp, d_logits) =
+            with_slices::<T, _>(&[x, p, &dy], |s| self.backward(s[0], s[1], s[2]))?;
         let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
         let dp = Tensor::from_vec(dp, p.shape(), p.device())?;
         let d_bias = match bias {

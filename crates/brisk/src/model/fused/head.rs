@@ -1,0 +1,355 @@
+//! The masked-LM head and its cross-entropy as one op: pick the masked
+//! rows, dense + activation + LayerNorm, the decoder tied to the word
+//! embeddings, log-softmax and the mean negative log-likelihood. The
+//! backward writes the decoder's gradient straight into the embedding
+//! group's word block.
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::embeddings::EmbeddingSpec;
+use super::kernels::{
+    add_bias, add_column_sums, for_rows, layer_norm, layer_norm_backward, linear, linear_backward,
+    matmul, with_slices, zeros, Activation, Float, Mat, MatMut, Normed, Threads,
+};
+use crate::error::{Error, Result};
+use crate::model::params::Group;
+
+/// Where the head's tensors sit in its group (`cls.predictions`), and the
+/// word block of the embedding group it is tied to.
+#[derive(Debug, Clone)]
+pub struct HeadSpec {
+    hidden: usize,
+    vocab: usize,
+    dense_w: usize,
+    dense_b: usize,
+    norm_g: usize,
+    norm_b: usize,
+    bias: usize,
+    /// Offset of the word embeddings in the embedding group.
+    word: usize,
+    act: Activation,
+    eps: f64,
+}
+
+impl HeadSpec {
+    pub fn of(
+        group: &Group,
+        embeddings: &EmbeddingSpec,
+        act: Activation,
+        eps: f64,
+    ) -> Result<HeadSpec> {
+        let bias = group.entry("bias")?;
+        Ok(HeadSpec {
+            hidden: group.entry("transform.dense.bias")?.len(),
+            vocab: bias.len(),
+            dense_w: group.entry("transform.dense.weight")?.offset,
+            dense_b: group.entry("transform.dense.bias")?.offset,
+            norm_g: group.entry("transform.LayerNorm.weight")?.offset,
+            norm_b: group.entry("transform.LayerNorm.bias")?.offset,
+            bias: bias.offset,
+            word: embeddings.word_offset(),
+            act,
+            eps,
+        })
+    }
+
+    /// Mean cross-entropy of `targets` at the flattened positions `rows`
+    /// of `hidden` `[batch, len, hidden]`: a scalar.
+    pub fn loss(
+        &self,
+        hidden: &Tensor,
+        head: &Tensor,
+        embeddings: &Tensor,
+        rows: &Tensor,
+        targets: &Tensor,
+    ) -> Result<Tensor> {
+        let rows: Vec<u32> = rows.to_vec1()?;
+        let targets: Vec<u32> = targets.to_vec1()?;
+        let positions = hidden.elem_count() / self.hidden.max(1);
+        if rows.is_empty() || rows.len() != targets.len() {
+            return Err(Error::Tensor(format!(
+                "masked-LM loss over {} rows with {} targets",
+                rows.len(),
+                targets.len()
+            )));
+        }
+        if let Some(r) = rows.iter().find(|&&r| r as usize >= positions) {
+            return Err(Error::Tensor(format!(
+                "row {r} is outside the {positions} positions"
+            )));
+        }
+        if let Some(t) = targets.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::Tensor(format!(
+                "target {t} is outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        let op = HeadOp {
+            spec: self.clone(),
+            keep: hidden.track_op() || head.track_op() || embeddings.track_op(),
+            rows,
+            targets,
+            saved: Mutex::new(None),
+        };
+        Ok(hidden
+            .contiguous()?
+            .apply_op3(&head.contiguous()?, &embeddings.contiguous()?, op)?)
+    }
+}
+
+struct HeadOp {
+    spec: HeadSpec,
+    rows: Vec<u32>,
+    targets: Vec<u32>,
+    keep: bool,
+    saved: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+struct Saved<T> {
+    picked: Vec<T>,
+    pre_act: Vec<T>,
+    normed: Normed<T>,
+    /// The transformed rows `x̂·g + b`, the decoder's input.
+    transformed: Vec<T>,
+    /// Softmax probabilities `[rows, vocab]`.
+    probs: Vec<T>,
+}
+
+impl HeadOp {
+    fn forward<T: Float>(&self, x: &[T], p: &[T], e: &[T]) -> T {
+        let s = &self.spec;
+        let (h, v, n) = (s.hidden, s.vocab, self.rows.len());
+        let mut picked = zeros::<T>(n * h);
+        for (row, &r) in picked.chunks_mut(h).zip(&self.rows) {
+            row.copy_from_slice(&x[r as usize * h..(r as usize + 1) * h]);
+        }
+        let pre_act = linear(
+            &picked,
+            &p[s.dense_w..s.dense_w + h * h],
+            &p[s.dense_b..s.dense_b + h],
+            h,
+        );
+        let mut act = pre_act.clone();
+        for_rows(&mut act, h, |_, row| {
+            for a in row {
+                *a = s.act.value(*a);
+            }
+        });
+        let (transformed, normed) = layer_norm(
+            &act,
+            &p[s.norm_g..s.norm_g + h],
+            &p[s.norm_b..s.norm_b + h],
+            s.eps,
+        );
+        let mut logits = zeros::<T>(n * v);
+        // SAFETY: `logits` is `n × v`, `transformed` `n × h`, the word block `v × h`.
+        unsafe {
+            matmul(
+                (n, v, h),
+                MatMut::rows(&mut logits, v),
+                Mat::rows(&transformed, h),
+                Mat::rows(&e[s.word..s.word + v * h], h).t(),
+                T::ONE,
+                false,
+                Threads::Pool,
+            )
+        };
+        add_bias(&mut logits, &p[s.bias..s.bias + v]);
+        // Softmax in place; the loss is log Σ exp − the target's logit.
+        let nll: Vec<f64> = logits
+            .par_chunks_mut(v)
+            .zip(&self.targets)
+            .map(|(row, &t)| {
+                let max = row.iter().fold(row[0], |m, &z| if z > m { z } else { m });
+                let target = row[t as usize] - max;
+                let mut sum = T::ZERO;
+                for z in row.iter_mut() {
+                    *z = (*z - max).exp();
+                    sum += *z;
+                }
+                let inv = T::ONE / sum;
+                for z in row.iter_mut() {
+                    *z *= inv;
+                }
+                sum.to_f64().ln() - target.to_f64()
+            })
+            .collect();
+        let loss = nll.iter().sum::<f64>() / n as f64;
+        if self.keep {
+            *self.saved.lock().expect("saved") = Some(Box::new(Saved {
+                picked,
+                pre_act,
+                normed,
+                transformed,
+                probs: logits,
+            }));
+        }
+        T::of(loss)
+    }
+
+    /// Gradients for the hidden states, the head group and the embedding
+    /// group (only its word block is non-zero).
+    fn backward<T: Float>(
+        &self,
+        x_len: usize,
+        p: &[T],
+        e: &[T],
+        d_loss: T,
+    ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let saved = self
+            .saved
+            .lock()
+            .expect("saved")
+            .take()
+            .and_then(|b| b.downcast::<Saved<T>>().ok())
+            .ok_or_else(|| candle_core::Error::Msg("fused MLM head: no saved forward".into()))?;
+        let s = &self.spec;
+        let (h, v, n) = (s.hidden, s.vocab, self.rows.len());
+        // ∂loss/∂logits = (softmax − one-hot) · d_loss / n.
+        let mut d_logits = saved.probs;
+        let scale = d_loss * T::of(1.0 / n as f64);
+        d_logits
+            .par_chunks_mut(v)
+            .zip(&self.targets)
+            .for_each(|(row, &t)| {
+                row[t as usize] -= T::ONE;
+                for z in row.iter_mut() {
+                    *z *= scale;
+                }
+            });
+        let mut dp = zeros::<T>(p.len());
+        add_column_sums(&mut dp[s.bias..s.bias + v], &d_logits);
+        let mut de = zeros::<T>(e.len());
+        let word = &e[s.word..s.word + v * h];
+        let mut d_transformed = zeros::<T>(n * h);
+        // SAFETY: `de`'s word block is `v × h`, `d_logits` `n × v`,
+        // `transformed` `n × h`, `d_transformed` `n × h`.
+        unsafe {
+            matmul(
+                (v, h, n),
+                MatMut::rows(&mut de[s.word..s.word + v * h], h),
+                Mat::rows(&d_logits, v).t(),
+                Mat::rows(&saved.transformed, h),
+                T::ONE,
+                false,
+                Threads::Pool,
+            );
+            matmul(
+                (n, h, v),
+                MatMut::rows(&mut d_transformed, h),
+                Mat::rows(&d_logits, v),
+                Mat::rows(word, h),
+                T::ONE,
+                false,
+                Threads::Pool,
+            );
+        }
+        drop(d_logits);
+        let mut d_act = zeros::<T>(n * h);
+        let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
+        layer_norm_backward(
+            &d_transformed,
+            &saved.normed,
+            &p[s.norm_g..s.norm_g + h],
+            &mut d_act,
+            &mut dg,
+            &mut db,
+        );
+        dp[s.norm_g..s.norm_g + h].copy_from_slice(&dg);
+        dp[s.norm_b..s.norm_b + h].copy_from_slice(&db);
+        for (d, u) in d_act.iter_mut().zip(&saved.pre_act) {
+            *d *= s.act.derivative(*u);
+        }
+        let (mut dw, mut dbias) = (zeros::<T>(h * h), zeros::<T>(h));
+        let d_picked = linear_backward(
+            &d_act,
+            &saved.picked,
+            &p[s.dense_w..s.dense_w + h * h],
+            &mut dw,
+            &mut dbias,
+        );
+        dp[s.dense_w..s.dense_w + h * h].copy_from_slice(&dw);
+        dp[s.dense_b..s.dense_b + h].copy_from_slice(&dbias);
+        let mut dx = zeros::<T>(x_len);
+        for (row, &r) in d_picked.chunks(h).zip(&self.rows) {
+            for (d, g) in dx[r as usize * h..(r as usize + 1) * h].iter_mut().zip(row) {
+                *d += *g;
+            }
+        }
+        Ok((dx, dp, de))
+    }
+
+    fn run_backward<T: Float>(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        e: &Tensor,
+        d_loss: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d_loss = T::of(d_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        let (dx, dp, de) = with_slices::<T, _>(&[p, e], |s| {
+            self.backward(x.elem_count(), s[0], s[1], d_loss)
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dp, p.shape(), p.device())?),
+            Some(Tensor::from_vec(de, e.shape(), e.device())?),
+        ))
+    }
+}
+
+impl CustomOp3 for HeadOp {
+    fn name(&self) -> &'static str {
+        "fused-mlm-head"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let storage = match s1.dtype() {
+            DType::F32 => {
+                let loss = self.forward(
+                    f32::slice(s1, l1)?,
+                    f32::slice(s2, l2)?,
+                    f32::slice(s3, l3)?,
+                );
+                f32::storage(vec![loss])
+            }
+            DType::F64 => {
+                let loss = self.forward(
+                    f64::slice(s1, l1)?,
+                    f64::slice(s2, l2)?,
+                    f64::slice(s3, l3)?,
+                );
+                f64::storage(vec![loss])
+            }
+            other => candle_core::bail!("fused MLM head: no kernel for {other:?}"),
+        };
+        Ok((storage, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        e: &Tensor,
+        _res: &Tensor,
+        d_loss: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match x.dtype() {
+            DType::F32 => self.run_backward::<f32>(x, p, e, d_loss),
+            DType::F64 => self.run_backward::<f64>(x, p, e, d_loss),
+            other => candle_core::bail!("fused MLM head: no kernel for {other:?}"),
+        }
+    }
+}
