@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 use super::embeddings::EmbeddingSpec;
 use super::kernels::{
-    add_bias, add_column_sums, for_rows, layer_norm, layer_norm_backward, linear, linear_backward,
-    matmul, with_slices, zeros, Activation, Float, Mat, MatMut, Normed, Threads,
+    activate, activation_backward, add_bias, add_column_sums, layer_norm, layer_norm_backward,
+    linear, linear_backward, matmul, max, sum, with_slices, zeros, Activation, Float, Mat, MatMut,
+    Normed, Threads,
 };
 use crate::error::{Error, Result};
 use crate::model::params::Group;
@@ -134,11 +135,7 @@ impl HeadOp {
             h,
         );
         let mut act = pre_act.clone();
-        for_rows(&mut act, h, |_, row| {
-            for a in row {
-                *a = s.act.value(*a);
-            }
-        });
+        activate(s.act, &mut act);
         let (transformed, normed) = layer_norm(
             &act,
             &p[s.norm_g..s.norm_g + h],
@@ -164,18 +161,17 @@ impl HeadOp {
             .par_chunks_mut(v)
             .zip(&self.targets)
             .map(|(row, &t)| {
-                let max = row.iter().fold(row[0], |m, &z| if z > m { z } else { m });
-                let target = row[t as usize] - max;
-                let mut sum = T::ZERO;
+                let m = max(row);
+                let target = row[t as usize] - m;
                 for z in row.iter_mut() {
-                    *z = (*z - max).exp();
-                    sum += *z;
+                    *z = (*z - m).exp();
                 }
-                let inv = T::ONE / sum;
+                let total = sum(row);
+                let inv = T::ONE / total;
                 for z in row.iter_mut() {
                     *z *= inv;
                 }
-                sum.to_f64().ln() - target.to_f64()
+                total.to_f64().ln() - target.to_f64()
             })
             .collect();
         let loss = nll.iter().sum::<f64>() / n as f64;
@@ -261,9 +257,7 @@ impl HeadOp {
         );
         dp[s.norm_g..s.norm_g + h].copy_from_slice(&dg);
         dp[s.norm_b..s.norm_b + h].copy_from_slice(&db);
-        for (d, u) in d_act.iter_mut().zip(&saved.pre_act) {
-            *d *= s.act.derivative(*u);
-        }
+        activation_backward(s.act, &mut d_act, &saved.pre_act);
         let (mut dw, mut dbias) = (zeros::<T>(h * h), zeros::<T>(h));
         let d_picked = linear_backward(
             &d_act,

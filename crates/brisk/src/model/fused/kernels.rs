@@ -45,7 +45,7 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ty, $variant:ident, $erf:path) => {
+    ($t:ty, $variant:ident, $erf:path, $exp:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -56,7 +56,7 @@ macro_rules! float {
             }
             #[inline(always)]
             fn exp(self) -> Self {
-                <$t>::exp(self)
+                $exp(self)
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -93,8 +93,112 @@ macro_rules! float {
     };
 }
 
-float!(f32, F32, candle_core::cpu::erf::erf_f32);
-float!(f64, F64, candle_core::cpu::erf::erf_f64);
+float!(f32, F32, erf_f32, exp_f32);
+float!(f64, F64, candle_core::cpu::erf::erf_f64, f64::exp);
+
+/// `exp` in f32 without branches or calls, so loops over it vectorise
+/// (Cephes' `expf` polynomial after reducing by `n·ln 2`; relative error
+/// about 2e-7). Inputs are clamped to where the result is a normal float.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that `n·LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// `erf` in f32 without branches (Abramowitz & Stegun 7.1.26, absolute
+/// error below 1.5e-7 plus rounding), so GELU loops vectorise.
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    (1.0 - poly * exp_f32(-a * a)).copysign(x)
+}
+
+/// Σ x, with eight independent accumulators so the loop vectorises.
+#[inline]
+pub fn sum<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    let mut total = T::ZERO;
+    for a in acc.into_iter().chain(rest.iter().copied()) {
+        total += a;
+    }
+    total
+}
+
+/// Σ a·b, vectorised as [`sum`].
+#[inline]
+pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut total = T::ZERO;
+    for a in acc {
+        total += a;
+    }
+    for (x, y) in ra.iter().zip(rb) {
+        total += *x * *y;
+    }
+    total
+}
+
+/// The largest element (vectorised; NaN-free inputs).
+#[inline]
+pub fn max<T: Float>(x: &[T]) -> T {
+    let mut acc = [x[0]; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let mut m = x[0];
+    for a in acc.into_iter().chain(rest.iter().copied()) {
+        m = if a > m { a } else { m };
+    }
+    m
+}
+
+/// Softmax of one row in place.
+#[inline]
+pub fn softmax_in_place<T: Float>(row: &mut [T]) {
+    let m = max(row);
+    for v in row.iter_mut() {
+        *v = (*v - m).exp();
+    }
+    let inv = T::ONE / sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
 
 /// Calls `f` with the elements of CPU tensors (made contiguous by the
 /// caller), as slices of `T`.
@@ -264,31 +368,38 @@ pub fn for_rows<T: Send>(data: &mut [T], width: usize, f: impl Fn(usize, &mut [T
 
 /// `dst[j] += Σ_i a[i, j]` (bias gradients).
 pub fn add_column_sums<T: Float>(dst: &mut [T], a: &[T]) {
-    let w = dst.len();
-    add_column_sums_of(dst, a.len() / w.max(1), |i, j| a[i * w + j]);
+    add_column_sums_of(dst, a, None);
 }
 
 /// `dst[j] += Σ_i a[i, j] · b[i, j]` (LayerNorm gain gradients).
 pub fn add_column_sums_product<T: Float>(dst: &mut [T], a: &[T], b: &[T]) {
-    let w = dst.len();
-    add_column_sums_of(dst, a.len() / w.max(1), |i, j| a[i * w + j] * b[i * w + j]);
+    add_column_sums_of(dst, a, Some(b));
 }
 
-/// `dst[j] += Σ_{i < rows} value(i, j)`, summed in row blocks in parallel.
-fn add_column_sums_of<T: Float>(
-    dst: &mut [T],
-    rows: usize,
-    value: impl Fn(usize, usize) -> T + Sync,
-) {
+/// Column sums of `a` (times `b` when given), in row blocks in parallel.
+fn add_column_sums_of<T: Float>(dst: &mut [T], a: &[T], b: Option<&[T]>) {
     let w = dst.len();
-    let block = rows_per_task(w).max(64);
-    let partial = (0..rows.div_ceil(block))
-        .into_par_iter()
-        .map(|b| {
+    let block = rows_per_task(w).max(64) * w;
+    let partial = a
+        .par_chunks(block)
+        .enumerate()
+        .map(|(k, a)| {
             let mut sums = zeros::<T>(w);
-            for i in b * block..((b + 1) * block).min(rows) {
-                for (j, s) in sums.iter_mut().enumerate() {
-                    *s += value(i, j);
+            match b {
+                None => {
+                    for row in a.chunks_exact(w) {
+                        for (s, v) in sums.iter_mut().zip(row) {
+                            *s += *v;
+                        }
+                    }
+                }
+                Some(b) => {
+                    let b = &b[k * block..k * block + a.len()];
+                    for (row, brow) in a.chunks_exact(w).zip(b.chunks_exact(w)) {
+                        for ((s, v), u) in sums.iter_mut().zip(row).zip(brow) {
+                            *s += *v * *u;
+                        }
+                    }
                 }
             }
             sums
@@ -410,20 +521,14 @@ pub fn layer_norm<T: Float>(x: &[T], g: &[T], b: &[T], eps: f64) -> (Vec<T>, Nor
         .zip(x.par_chunks(w))
         .with_min_len(rows_per_task(w))
         .for_each(|(((y, xh), r), x)| {
-            let mut mean = T::ZERO;
-            for v in x {
-                mean += *v;
+            let mean = sum(x) * inv_w;
+            for (c, v) in xh.iter_mut().zip(x) {
+                *c = *v - mean;
             }
-            mean *= inv_w;
-            let mut var = T::ZERO;
-            for v in x {
-                let c = *v - mean;
-                var += c * c;
-            }
-            *r = T::ONE / (var * inv_w + T::of(eps)).sqrt();
-            for j in 0..w {
-                xh[j] = (x[j] - mean) * *r;
-                y[j] = xh[j] * g[j] + b[j];
+            *r = T::ONE / (dot(xh, xh) * inv_w + T::of(eps)).sqrt();
+            for (c, (y, (g, b))) in xh.iter_mut().zip(y.iter_mut().zip(g.iter().zip(b))) {
+                *c *= *r;
+                *y = *c * *g + *b;
             }
         });
     (y, Normed { xhat, rstd })
@@ -446,17 +551,13 @@ pub fn layer_norm_backward<T: Float>(
         .zip(normed.xhat.par_chunks(w))
         .zip(normed.rstd.par_iter())
         .with_min_len(rows_per_task(w))
-        .for_each(|(((dx, dy), xh), r)| {
-            let (mut mean_d, mut mean_dx) = (T::ZERO, T::ZERO);
-            for j in 0..w {
-                let d = dy[j] * g[j];
-                mean_d += d;
-                mean_dx += d * xh[j];
-            }
-            mean_d *= inv_w;
-            mean_dx *= inv_w;
-            for j in 0..w {
-                dx[j] += *r * (dy[j] * g[j] - mean_d - xh[j] * mean_dx);
+        .for_each_init(Vec::new, |d, (((dx, dy), xh), r)| {
+            d.clear();
+            d.extend(dy.iter().zip(g).map(|(a, b)| *a * *b));
+            let mean_d = sum(d) * inv_w;
+            let mean_dx = dot(d, xh) * inv_w;
+            for ((dx, d), xh) in dx.iter_mut().zip(d.iter()).zip(xh) {
+                *dx += *r * (*d - mean_d - *xh * mean_dx);
             }
         });
     add_column_sums_product(dg, dy, &normed.xhat);
@@ -482,6 +583,37 @@ pub enum Activation {
     /// HF `"gelu_new"`: the tanh approximation.
     GeluTanh,
     Relu,
+}
+
+/// `x ← act(x)` elementwise, in parallel.
+pub fn activate<T: Float>(act: Activation, x: &mut [T]) {
+    x.par_chunks_mut(1 << 14).for_each(|c| match act {
+        Activation::GeluErf => c
+            .iter_mut()
+            .for_each(|v| *v = Activation::GeluErf.value(*v)),
+        Activation::GeluTanh => c
+            .iter_mut()
+            .for_each(|v| *v = Activation::GeluTanh.value(*v)),
+        Activation::Relu => c.iter_mut().for_each(|v| *v = Activation::Relu.value(*v)),
+    });
+}
+
+/// `d ← d · act′(x)` elementwise, in parallel.
+pub fn activation_backward<T: Float>(act: Activation, d: &mut [T], x: &[T]) {
+    d.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(d, x)| {
+            let pairs = d.iter_mut().zip(x);
+            match act {
+                Activation::GeluErf => {
+                    pairs.for_each(|(d, x)| *d *= Activation::GeluErf.derivative(*x))
+                }
+                Activation::GeluTanh => {
+                    pairs.for_each(|(d, x)| *d *= Activation::GeluTanh.derivative(*x))
+                }
+                Activation::Relu => pairs.for_each(|(d, x)| *d *= Activation::Relu.derivative(*x)),
+            }
+        });
 }
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -542,5 +674,43 @@ impl Activation {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate_in_f32() {
+        for i in -8700..=8800 {
+            let x = i as f32 * 0.01;
+            let (fast, exact) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!(
+                ((fast - exact) / exact).abs() < 5e-7,
+                "exp({x}): {fast} vs {exact}"
+            );
+        }
+        for i in -600..=600 {
+            let x = i as f32 * 0.01;
+            let (fast, exact) = (erf_f32(x) as f64, candle_core::cpu::erf::erf_f64(x as f64));
+            assert!((fast - exact).abs() < 4e-7, "erf({x}): {fast} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn vectorised_reductions_match_plain_loops() {
+        let x: Vec<f64> = (0..37).map(|i| ((i * 13) % 7) as f64 - 3.5).collect();
+        let y: Vec<f64> = (0..37).map(|i| ((i * 5) % 11) as f64 * 0.25).collect();
+        assert_eq!(sum(&x), x.iter().sum::<f64>());
+        assert_eq!(
+            dot(&x, &y),
+            x.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>()
+        );
+        assert_eq!(max(&x), 2.5);
+        let mut row = vec![1.0f64, 2.0, 3.0];
+        softmax_in_place(&mut row);
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
+        assert!((row[2] - 3f64.exp() / z).abs() < 1e-15);
     }
 }

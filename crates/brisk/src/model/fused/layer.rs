@@ -23,9 +23,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::kernels::{
-    add, apply_mask, denormalise, for_rows, layer_norm, layer_norm_backward, linear,
-    linear_backward, masked, matmul, with_slices, zeros, Activation, Float, Mat, MatMut, Normed,
-    Threads,
+    activate, activation_backward, add, apply_mask, denormalise, dot, layer_norm,
+    layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, with_slices,
+    zeros, Activation, Float, Mat, MatMut, Normed, Threads,
 };
 use crate::config::Norm;
 use crate::error::{Error, Result};
@@ -386,12 +386,9 @@ impl LayerOp {
                 }
                 // Softmax backward, row by row: p ⊙ (g − Σ p·g).
                 for (g, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
-                    let mut dot = T::ZERO;
-                    for (g, p) in g.iter().zip(p) {
-                        dot += *g * *p;
-                    }
+                    let gp = dot(g, p);
                     for (g, p) in g.iter_mut().zip(p) {
-                        *g = *p * (*g - dot);
+                        *g = *p * (*g - gp);
                     }
                 }
                 let ds = Mat::rows(&*ds, l);
@@ -451,11 +448,7 @@ impl LayerOp {
             .map_or(h1.as_slice(), |(y, _)| y.as_slice());
         let pre_act = linear(f_in, part(p, lay.w1, f * h), part(p, lay.b1, f), h);
         let mut act = pre_act.clone();
-        for_rows(&mut act, f, |_, row| {
-            for v in row {
-                *v = s.act.value(*v);
-            }
-        });
+        activate(s.act, &mut act);
         let mut z2 = linear(&act, part(p, lay.w2, h * f), part(p, lay.b2, h), f);
         apply_mask(&mut z2, self.masks.ffn_out.as_deref());
         add(&mut z2, &h1);
@@ -538,14 +531,7 @@ impl LayerOp {
         grad!(lay.w2, h * f).copy_from_slice(&dw2);
         grad!(lay.b2, h).copy_from_slice(&db2);
         drop((dw2, db2, d_out));
-        d_act
-            .par_chunks_mut(f)
-            .zip(saved.pre_act.par_chunks(f))
-            .for_each(|(g, u)| {
-                for (g, u) in g.iter_mut().zip(u) {
-                    *g *= s.act.derivative(*u);
-                }
-            });
+        activation_backward(s.act, &mut d_act, &saved.pre_act);
         let f_in = if post {
             denormalise(&saved.attn_norm, &attn_g, attn_b)
         } else {
@@ -681,25 +667,6 @@ impl LayerOp {
             DType::F64 => self.run_backward::<f64>(x, p, bias, dy),
             other => candle_core::bail!("fused encoder layer: no kernel for {other:?}"),
         }
-    }
-}
-
-/// Numerically stable softmax of one row, in place.
-fn softmax_in_place<T: Float>(row: &mut [T]) {
-    let mut max = row[0];
-    for v in row.iter() {
-        if *v > max {
-            max = *v;
-        }
-    }
-    let mut sum = T::ZERO;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = T::ONE / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
     }
 }
 
