@@ -104,6 +104,7 @@ def main():
     b, l = ids.shape
     print(json.dumps({
         "framework": "pytorch",
+        "preset": brisk["preset"],
         "torch": torch.__version__,
         "batch": b,
         "seq_len": l,

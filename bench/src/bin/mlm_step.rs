@@ -1,6 +1,11 @@
 //! brisk's side of `bench/mlm_step.sh`: one masked-LM training step of a
 //! preset's BERT, on a batch of the built-in corpus.
 //!
+//! Besides the step rate it reports the step's matrix-multiply FLOPs and
+//! the rate this machine multiplies matrices at (candle's `gemm`, the
+//! step's largest shape, same threads): their quotient is the matmul-only
+//! floor a step cannot beat, and the gap to it is per-op overhead.
+//!
 //! It writes what the PyTorch side needs to run the very same step
 //! (`init.safetensors`: the initial weights under HF names;
 //! `batch.safetensors`: input ids, masked rows and their targets), prints
@@ -47,6 +52,48 @@ struct Args {
     /// Where the corpus, weights and batch go.
     #[arg(long)]
     out: PathBuf,
+    /// `fused` or `reference` (`model.kernels`).
+    #[arg(long, default_value = "fused")]
+    kernels: String,
+}
+
+/// Multiply-add FLOPs of the matrix products in one training step: the
+/// forward's products (Q/K/V/output projections, attention scores and
+/// context, feed-forward, head transform and tied decoder on the masked
+/// rows), three times (the backward computes two products per forward one).
+fn step_matmul_flops(
+    cfg: &brisk::config::ModelConfig,
+    batch: usize,
+    len: usize,
+    masked: usize,
+) -> f64 {
+    let (h, f, v) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.vocab_size as f64,
+    );
+    let tokens = (batch * len) as f64;
+    let per_layer =
+        tokens * 2.0 * (4.0 * h * h + 2.0 * h * f) + 2.0 * 2.0 * tokens * len as f64 * h;
+    let head = masked as f64 * 2.0 * (h * h + h * v);
+    3.0 * (cfg.num_hidden_layers as f64 * per_layer + head)
+}
+
+/// GFLOP/s of candle's matmul on `[m, k] × [k, n]` (median of 9).
+fn matmul_rate(m: usize, k: usize, n: usize) -> anyhow::Result<f64> {
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), &dev)?;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let c = a.matmul(&b)?;
+        std::hint::black_box(c);
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.remove(0);
+    times.sort_by(f64::total_cmp);
+    Ok(2.0 * (m * k * n) as f64 / times[times.len() / 2] / 1e9)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +107,11 @@ fn main() -> anyhow::Result<()> {
     let mut config = Preset::from_name(&args.preset)?.config();
     config.train.batch_size = args.batch;
     config.train.learning_rate = args.lr;
+    config.model.kernels = match args.kernels.as_str() {
+        "fused" => brisk::config::Kernels::Fused,
+        "reference" => brisk::config::Kernels::Reference,
+        other => anyhow::bail!("--kernels: {other:?} is neither fused nor reference"),
+    };
 
     let corpus_dir = args.out.join("corpus");
     if !corpus_dir.join("manifest.json").exists() {
@@ -135,8 +187,14 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let steps_per_s = args.steps as f64 / timed;
+    let flops = step_matmul_flops(&config.model, b, l, n);
+    let rate = matmul_rate(
+        b * l,
+        config.model.hidden_size,
+        config.model.intermediate_size,
+    )?;
     let report = serde_json::json!({
-        "framework": "brisk",
+        "framework": if args.kernels == "fused" { "brisk".to_string() } else { format!("brisk ({})", args.kernels) },
         "preset": args.preset,
         "batch": b,
         "seq_len": l,
@@ -149,6 +207,8 @@ fn main() -> anyhow::Result<()> {
         "steps_per_s": steps_per_s,
         "tokens_per_s": steps_per_s * (b * l) as f64,
         "peak_rss_mb": peak_rss_mb().context("reading /proc/self/status")?,
+        "matmul_flops": flops,
+        "matmul_gflops_rate": rate,
     });
     println!("{report}");
     Ok(())
