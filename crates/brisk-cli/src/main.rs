@@ -237,7 +237,10 @@ fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path::Path) {
         "  tokens           {} ({:.2e} training FLOPs)",
         s.tokens, s.flops
     );
-    println!("  parameters       {}", s.parameters);
+    println!(
+        "  parameters       {} ({} kernels)",
+        s.parameters, s.kernels
+    );
     println!(
         "  wall clock       {:.1} s, {:.0} tokens/s this session",
         s.wall_s, s.tokens_per_s

@@ -158,7 +158,17 @@ fn a_tiny_model_beats_the_unigram_entropy() {
         verbose: false,
         stop: &stop,
     };
+    let passes_before = brisk::model::fused::layer::backward_passes();
     let summary = pretrain(&config, &corpus, &run, &options).unwrap();
+    // Training went through the fused kernels: every step ran a fused
+    // backward pass per layer.
+    assert_eq!(summary.kernels, "fused");
+    let passes = brisk::model::fused::layer::backward_passes() - passes_before;
+    let expected = config.train.steps * config.model.num_hidden_layers as u64;
+    assert!(
+        passes >= expected,
+        "{passes} fused backward passes, expected {expected}"
+    );
     let val = summary.final_val_loss.unwrap();
     let entropy = summary.unigram_entropy_nats;
     println!("validation loss {val:.3}, unigram entropy {entropy:.3}");

@@ -65,6 +65,9 @@ pub struct Summary {
     pub final_val_loss: Option<f64>,
     pub unigram_entropy_nats: f64,
     pub parameters: usize,
+    /// `"fused"` when every part of the model ran on the fused kernels,
+    /// else `"reference"`.
+    pub kernels: String,
     /// Training wall-clock seconds over every session of the run.
     pub wall_s: f64,
     /// Throughput of this session.
@@ -556,6 +559,12 @@ pub fn pretrain(
         final_val_loss: state.last_val_loss,
         unigram_entropy_nats: m.unigram_entropy_nats,
         parameters: params.count(),
+        kernels: if model.is_fused() {
+            "fused"
+        } else {
+            "reference"
+        }
+        .to_string(),
         wall_s: state.wall_s,
         tokens_per_s: (state.tokens - tokens_before) as f64 / session.elapsed().as_secs_f64(),
         checkpoint,
