@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::kernels::{
-    activate, activation_backward, add, apply_mask, denormalise, dot, layer_norm,
+    add, gate_and_activate, gated, gated_backward, apply_mask, denormalise, dot, layer_norm,
     layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, with_slices,
     zeros, Activation, Float, Mat, MatMut, Normed, Threads,
 };
@@ -211,9 +211,9 @@ struct Saved<T> {
     qkv: Vec<T>,
     probs: Vec<T>,
     context: Vec<T>,
-    /// Feed-forward pre-activation and activation.
+    /// Feed-forward pre-activation and its gates (`act = pre_act · gate`).
     pre_act: Vec<T>,
-    act: Vec<T>,
+    gates: Vec<T>,
 }
 
 /// A parameter slice of the flat group.
@@ -447,8 +447,7 @@ impl LayerOp {
             .as_ref()
             .map_or(h1.as_slice(), |(y, _)| y.as_slice());
         let pre_act = linear(f_in, part(p, lay.w1, f * h), part(p, lay.b1, f), h);
-        let mut act = pre_act.clone();
-        activate(s.act, &mut act);
+        let (gates, act) = gate_and_activate(s.act, &pre_act);
         let mut z2 = linear(&act, part(p, lay.w2, h * f), part(p, lay.b2, h), f);
         apply_mask(&mut z2, self.masks.ffn_out.as_deref());
         add(&mut z2, &h1);
@@ -464,7 +463,7 @@ impl LayerOp {
                 probs,
                 context,
                 pre_act,
-                act,
+                gates,
             }));
         }
         y
@@ -521,17 +520,18 @@ impl LayerOp {
         };
         let d_out = masked(&dh1, self.masks.ffn_out.as_deref());
         let (mut dw2, mut db2) = (zeros::<T>(h * f), zeros::<T>(h));
+        let act = gated(&saved.pre_act, &saved.gates);
         let mut d_act = linear_backward(
             &d_out,
-            &saved.act,
+            &act,
             part(p, lay.w2, h * f),
             &mut dw2,
             &mut db2,
         );
         grad!(lay.w2, h * f).copy_from_slice(&dw2);
         grad!(lay.b2, h).copy_from_slice(&db2);
-        drop((dw2, db2, d_out));
-        activation_backward(s.act, &mut d_act, &saved.pre_act);
+        drop((dw2, db2, d_out, act));
+        gated_backward(s.act, &mut d_act, &saved.pre_act, &saved.gates);
         let f_in = if post {
             denormalise(&saved.attn_norm, &attn_g, attn_b)
         } else {
