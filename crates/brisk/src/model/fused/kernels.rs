@@ -94,7 +94,13 @@ macro_rules! float {
 }
 
 float!(f32, F32, erf_f32, exp_f32, tanh_f32);
-float!(f64, F64, candle_core::cpu::erf::erf_f64, f64::exp, f64::tanh);
+float!(
+    f64,
+    F64,
+    candle_core::cpu::erf::erf_f64,
+    f64::exp,
+    f64::tanh
+);
 
 /// `tanh` in f32 through [`exp_f32`] (vectorises; absolute error ~1e-7).
 #[inline(always)]
@@ -750,9 +756,7 @@ impl Activation {
         let half = T::of(0.5);
         match self {
             // Φ(x) + x·φ(x)
-            Activation::GeluErf => {
-                s + x * T::of(0.398_942_280_401_432_7) * (-half * x * x).exp()
-            }
+            Activation::GeluErf => s + x * T::of(0.398_942_280_401_432_7) * (-half * x * x).exp(),
             Activation::GeluTanh => {
                 let c = T::of(SQRT_2_OVER_PI);
                 let a = T::of(GELU_CUBIC);

@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::kernels::{
-    add, gate_and_activate, gated, gated_backward, apply_mask, denormalise, dot, layer_norm,
+    add, apply_mask, denormalise, dot, gate_and_activate, gated, gated_backward, layer_norm,
     layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, with_slices,
     zeros, Activation, Float, Mat, MatMut, Normed, Threads,
 };
@@ -521,13 +521,7 @@ impl LayerOp {
         let d_out = masked(&dh1, self.masks.ffn_out.as_deref());
         let (mut dw2, mut db2) = (zeros::<T>(h * f), zeros::<T>(h));
         let act = gated(&saved.pre_act, &saved.gates);
-        let mut d_act = linear_backward(
-            &d_out,
-            &act,
-            part(p, lay.w2, h * f),
-            &mut dw2,
-            &mut db2,
-        );
+        let mut d_act = linear_backward(&d_out, &act, part(p, lay.w2, h * f), &mut dw2, &mut db2);
         grad!(lay.w2, h * f).copy_from_slice(&dw2);
         grad!(lay.b2, h).copy_from_slice(&db2);
         drop((dw2, db2, d_out, act));
