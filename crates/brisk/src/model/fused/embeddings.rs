@@ -3,13 +3,11 @@
 //! embedding group (no `[vocab, hidden]` zero tensor per look-up, no
 //! padding of views back to the group's size).
 
-use std::sync::Mutex;
-
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::kernels::{
-    apply_mask, layer_norm, layer_norm_backward, masked, with_slices, zeros, Float, Normed,
+    apply_mask, layer_norm, layer_norm_backward, masked, with_slices, zeros, Float, Normed, Stash,
 };
 use crate::error::{Error, Result};
 use crate::model::params::{Ctx, Group};
@@ -97,7 +95,7 @@ impl EmbeddingSpec {
             ids,
             types,
             keep: group.track_op(),
-            saved: Mutex::new(None),
+            saved: Stash::default(),
         };
         Ok(group.contiguous()?.apply_op1(op)?)
     }
@@ -111,7 +109,7 @@ struct EmbeddingOp {
     types: Vec<u32>,
     mask: Option<Vec<f32>>,
     keep: bool,
-    saved: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    saved: Stash,
 }
 
 impl EmbeddingOp {
@@ -130,19 +128,13 @@ impl EmbeddingOp {
         let (mut y, normed) = layer_norm(&sum, g, b, s.eps);
         apply_mask(&mut y, self.mask.as_deref());
         if self.keep {
-            *self.saved.lock().expect("saved") = Some(Box::new(normed));
+            self.saved.put(normed);
         }
         y
     }
 
     fn backward<T: Float>(&self, p: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
-        let normed = self
-            .saved
-            .lock()
-            .expect("saved")
-            .take()
-            .and_then(|b| b.downcast::<Normed<T>>().ok())
-            .ok_or_else(|| candle_core::Error::Msg("fused embeddings: no saved forward".into()))?;
+        let normed = self.saved.take::<Normed<T>>("fused embeddings")?;
         let (h, s) = (self.spec.hidden, &self.spec);
         let d = masked(dy, self.mask.as_deref());
         let mut d_sum = zeros::<T>(d.len());

@@ -4,8 +4,6 @@
 //! backward writes the decoder's gradient straight into the embedding
 //! group's word block.
 
-use std::sync::Mutex;
-
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -14,7 +12,7 @@ use super::embeddings::EmbeddingSpec;
 use super::kernels::{
     activate, activation_backward, add_bias, add_column_sums, layer_norm, layer_norm_backward,
     linear, linear_backward, matmul, max, sum, with_slices, zeros, Activation, Float, Mat, MatMut,
-    Normed, Threads,
+    Normed, Stash, Threads,
 };
 use crate::error::{Error, Result};
 use crate::model::params::Group;
@@ -94,7 +92,7 @@ impl HeadSpec {
             keep: hidden.track_op() || head.track_op() || embeddings.track_op(),
             rows,
             targets,
-            saved: Mutex::new(None),
+            saved: Stash::default(),
         };
         Ok(hidden
             .contiguous()?
@@ -107,7 +105,7 @@ struct HeadOp {
     rows: Vec<u32>,
     targets: Vec<u32>,
     keep: bool,
-    saved: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    saved: Stash,
 }
 
 struct Saved<T> {
@@ -176,13 +174,13 @@ impl HeadOp {
             .collect();
         let loss = nll.iter().sum::<f64>() / n as f64;
         if self.keep {
-            *self.saved.lock().expect("saved") = Some(Box::new(Saved {
+            self.saved.put(Saved {
                 picked,
                 pre_act,
                 normed,
                 transformed,
                 probs: logits,
-            }));
+            });
         }
         T::of(loss)
     }
@@ -196,13 +194,7 @@ impl HeadOp {
         e: &[T],
         d_loss: T,
     ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let saved = self
-            .saved
-            .lock()
-            .expect("saved")
-            .take()
-            .and_then(|b| b.downcast::<Saved<T>>().ok())
-            .ok_or_else(|| candle_core::Error::Msg("fused MLM head: no saved forward".into()))?;
+        let saved = self.saved.take::<Saved<T>>("fused MLM head")?;
         let s = &self.spec;
         let (h, v, n) = (s.hidden, s.vocab, self.rows.len());
         // ∂loss/∂logits = (softmax − one-hot) · d_loss / n.

@@ -229,13 +229,40 @@ pub fn with_slices<T: Float, R>(
     f(&slices)
 }
 
+/// What an op's forward keeps for its backward: typed on the way in, so
+/// that the backward gets back exactly what the forward stored (once: the
+/// backward takes it, freeing the memory as soon as it is used).
+#[derive(Default)]
+pub struct Stash(std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>);
+
+impl Stash {
+    pub fn put<S: Send + 'static>(&self, saved: S) {
+        *self.0.lock().expect("stash") = Some(Box::new(saved));
+    }
+
+    /// The saved value; an error naming `op` when there is none (the op ran
+    /// without gradients, or a second backward went through the same graph).
+    pub fn take<S: 'static>(&self, op: &str) -> candle_core::Result<Box<S>> {
+        self.0
+            .lock()
+            .expect("stash")
+            .take()
+            .and_then(|b| b.downcast::<S>().ok())
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "{op}: backward without the forward's activations \
+                     (run without gradients, or a second backward through the same graph?)"
+                ))
+            })
+    }
+}
+
 /// A zero-filled buffer.
 pub fn zeros<T: Float>(n: usize) -> Vec<T> {
     vec![T::ZERO; n]
 }
 
 /// A read-only strided matrix.
-#[derive(Clone, Copy)]
 pub struct Mat<T> {
     ptr: *const T,
     rs: isize,
@@ -279,11 +306,25 @@ impl<T> Mat<T> {
 }
 
 /// A writable strided matrix.
-#[derive(Clone, Copy)]
 pub struct MatMut<T> {
     ptr: *mut T,
     rs: isize,
 }
+
+// Copies of the pointer and strides, whatever `T` is (a derive would ask
+// `T: Copy`).
+impl<T> Clone for Mat<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Mat<T> {}
+impl<T> Clone for MatMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for MatMut<T> {}
 
 // SAFETY: a `MatMut` is only shared between tasks that write disjoint
 // blocks (one attention head each).

@@ -14,9 +14,7 @@
 //! [`super::super::bert::EncoderLayer`]'s plain composition of candle ops is
 //! the reference this op is tested against.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -25,7 +23,7 @@ use rayon::prelude::*;
 use super::kernels::{
     add, apply_mask, denormalise, dot, gate_and_activate, gated, gated_backward, layer_norm,
     layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, with_slices,
-    zeros, Activation, Float, Mat, MatMut, Normed, Threads,
+    zeros, Activation, Float, Mat, MatMut, Normed, Stash, Threads,
 };
 use crate::config::Norm;
 use crate::error::{Error, Result};
@@ -170,7 +168,7 @@ impl LayerSpec {
             pad,
             masks,
             keep: x.track_op() || params.track_op() || bias.is_some_and(Tensor::track_op),
-            saved: Mutex::new(None),
+            saved: Stash::default(),
         };
         let x = x.contiguous()?;
         let params = params.contiguous()?;
@@ -199,7 +197,7 @@ struct LayerOp {
     masks: Masks,
     /// Whether a backward pass can follow (otherwise nothing is saved).
     keep: bool,
-    saved: Mutex<Option<Box<dyn Any + Send>>>,
+    saved: Stash,
 }
 
 /// What the backward needs of the forward.
@@ -238,6 +236,16 @@ impl LayerOp {
         self.spec.hidden / self.spec.heads
     }
 
+    /// Head task `t`'s batch index, head, and its `len × head_dim` blocks
+    /// of Q, K and V in the packed `[tokens, 3·hidden]` projections.
+    fn head_blocks<T>(&self, packed: Mat<T>, t: usize) -> (usize, usize, [Mat<T>; 3]) {
+        let (h, heads, d) = (self.spec.hidden, self.spec.heads, self.head_dim());
+        let (b, head) = (t / heads, t % heads);
+        let rows = packed.row(b * self.len);
+        let blocks = [0, h, 2 * h].map(|part| rows.col(part + head * d));
+        (b, head, blocks)
+    }
+
     /// The bias block added to head task `t` (batch `t / heads`).
     fn bias_block<'a, T>(&self, bias: Option<&'a [T]>, t: usize) -> Option<&'a [T]> {
         let ll = self.len * self.len;
@@ -263,13 +271,7 @@ impl LayerOp {
             .par_chunks_mut(l * l)
             .enumerate()
             .for_each_init(Vec::new, |scratch, (t, p)| {
-                let (b, head) = (t / heads, t % heads);
-                let rows = packed.row(b * l);
-                let (q, k, v) = (
-                    rows.col(head * d),
-                    rows.col(h + head * d),
-                    rows.col(2 * h + head * d),
-                );
+                let (b, head, [q, k, v]) = self.head_blocks(packed, t);
                 // SAFETY: `p` is this task's `l × l` block; q, k, v are
                 // `l × d` blocks of `qkv`; each task writes its own
                 // `l × d` block of `context`.
@@ -328,7 +330,7 @@ impl LayerOp {
         qkv: &[T],
         probs: &[T],
     ) -> (Vec<T>, Vec<T>) {
-        let (l, h, heads, d) = (self.len, self.spec.hidden, self.spec.heads, self.head_dim());
+        let (l, h, d) = (self.len, self.spec.hidden, self.head_dim());
         let scale = T::of(1.0 / (d as f64).sqrt());
         let mut d_qkv = zeros::<T>(self.batch * l * 3 * h);
         let mut d_logits = zeros::<T>(probs.len());
@@ -339,13 +341,7 @@ impl LayerOp {
             .par_chunks_mut(l * l)
             .enumerate()
             .for_each_init(Vec::new, |scratch, (t, ds)| {
-                let (b, head) = (t / heads, t % heads);
-                let rows = packed.row(b * l);
-                let (q, k, v) = (
-                    rows.col(head * d),
-                    rows.col(h + head * d),
-                    rows.col(2 * h + head * d),
-                );
+                let (b, head, [q, k, v]) = self.head_blocks(packed, t);
                 let dc = dc.row(b * l).col(head * d);
                 let d_rows = out.row(b * l);
                 let p = &probs[t * l * l..(t + 1) * l * l];
@@ -456,7 +452,7 @@ impl LayerOp {
             None => layer_norm(&z2, ffn_g, ffn_b, s.eps),
         };
         if self.keep {
-            *self.saved.lock().expect("saved activations") = Some(Box::new(Saved {
+            self.saved.put(Saved {
                 attn_norm,
                 ffn_norm,
                 qkv,
@@ -464,7 +460,7 @@ impl LayerOp {
                 context,
                 pre_act,
                 gates,
-            }));
+            });
         }
         y
     }
@@ -477,19 +473,7 @@ impl LayerOp {
         p: &[T],
         dy: &[T],
     ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let saved = self
-            .saved
-            .lock()
-            .expect("saved activations")
-            .take()
-            .and_then(|b| b.downcast::<Saved<T>>().ok())
-            .ok_or_else(|| {
-                candle_core::Error::Msg(
-                    "fused encoder layer: backward without the forward's activations \
-                     (a second backward through the same graph?)"
-                        .into(),
-                )
-            })?;
+        let saved = self.saved.take::<Saved<T>>("fused encoder layer")?;
         BACKWARD_PASSES.fetch_add(1, Ordering::Relaxed);
         let s = &self.spec;
         let (h, f, lay) = (s.hidden, s.ffn, &s.layout);
