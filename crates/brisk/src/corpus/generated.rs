@@ -27,9 +27,6 @@ use rayon::prelude::*;
 use super::shards::splitmix64;
 use super::text::TextSource;
 
-/// The SplitMix64 increment.
-const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
 /// A small deterministic random generator (SplitMix64 stream).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -40,29 +37,13 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         splitmix64(self.0)
     }
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// The next `n` draws of [`Rng::unit`], mapped by `f`, computed in
-    /// parallel: the stream is counter-based, so draw `i` needs only the
-    /// state and `i`, and the result equals `n` calls in sequence.
-    pub fn map_units<T: Send>(&mut self, n: usize, f: impl Fn(f64) -> T + Sync) -> Vec<T> {
-        let base = self.0;
-        self.0 = base.wrapping_add(GOLDEN_GAMMA.wrapping_mul(n as u64));
-        (0..n)
-            .into_par_iter()
-            .with_min_len(1 << 14)
-            .map(|i| {
-                let state = base.wrapping_add(GOLDEN_GAMMA.wrapping_mul(i as u64 + 1));
-                f((splitmix64(state) >> 11) as f64 / (1u64 << 53) as f64)
-            })
-            .collect()
     }
 
     /// Uniform in `0..n`.
