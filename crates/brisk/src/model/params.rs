@@ -380,15 +380,17 @@ impl<'a> Ctx<'a> {
         let keep = (1.0 / (1.0 - p)) as f32;
         let mut mask = vec![0f32; n];
         const CHUNK: usize = 1 << 14;
-        mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, part)| {
-            simd(|| {
-                let start = (c * CHUNK) as u32;
-                for (i, m) in part.iter_mut().enumerate() {
-                    let bits = hash32(hash32(start.wrapping_add(i as u32) ^ lo) ^ hi);
-                    *m = if bits < threshold { 0.0 } else { keep };
-                }
-            })
-        });
+        mask.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, part)| {
+                simd(|| {
+                    let start = (c * CHUNK) as u32;
+                    for (i, m) in part.iter_mut().enumerate() {
+                        let bits = hash32(hash32(start.wrapping_add(i as u32) ^ lo) ^ hi);
+                        *m = if bits < threshold { 0.0 } else { keep };
+                    }
+                })
+            });
         Some(mask)
     }
 

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use super::embeddings::EmbeddingSpec;
 use super::kernels::{
     activate, activation_backward, add_bias, add_column_sums, layer_norm, layer_norm_backward,
-    linear, linear_backward, matmul, max, sum, with_slices, zeros, Activation, Float, Mat, MatMut,
-    Normed, Stash, Threads,
+    linear, linear_backward, matmul, max, product, sum, with_slices, zeros, Activation, Float, Mat,
+    MatMut, Normed, Stash, Threads,
 };
 use crate::error::{Error, Result};
 use crate::model::params::Group;
@@ -140,16 +140,13 @@ impl HeadOp {
             &p[s.norm_b..s.norm_b + h],
             s.eps,
         );
-        let mut logits = zeros::<T>(n * v);
-        // SAFETY: `logits` is `n × v`, `transformed` `n × h`, the word block `v × h`.
-        unsafe {
-            matmul(
+        // SAFETY: `transformed` is `n × h`, the word block `v × h`.
+        let mut logits = unsafe {
+            product(
                 (n, v, h),
-                MatMut::rows(&mut logits, v),
                 Mat::rows(&transformed, h),
                 Mat::rows(&e[s.word..s.word + v * h], h).t(),
                 T::ONE,
-                false,
                 Threads::Pool,
             )
         };
@@ -213,10 +210,9 @@ impl HeadOp {
         add_column_sums(&mut dp[s.bias..s.bias + v], &d_logits);
         let mut de = zeros::<T>(e.len());
         let word = &e[s.word..s.word + v * h];
-        let mut d_transformed = zeros::<T>(n * h);
         // SAFETY: `de`'s word block is `v × h`, `d_logits` `n × v`,
-        // `transformed` `n × h`, `d_transformed` `n × h`.
-        unsafe {
+        // `transformed` `n × h`.
+        let d_transformed = unsafe {
             matmul(
                 (v, h, n),
                 MatMut::rows(&mut de[s.word..s.word + v * h], h),
@@ -226,16 +222,14 @@ impl HeadOp {
                 false,
                 Threads::Pool,
             );
-            matmul(
+            product(
                 (n, h, v),
-                MatMut::rows(&mut d_transformed, h),
                 Mat::rows(&d_logits, v),
                 Mat::rows(word, h),
                 T::ONE,
-                false,
                 Threads::Pool,
-            );
-        }
+            )
+        };
         drop(d_logits);
         let mut d_act = zeros::<T>(n * h);
         let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));

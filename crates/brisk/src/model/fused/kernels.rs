@@ -406,6 +406,30 @@ pub unsafe fn matmul<T: Float>(
     )
 }
 
+/// `alpha · a[m×k] · b[k×n]` in a new buffer. gemm writes every element
+/// without reading it (it is not asked to accumulate), so the buffer is not
+/// zero-filled first: that fill was a tenth of a step's memory traffic.
+///
+/// # Safety
+/// As [`matmul`]: `a` and `b` must cover their extents in live memory.
+pub unsafe fn product<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    alpha: T,
+    threads: Threads,
+) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(m * n);
+    let dst = MatMut {
+        ptr: out.as_mut_ptr(),
+        rs: n as isize,
+    };
+    matmul((m, n, k), dst, a, b, alpha, false, threads);
+    // SAFETY: gemm with `accumulate = false` wrote all m·n elements.
+    out.set_len(m * n);
+    out
+}
+
 /// Rows per rayon task in row-wise loops: enough work to pay for the task.
 fn rows_per_task(width: usize) -> usize {
     (16_384 / width.max(1)).max(1)
@@ -488,16 +512,13 @@ pub fn apply_mask<T: Float>(x: &mut [T], mask: Option<&[f32]>) {
 pub fn linear<T: Float>(x: &[T], w: &[T], b: &[T], k: usize) -> Vec<T> {
     let n = b.len();
     let rows = x.len() / k;
-    let mut y = zeros::<T>(rows * n);
-    // SAFETY: `y` is `rows × n`, `x` is `rows × k`, `w` is `n × k`.
-    unsafe {
-        matmul(
+    // SAFETY: `x` is `rows × k`, `w` is `n × k`.
+    let mut y = unsafe {
+        product(
             (rows, n, k),
-            MatMut::rows(&mut y, n),
             Mat::rows(x, k),
             Mat::rows(w, k).t(),
             T::ONE,
-            false,
             Threads::Pool,
         )
     };
@@ -511,9 +532,8 @@ pub fn linear_backward<T: Float>(dy: &[T], x: &[T], w: &[T], dw: &mut [T], db: &
     let n = db.len();
     let k = w.len() / n;
     let rows = dy.len() / n;
-    let mut dx = zeros::<T>(rows * k);
     // SAFETY: `dw` is `n × k`, `dy` is `rows × n`, `x` is `rows × k`.
-    unsafe {
+    let dx = unsafe {
         matmul(
             (n, k, rows),
             MatMut::rows(dw, k),
@@ -523,16 +543,14 @@ pub fn linear_backward<T: Float>(dy: &[T], x: &[T], w: &[T], dw: &mut [T], db: &
             true,
             Threads::Pool,
         );
-        matmul(
+        product(
             (rows, k, n),
-            MatMut::rows(&mut dx, k),
             Mat::rows(dy, n),
             Mat::rows(w, k),
             T::ONE,
-            false,
             Threads::Pool,
-        );
-    }
+        )
+    };
     add_column_sums(db, dy);
     dx
 }
