@@ -7,7 +7,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::kernels::{
-    apply_mask, layer_norm, layer_norm_backward, masked, with_slices, zeros, Float, Normed, Stash,
+    apply_mask, layer_norm, layer_norm_backward, masked, two_mut, with_slices, zeros, Float,
+    Normed, Stash,
 };
 use crate::error::{Error, Result};
 use crate::model::params::{Ctx, Group};
@@ -138,10 +139,10 @@ impl EmbeddingOp {
         let (h, s) = (self.spec.hidden, &self.spec);
         let d = masked(dy, self.mask.as_deref());
         let mut d_sum = zeros::<T>(d.len());
-        let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
-        let g = &p[s.norm_g..s.norm_g + h];
-        layer_norm_backward(&d, &normed, g, &mut d_sum, &mut dg, &mut db);
         let mut dp = zeros::<T>(p.len());
+        let (dg, db) = two_mut(&mut dp, ((s.norm_g, h), (s.norm_b, h)));
+        let g = &p[s.norm_g..s.norm_g + h];
+        layer_norm_backward(&d, &normed, g, &mut d_sum, dg, db);
         for (r, row) in d_sum.chunks(h).enumerate() {
             let w = s.word + self.ids[r] as usize * h;
             let pos = s.position + (r % self.len) * h;
@@ -152,8 +153,6 @@ impl EmbeddingOp {
                 dp[ty + j] += *v;
             }
         }
-        dp[s.norm_g..s.norm_g + h].copy_from_slice(&dg);
-        dp[s.norm_b..s.norm_b + h].copy_from_slice(&db);
         Ok(dp)
     }
 }

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use super::embeddings::EmbeddingSpec;
 use super::kernels::{
     activate, activation_backward, add_bias, add_column_sums, layer_norm, layer_norm_backward,
-    linear, linear_backward, matmul, max, product, sum, with_slices, zeros, Activation, Float, Mat,
-    MatMut, Normed, Stash, Threads,
+    linear, linear_backward, matmul, max, product, sum, two_mut, with_slices, zeros, Activation,
+    Float, Mat, MatMut, Normed, Stash, Threads,
 };
 use crate::error::{Error, Result};
 use crate::model::params::Group;
@@ -232,28 +232,13 @@ impl HeadOp {
         };
         drop(d_logits);
         let mut d_act = zeros::<T>(n * h);
-        let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
-        layer_norm_backward(
-            &d_transformed,
-            &saved.normed,
-            &p[s.norm_g..s.norm_g + h],
-            &mut d_act,
-            &mut dg,
-            &mut db,
-        );
-        dp[s.norm_g..s.norm_g + h].copy_from_slice(&dg);
-        dp[s.norm_b..s.norm_b + h].copy_from_slice(&db);
+        let (dg, db) = two_mut(&mut dp, ((s.norm_g, h), (s.norm_b, h)));
+        let g = &p[s.norm_g..s.norm_g + h];
+        layer_norm_backward(&d_transformed, &saved.normed, g, &mut d_act, dg, db);
         activation_backward(s.act, &mut d_act, &saved.pre_act);
-        let (mut dw, mut dbias) = (zeros::<T>(h * h), zeros::<T>(h));
-        let d_picked = linear_backward(
-            &d_act,
-            &saved.picked,
-            &p[s.dense_w..s.dense_w + h * h],
-            &mut dw,
-            &mut dbias,
-        );
-        dp[s.dense_w..s.dense_w + h * h].copy_from_slice(&dw);
-        dp[s.dense_b..s.dense_b + h].copy_from_slice(&dbias);
+        let (dw, dbias) = two_mut(&mut dp, ((s.dense_w, h * h), (s.dense_b, h)));
+        let w = &p[s.dense_w..s.dense_w + h * h];
+        let d_picked = linear_backward(&d_act, &saved.picked, w, dw, dbias);
         let mut dx = zeros::<T>(x_len);
         for (row, &r) in d_picked.chunks(h).zip(&self.rows) {
             for (d, g) in dx[r as usize * h..(r as usize + 1) * h].iter_mut().zip(row) {

@@ -257,6 +257,21 @@ impl Stash {
     }
 }
 
+/// Two disjoint `(offset, len)` slices of a flat gradient, mutably.
+pub fn two_mut<T>(
+    flat: &mut [T],
+    ((a, la), (b, lb)): ((usize, usize), (usize, usize)),
+) -> (&mut [T], &mut [T]) {
+    assert!(a + la <= b || b + lb <= a, "overlapping gradient slices");
+    if a < b {
+        let (left, right) = flat.split_at_mut(b);
+        (&mut left[a..a + la], &mut right[..lb])
+    } else {
+        let (left, right) = flat.split_at_mut(a);
+        (&mut right[..la], &mut left[b..b + lb])
+    }
+}
+
 /// A zero-filled buffer.
 pub fn zeros<T: Float>(n: usize) -> Vec<T> {
     vec![T::ZERO; n]
@@ -854,6 +869,17 @@ mod tests {
             let (fast, exact) = (erf_f32(x) as f64, candle_core::cpu::erf::erf_f64(x as f64));
             assert!((fast - exact).abs() < 4e-7, "erf({x}): {fast} vs {exact}");
         }
+    }
+
+    #[test]
+    fn two_mut_returns_the_asked_slices_in_either_order() {
+        let mut flat: Vec<u32> = (0..10).collect();
+        let (a, b) = two_mut(&mut flat, ((6, 3), (1, 2)));
+        assert_eq!((&*a, &*b), (&[6, 7, 8][..], &[1, 2][..]));
+        let (a, b) = two_mut(&mut flat, ((0, 2), (2, 1)));
+        a[0] = 9;
+        b[0] = 9;
+        assert_eq!(&flat[..3], &[9, 1, 9]);
     }
 
     #[test]

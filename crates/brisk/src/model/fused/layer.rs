@@ -22,8 +22,8 @@ use rayon::prelude::*;
 
 use super::kernels::{
     add, apply_mask, denormalise, dot, gate_and_activate, gated, gated_backward, layer_norm,
-    layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, with_slices,
-    zeros, Activation, Float, Mat, MatMut, Normed, Stash, Threads,
+    layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, two_mut,
+    with_slices, zeros, Activation, Float, Mat, MatMut, Normed, Stash, Threads,
 };
 use crate::config::Norm;
 use crate::error::{Error, Result};
@@ -479,91 +479,66 @@ impl LayerOp {
         let (h, f, lay) = (s.hidden, s.ffn, &s.layout);
         let post = s.norm == Norm::Post;
         let mut dp = zeros::<T>(p.len());
-        let attn_g = part(p, lay.attn_norm_g, h).to_vec();
-        let ffn_g = part(p, lay.ffn_norm_g, h).to_vec();
+        let attn_g = part(p, lay.attn_norm_g, h);
+        let ffn_g = part(p, lay.ffn_norm_g, h);
         let attn_b = part(p, lay.attn_norm_b, h);
         let ffn_b = part(p, lay.ffn_norm_b, h);
-        // Gradient slices of the flat group, by offset.
-        macro_rules! grad {
-            ($offset:expr, $len:expr) => {
-                &mut dp[$offset..$offset + $len]
-            };
-        }
+        // Gradients are added straight into the flat group's slices.
+        let ffn_norm = ((lay.ffn_norm_g, h), (lay.ffn_norm_b, h));
+        let attn_norm = ((lay.attn_norm_g, h), (lay.attn_norm_b, h));
 
         // Feed-forward block: y = LN(h1 + drop(W2·act(W1·f_in))) (post) or
         // h1 + drop(...) with f_in = LN(h1) (pre).
         let mut dh1 = if post {
             let mut dz2 = zeros::<T>(dy.len());
-            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
-            layer_norm_backward(dy, &saved.ffn_norm, &ffn_g, &mut dz2, &mut dg, &mut db);
-            grad!(lay.ffn_norm_g, h).copy_from_slice(&dg);
-            grad!(lay.ffn_norm_b, h).copy_from_slice(&db);
+            let (dg, db) = two_mut(&mut dp, ffn_norm);
+            layer_norm_backward(dy, &saved.ffn_norm, ffn_g, &mut dz2, dg, db);
             dz2
         } else {
             dy.to_vec()
         };
         let d_out = masked(&dh1, self.masks.ffn_out.as_deref());
-        let (mut dw2, mut db2) = (zeros::<T>(h * f), zeros::<T>(h));
         let act = gated(&saved.pre_act, &saved.gates);
-        let mut d_act = linear_backward(&d_out, &act, part(p, lay.w2, h * f), &mut dw2, &mut db2);
-        grad!(lay.w2, h * f).copy_from_slice(&dw2);
-        grad!(lay.b2, h).copy_from_slice(&db2);
-        drop((dw2, db2, d_out, act));
+        let (dw, db) = two_mut(&mut dp, ((lay.w2, h * f), (lay.b2, h)));
+        let mut d_act = linear_backward(&d_out, &act, part(p, lay.w2, h * f), dw, db);
+        drop((d_out, act));
         gated_backward(s.act, &mut d_act, &saved.pre_act, &saved.gates);
         let f_in = if post {
-            denormalise(&saved.attn_norm, &attn_g, attn_b)
+            denormalise(&saved.attn_norm, attn_g, attn_b)
         } else {
-            denormalise(&saved.ffn_norm, &ffn_g, ffn_b)
+            denormalise(&saved.ffn_norm, ffn_g, ffn_b)
         };
-        let (mut dw1, mut db1) = (zeros::<T>(f * h), zeros::<T>(f));
-        let df_in = linear_backward(&d_act, &f_in, part(p, lay.w1, f * h), &mut dw1, &mut db1);
-        grad!(lay.w1, f * h).copy_from_slice(&dw1);
-        grad!(lay.b1, f).copy_from_slice(&db1);
-        drop((dw1, db1, d_act, f_in));
+        let (dw, db) = two_mut(&mut dp, ((lay.w1, f * h), (lay.b1, f)));
+        let df_in = linear_backward(&d_act, &f_in, part(p, lay.w1, f * h), dw, db);
+        drop((d_act, f_in));
 
         // Attention block: h1 = LN(x + drop(Wo·attn(a_in))) (post) or
         // x + drop(...) with a_in = LN(x) (pre).
         let mut dx = if post {
             add(&mut dh1, &df_in);
             let mut dz1 = zeros::<T>(dy.len());
-            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
-            layer_norm_backward(&dh1, &saved.attn_norm, &attn_g, &mut dz1, &mut dg, &mut db);
-            grad!(lay.attn_norm_g, h).copy_from_slice(&dg);
-            grad!(lay.attn_norm_b, h).copy_from_slice(&db);
+            let (dg, db) = two_mut(&mut dp, attn_norm);
+            layer_norm_backward(&dh1, &saved.attn_norm, attn_g, &mut dz1, dg, db);
             dz1
         } else {
-            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
-            layer_norm_backward(&df_in, &saved.ffn_norm, &ffn_g, &mut dh1, &mut dg, &mut db);
-            grad!(lay.ffn_norm_g, h).copy_from_slice(&dg);
-            grad!(lay.ffn_norm_b, h).copy_from_slice(&db);
+            let (dg, db) = two_mut(&mut dp, ffn_norm);
+            layer_norm_backward(&df_in, &saved.ffn_norm, ffn_g, &mut dh1, dg, db);
             dh1
         };
         let d_out = masked(&dx, self.masks.attn_out.as_deref());
-        let (mut dwo, mut dbo) = (zeros::<T>(h * h), zeros::<T>(h));
-        let d_context = linear_backward(
-            &d_out,
-            &saved.context,
-            part(p, lay.wo, h * h),
-            &mut dwo,
-            &mut dbo,
-        );
-        grad!(lay.wo, h * h).copy_from_slice(&dwo);
-        grad!(lay.bo, h).copy_from_slice(&dbo);
-        drop((dwo, dbo, d_out));
+        let (dw, db) = two_mut(&mut dp, ((lay.wo, h * h), (lay.bo, h)));
+        let d_context = linear_backward(&d_out, &saved.context, part(p, lay.wo, h * h), dw, db);
+        drop(d_out);
         let (d_qkv, d_logits) = self.attention_backward(&d_context, &saved.qkv, &saved.probs);
-        let pre_attn = (!post).then(|| denormalise(&saved.attn_norm, &attn_g, attn_b));
+        let pre_attn = (!post).then(|| denormalise(&saved.attn_norm, attn_g, attn_b));
         let a_in = pre_attn.as_deref().unwrap_or(x);
-        let (mut dw, mut db) = (zeros::<T>(3 * h * h), zeros::<T>(3 * h));
-        let da_in = linear_backward(&d_qkv, a_in, part(p, lay.wqkv, 3 * h * h), &mut dw, &mut db);
-        grad!(lay.wqkv, 3 * h * h).copy_from_slice(&dw);
-        grad!(lay.bqkv, 3 * h).copy_from_slice(&db);
+        let (dw, db) = two_mut(&mut dp, ((lay.wqkv, 3 * h * h), (lay.bqkv, 3 * h)));
+        let da_in = linear_backward(&d_qkv, a_in, part(p, lay.wqkv, 3 * h * h), dw, db);
         if post {
             add(&mut dx, &da_in);
         } else {
-            let (mut dg, mut db) = (zeros::<T>(h), zeros::<T>(h));
-            layer_norm_backward(&da_in, &saved.attn_norm, &attn_g, &mut dx, &mut dg, &mut db);
-            grad!(lay.attn_norm_g, h).copy_from_slice(&dg);
-            grad!(lay.attn_norm_b, h).copy_from_slice(&db);
+            let (dg, db) = two_mut(&mut dp, attn_norm);
+            layer_norm_backward(&da_in, &saved.attn_norm, attn_g, &mut dx, dg, db);
         }
         Ok((dx, dp, d_logits))
     }
