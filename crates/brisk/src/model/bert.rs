@@ -71,16 +71,13 @@ fn runs_fused(cfg: &ModelConfig, group: &Group) -> bool {
         && matches!(group.var.dtype(), DType::F32 | DType::F64)
 }
 
-fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
-    Ok(match name {
-        "gelu" => x.gelu_erf()?,
-        "gelu_new" => x.gelu()?,
-        "relu" => x.relu()?,
-        other => {
-            return Err(Error::Config(format!(
-                "`model.hidden_act`: unknown activation {other:?}"
-            )))
-        }
+/// The reference path's activation: candle's ops for each [`Activation`]
+/// (candle's `gelu` is the tanh form, HF's `"gelu"` the erf form).
+fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
     })
 }
 
@@ -168,7 +165,7 @@ pub struct EncoderLayer {
     ffn_norm: LayerNorm,
     heads: usize,
     norm: Norm,
-    act: String,
+    act: Activation,
     hidden_dropout: f64,
     attn_dropout: f64,
     /// The flat parameter group.
@@ -233,7 +230,7 @@ impl EncoderLayer {
             ffn_norm: LayerNorm::view(g, "output.LayerNorm", eps)?,
             heads: cfg.num_attention_heads,
             norm: cfg.norm,
-            act: cfg.hidden_act.clone(),
+            act,
             hidden_dropout: cfg.hidden_dropout_prob,
             attn_dropout: cfg.attention_probs_dropout_prob,
             params: g.var.as_tensor().clone(),
@@ -280,7 +277,7 @@ impl EncoderLayer {
     }
 
     fn feed_forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let inner = activation(&self.act, &self.ffn_in.forward(x)?)?;
+        let inner = activation(self.act, &self.ffn_in.forward(x)?)?;
         ctx.dropout(&self.ffn_out.forward(&inner)?, self.hidden_dropout)
     }
 
@@ -404,7 +401,7 @@ pub struct MlmHead {
     transform: Linear,
     norm: LayerNorm,
     bias: Tensor,
-    act: String,
+    act: Activation,
     /// The flat group.
     group: Tensor,
     /// Set when the fused kernel computes the head and its loss.
@@ -431,20 +428,16 @@ impl MlmHead {
         LayerNorm::add(&mut g, "transform.LayerNorm", h);
         g.zeros("bias", &[cfg.vocab_size]);
         let g = g.finish()?;
+        let act = activation_kind(cfg)?;
         let fused = match (&bert.embeddings.fused, runs_fused(cfg, g)) {
-            (Some(embeddings), true) => Some(HeadSpec::of(
-                g,
-                embeddings,
-                activation_kind(cfg)?,
-                cfg.layer_norm_eps,
-            )?),
+            (Some(embeddings), true) => Some(HeadSpec::of(g, embeddings, act, cfg.layer_norm_eps)?),
             _ => None,
         };
         Ok(MlmHead {
             transform: Linear::view(g, "transform.dense")?,
             norm: LayerNorm::view(g, "transform.LayerNorm", cfg.layer_norm_eps)?,
             bias: g.view("bias")?,
-            act: cfg.hidden_act.clone(),
+            act,
             group: g.var.as_tensor().clone(),
             fused,
         })
@@ -462,7 +455,7 @@ impl MlmHead {
         let picked = hidden.reshape(((), h))?.index_select(rows, 0)?;
         let t = self
             .norm
-            .forward(&activation(&self.act, &self.transform.forward(&picked)?)?)?;
+            .forward(&activation(self.act, &self.transform.forward(&picked)?)?)?;
         Ok(t.matmul(&word_embeddings.t()?)?.broadcast_add(&self.bias)?)
     }
 }

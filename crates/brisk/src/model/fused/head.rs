@@ -248,6 +248,21 @@ impl HeadOp {
         Ok((dx, dp, de))
     }
 
+    /// The forward on raw storages: the loss as a one-element storage.
+    fn loss_storage<T: Float>(
+        &self,
+        x: (&CpuStorage, &Layout),
+        p: (&CpuStorage, &Layout),
+        e: (&CpuStorage, &Layout),
+    ) -> candle_core::Result<CpuStorage> {
+        let loss = self.forward(
+            T::slice(x.0, x.1)?,
+            T::slice(p.0, p.1)?,
+            T::slice(e.0, e.1)?,
+        );
+        Ok(T::storage(vec![loss]))
+    }
+
     fn run_backward<T: Float>(
         &self,
         x: &Tensor,
@@ -282,22 +297,8 @@ impl CustomOp3 for HeadOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let storage = match s1.dtype() {
-            DType::F32 => {
-                let loss = self.forward(
-                    f32::slice(s1, l1)?,
-                    f32::slice(s2, l2)?,
-                    f32::slice(s3, l3)?,
-                );
-                f32::storage(vec![loss])
-            }
-            DType::F64 => {
-                let loss = self.forward(
-                    f64::slice(s1, l1)?,
-                    f64::slice(s2, l2)?,
-                    f64::slice(s3, l3)?,
-                );
-                f64::storage(vec![loss])
-            }
+            DType::F32 => self.loss_storage::<f32>((s1, l1), (s2, l2), (s3, l3))?,
+            DType::F64 => self.loss_storage::<f64>((s1, l1), (s2, l2), (s3, l3))?,
             other => candle_core::bail!("fused MLM head: no kernel for {other:?}"),
         };
         Ok((storage, Shape::from(())))

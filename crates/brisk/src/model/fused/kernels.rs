@@ -450,12 +450,11 @@ fn rows_per_task(width: usize) -> usize {
     (16_384 / width.max(1)).max(1)
 }
 
-/// Applies `f(row_index, row)` to every `width`-long row, in parallel.
-pub fn for_rows<T: Send>(data: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+/// Applies `f` to every `width`-long row, in parallel.
+pub fn for_rows<T: Send>(data: &mut [T], width: usize, f: impl Fn(&mut [T]) + Sync) {
     data.par_chunks_mut(width)
         .with_min_len(rows_per_task(width))
-        .enumerate()
-        .for_each(|(i, row)| f(i, row));
+        .for_each(&f);
 }
 
 /// `dst[j] += Σ_i a[i, j]` (bias gradients).
@@ -506,7 +505,7 @@ fn add_column_sums_of<T: Float>(dst: &mut [T], a: &[T], b: Option<&[T]>) {
 
 /// `x[i, j] += bias[j]`.
 pub fn add_bias<T: Float>(x: &mut [T], bias: &[T]) {
-    for_rows(x, bias.len(), |_, row| {
+    for_rows(x, bias.len(), |row| {
         for (v, b) in row.iter_mut().zip(bias) {
             *v += *b;
         }
@@ -653,7 +652,7 @@ pub fn layer_norm_backward<T: Float>(
 /// `x̂·g + b` again from what [`layer_norm`] kept.
 pub fn denormalise<T: Float>(normed: &Normed<T>, g: &[T], b: &[T]) -> Vec<T> {
     let mut y = normed.xhat.clone();
-    for_rows(&mut y, g.len(), |_, row| {
+    for_rows(&mut y, g.len(), |row| {
         for j in 0..row.len() {
             row[j] = row[j] * g[j] + b[j];
         }
@@ -839,14 +838,6 @@ impl Activation {
             }
             Activation::Relu => s,
         }
-    }
-
-    pub fn value<T: Float>(self, x: T) -> T {
-        x * self.gate(x)
-    }
-
-    pub fn derivative<T: Float>(self, x: T) -> T {
-        self.derivative_from_gate(x, self.gate(x))
     }
 }
 
