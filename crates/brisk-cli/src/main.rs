@@ -54,12 +54,8 @@ fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
         // candle sizes its matrix-multiply parallelism from this variable
         // (as rayon does); set it before any thread starts.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("setting up the thread pool")?;
     }
-    Ok(())
+    brisk::runtime::init_pool(threads).context("setting up the thread pool")
 }
 
 /// Resolves the config from preset, file, `--set` and command-specific flags
@@ -216,7 +212,9 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         verbose: !args.quiet,
         stop: &STOP,
     };
-    let summary = brisk::train::pretrain::pretrain(&config, &prepared, &run.path, &options)?;
+    let summary = brisk::runtime::on_pool(|| {
+        brisk::train::pretrain::pretrain(&config, &prepared, &run.path, &options)
+    })?;
     print_summary(&summary, &run.path);
     Ok(())
 }

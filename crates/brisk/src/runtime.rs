@@ -1,4 +1,4 @@
-//! Process set-up for training.
+//! Process set-up for training: the thread pool and the allocator.
 //!
 //! A training step allocates and frees the same large activation and
 //! gradient buffers every time. With its defaults, glibc's allocator serves
@@ -23,4 +23,26 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
+}
+
+/// Sets up the global rayon pool with `threads` workers (every core when
+/// `None`), with stacks large enough for candle's recursive graph walk.
+pub fn init_pool(threads: Option<usize>) -> Result<(), rayon::ThreadPoolBuildError> {
+    let mut builder = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);
+    if let Some(n) = threads {
+        builder = builder.num_threads(n);
+    }
+    builder.build_global()
+}
+
+/// Runs `f` on a worker of the global pool, and waits for it.
+///
+/// A parallel loop started from outside the pool hands its work to the
+/// workers and puts the caller to sleep until they finish; started from a
+/// worker, it runs on that worker while the others steal. A training step
+/// starts hundreds of parallel loops and products, so running the whole
+/// step on a worker saves a sleep and a wake-up on each of them.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // `rayon::scope` runs its body on a worker when called from outside.
+    rayon::scope(|_| f())
 }

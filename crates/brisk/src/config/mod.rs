@@ -244,7 +244,7 @@ impl Config {
             check(value > 0, key, || "must be at least 1".into())?;
         }
         check(
-            m.hidden_size % m.num_attention_heads == 0,
+            m.hidden_size.is_multiple_of(m.num_attention_heads),
             "model.hidden_size",
             || {
                 format!(
@@ -353,7 +353,7 @@ impl Config {
             "must not be negative".into()
         })?;
         check(
-            t.batch_size % t.grad_accum_steps == 0,
+            t.batch_size.is_multiple_of(t.grad_accum_steps),
             "train.grad_accum_steps",
             || {
                 format!(

@@ -282,12 +282,18 @@ impl Params {
     pub fn load(&self, path: &Path) -> Result<()> {
         let tensors = candle_core::safetensors::load(path, &self.device)
             .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
+        self.assign(&tensors, path)
+    }
+
+    /// Overwrites every parameter with the tensor of the same name; errors
+    /// name `path` (the file the tensors came from) and the tensor.
+    pub fn assign(&self, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
         for group in &self.groups {
             let parts = group
                 .entries
                 .iter()
                 .map(|e| {
-                    let t = named(&tensors, path, &e.name, &e.shape)?;
+                    let t = named(tensors, path, &e.name, &e.shape)?;
                     Ok(t.to_dtype(self.dtype)?.flatten_all()?)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -336,6 +342,18 @@ fn hash32(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
+/// The hashes of the eight element pairs from `first` on, under `key`
+/// (a fixed-size loop, so it vectorises).
+#[inline(always)]
+fn pair_hashes(first: u32, key: u64) -> [u32; 8] {
+    let (lo, hi) = (key as u32, (key >> 32) as u32);
+    let mut bits = [0u32; 8];
+    for (l, b) in bits.iter_mut().enumerate() {
+        *b = hash32(hash32(first.wrapping_add(l as u32) ^ lo) ^ hi);
+    }
+    bits
+}
+
 /// A standard normal sample (Box–Muller).
 pub fn standard_normal(rng: &mut Rng) -> f64 {
     let u1 = rng.unit().max(f64::MIN_POSITIVE);
@@ -364,30 +382,47 @@ impl<'a> Ctx<'a> {
     /// Both the reference and the fused kernels draw their masks here, so
     /// the same seed drops the same elements in either.
     ///
-    /// One draw from the generator keys the whole mask; element `i` then
-    /// depends on the key and `i` alone (a counter-based hash), so the mask
-    /// is filled in parallel, eight lanes at a time, and is the same on any
-    /// number of threads.
+    /// One draw from the generator keys the whole mask; each pair of
+    /// elements `(2j, 2j+1)` then depends on the key and `j` alone (a
+    /// counter-based hash whose low and high 16 bits decide one element
+    /// each), so the mask is filled in parallel, eight lanes at a time, and
+    /// is the same on any number of threads. `p` is rounded to a multiple of
+    /// 2⁻¹⁶ (0.1 drops 0.100006 of the elements).
     pub fn dropout_mask(&mut self, n: usize, p: f64) -> Option<Vec<f32>> {
         let rng = self.rng.as_deref_mut()?;
         if p <= 0.0 {
             return None;
         }
         let key = rng.next_u64();
-        let (lo, hi) = (key as u32, (key >> 32) as u32);
-        // Element i is dropped when its 32-bit hash is below p·2³².
-        let threshold = (p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+        // An element is dropped when its 16 bits are below p·2¹⁶.
+        let threshold = (p * 65_536.0).round().min(65_536.0) as u32;
         let keep = (1.0 / (1.0 - p)) as f32;
+        let drop_or_keep = |half: u32| {
+            if half & 0xffff < threshold {
+                0.0
+            } else {
+                keep
+            }
+        };
         let mut mask = vec![0f32; n];
+        // Even, so that every chunk starts at a pair.
         const CHUNK: usize = 1 << 14;
         mask.par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(c, part)| {
-                simd(|| {
-                    let start = (c * CHUNK) as u32;
-                    for (i, m) in part.iter_mut().enumerate() {
-                        let bits = hash32(hash32(start.wrapping_add(i as u32) ^ lo) ^ hi);
-                        *m = if bits < threshold { 0.0 } else { keep };
+                simd!({
+                    let first_pair = (c * CHUNK / 2) as u32;
+                    let full = part.len() / 16;
+                    let mut blocks = part.chunks_exact_mut(16);
+                    for (k, block) in (&mut blocks).enumerate() {
+                        let bits = pair_hashes(first_pair.wrapping_add(8 * k as u32), key);
+                        for (e, m) in block.iter_mut().enumerate() {
+                            *m = drop_or_keep(bits[e / 2] >> (16 * (e % 2)));
+                        }
+                    }
+                    let bits = pair_hashes(first_pair.wrapping_add(8 * full as u32), key);
+                    for (e, m) in blocks.into_remainder().iter_mut().enumerate() {
+                        *m = drop_or_keep(bits[e / 2] >> (16 * (e % 2)));
                     }
                 })
             });
@@ -427,6 +462,14 @@ mod tests {
         // Pairs of neighbours are dropped together as often as chance says.
         let both = a.windows(2).filter(|w| w[0] == 0.0 && w[1] == 0.0).count() as f64;
         assert!((both / (n - 1) as f64 - 0.01).abs() < 0.002);
+        // The two halves of one hash are as independent as neighbours.
+        let pairs = a
+            .chunks_exact(2)
+            .filter(|w| w[0] == 0.0 && w[1] == 0.0)
+            .count() as f64;
+        assert!((pairs / (n / 2) as f64 - 0.01).abs() < 0.002);
+        // An odd length ends with a single element drawn like the rest.
+        assert_eq!(&mask(1, 7)[..6], &a[..6]);
         assert!(Ctx::eval().dropout_mask(10, 0.1).is_none());
     }
 }

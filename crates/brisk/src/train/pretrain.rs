@@ -505,7 +505,7 @@ pub fn pretrain(
 
         let done = state.step;
         let last = budget.exhausted(done, elapsed()) || options.stop.load(Ordering::SeqCst);
-        let due = |every: u64| every > 0 && done % every == 0;
+        let due = |every: u64| every > 0 && done.is_multiple_of(every);
         let val_loss = if due(config.eval.every) || (last && budget.exhausted(done, elapsed())) {
             let v = validation_loss(&model, corpus, config)?;
             state.last_val_loss = Some(v);

@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::embeddings::EmbeddingSpec;
+use super::kernels::simd;
 use super::kernels::{
     activate, activation_backward, add_bias, add_column_sums, layer_norm, layer_norm_backward,
     linear, linear_backward, matmul, max, product, sum, two_mut, with_slices, zeros, Activation,
@@ -156,17 +157,19 @@ impl HeadOp {
             .par_chunks_mut(v)
             .zip(&self.targets)
             .map(|(row, &t)| {
-                let m = max(row);
-                let target = row[t as usize] - m;
-                for z in row.iter_mut() {
-                    *z = (*z - m).exp();
-                }
-                let total = sum(row);
-                let inv = T::ONE / total;
-                for z in row.iter_mut() {
-                    *z *= inv;
-                }
-                total.to_f64().ln() - target.to_f64()
+                simd!({
+                    let m = max(row);
+                    let target = row[t as usize] - m;
+                    for z in row.iter_mut() {
+                        *z = (*z - m).exp();
+                    }
+                    let total = sum(row);
+                    let inv = T::ONE / total;
+                    for z in row.iter_mut() {
+                        *z *= inv;
+                    }
+                    total.to_f64().ln() - target.to_f64()
+                })
             })
             .collect();
         let loss = nll.iter().sum::<f64>() / n as f64;
@@ -202,9 +205,11 @@ impl HeadOp {
             .zip(&self.targets)
             .for_each(|(row, &t)| {
                 row[t as usize] -= T::ONE;
-                for z in row.iter_mut() {
-                    *z *= scale;
-                }
+                simd!({
+                    for z in row.iter_mut() {
+                        *z *= scale;
+                    }
+                })
             });
         let mut dp = zeros::<T>(p.len());
         add_column_sums(&mut dp[s.bias..s.bias + v], &d_logits);

@@ -143,7 +143,7 @@ pub fn erf_f32(x: f32) -> f32 {
 }
 
 /// Σ x, with eight independent accumulators so the loop vectorises.
-#[inline]
+#[inline(always)]
 pub fn sum<T: Float>(x: &[T]) -> T {
     let mut acc = [T::ZERO; 8];
     let chunks = x.chunks_exact(8);
@@ -161,7 +161,7 @@ pub fn sum<T: Float>(x: &[T]) -> T {
 }
 
 /// Σ a·b, vectorised as [`sum`].
-#[inline]
+#[inline(always)]
 pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     let mut acc = [T::ZERO; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -182,7 +182,7 @@ pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
 }
 
 /// The largest element (vectorised; NaN-free inputs).
-#[inline]
+#[inline(always)]
 pub fn max<T: Float>(x: &[T]) -> T {
     let mut acc = [x[0]; 8];
     let chunks = x.chunks_exact(8);
@@ -200,7 +200,7 @@ pub fn max<T: Float>(x: &[T]) -> T {
 }
 
 /// Softmax of one row in place.
-#[inline]
+#[inline(always)]
 pub fn softmax_in_place<T: Float>(row: &mut [T]) {
     let m = max(row);
     for v in row.iter_mut() {
@@ -454,7 +454,7 @@ fn rows_per_task(width: usize) -> usize {
 pub fn for_rows<T: Send>(data: &mut [T], width: usize, f: impl Fn(&mut [T]) + Sync) {
     data.par_chunks_mut(width)
         .with_min_len(rows_per_task(width))
-        .for_each(&f);
+        .for_each(|row| simd!(f(row)));
 }
 
 /// `dst[j] += Σ_i a[i, j]` (bias gradients).
@@ -476,7 +476,7 @@ fn add_column_sums_of<T: Float>(dst: &mut [T], a: &[T], b: Option<&[T]>) {
         .enumerate()
         .map(|(k, a)| {
             let mut sums = zeros::<T>(w);
-            match b {
+            simd!(match b {
                 None => {
                     for row in a.chunks_exact(w) {
                         for (s, v) in sums.iter_mut().zip(row) {
@@ -492,7 +492,7 @@ fn add_column_sums_of<T: Float>(dst: &mut [T], a: &[T], b: Option<&[T]>) {
                         }
                     }
                 }
-            }
+            });
             sums
         })
         .collect::<Vec<_>>();
@@ -606,15 +606,17 @@ pub fn layer_norm<T: Float>(x: &[T], g: &[T], b: &[T], eps: f64) -> (Vec<T>, Nor
         .zip(x.par_chunks(w))
         .with_min_len(rows_per_task(w))
         .for_each(|(((y, xh), r), x)| {
-            let mean = sum(x) * inv_w;
-            for (c, v) in xh.iter_mut().zip(x) {
-                *c = *v - mean;
-            }
-            *r = T::ONE / (dot(xh, xh) * inv_w + T::of(eps)).sqrt();
-            for (c, (y, (g, b))) in xh.iter_mut().zip(y.iter_mut().zip(g.iter().zip(b))) {
-                *c *= *r;
-                *y = *c * *g + *b;
-            }
+            simd!({
+                let mean = sum(x) * inv_w;
+                for (c, v) in xh.iter_mut().zip(x) {
+                    *c = *v - mean;
+                }
+                *r = T::ONE / (dot(xh, xh) * inv_w + T::of(eps)).sqrt();
+                for (c, (y, (g, b))) in xh.iter_mut().zip(y.iter_mut().zip(g.iter().zip(b))) {
+                    *c *= *r;
+                    *y = *c * *g + *b;
+                }
+            })
         });
     (y, Normed { xhat, rstd })
 }
@@ -637,13 +639,15 @@ pub fn layer_norm_backward<T: Float>(
         .zip(normed.rstd.par_iter())
         .with_min_len(rows_per_task(w))
         .for_each_init(Vec::new, |d, (((dx, dy), xh), r)| {
-            d.clear();
-            d.extend(dy.iter().zip(g).map(|(a, b)| *a * *b));
-            let mean_d = sum(d) * inv_w;
-            let mean_dx = dot(d, xh) * inv_w;
-            for ((dx, d), xh) in dx.iter_mut().zip(d.iter()).zip(xh) {
-                *dx += *r * (*d - mean_d - *xh * mean_dx);
-            }
+            simd!({
+                d.clear();
+                d.extend(dy.iter().zip(g).map(|(a, b)| *a * *b));
+                let mean_d = sum(d) * inv_w;
+                let mean_dx = dot(d, xh) * inv_w;
+                for ((dx, d), xh) in dx.iter_mut().zip(d.iter()).zip(xh) {
+                    *dx += *r * (*d - mean_d - *xh * mean_dx);
+                }
+            })
         });
     add_column_sums_product(dg, dy, &normed.xhat);
     add_column_sums(db, dy);
@@ -670,24 +674,57 @@ pub enum Activation {
     Relu,
 }
 
-/// Runs `f` compiled for AVX2 when the CPU has it (the elementwise loops
-/// inlined into it then run eight lanes wide instead of SSE2's four). The
-/// results are the same either way: no operation is fused or reordered.
-#[inline(always)]
-pub fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
+/// Runs `$body` compiled for AVX-512 or AVX2 when the CPU has it (the
+/// elementwise loops in it then run sixteen or eight lanes wide instead of
+/// SSE2's four). The results are the same either way: no operation is fused
+/// or reordered.
+///
+/// The body's closure is always inlined into its wrapper: a closure that
+/// is not is compiled for the baseline and only called from the wrapper,
+/// which gains nothing (as happened to the larger loops).
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd {
+    ($body:expr) => {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            unsafe {
+                $crate::model::fused::kernels::with_avx512(
+                    #[inline(always)]
+                    || $body,
+                )
+            }
+        } else if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked above).
-            return unsafe { with_avx2(f) };
+            unsafe {
+                $crate::model::fused::kernels::with_avx2(
+                    #[inline(always)]
+                    || $body,
+                )
+            }
+        } else {
+            $body
         }
-    }
+    };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! simd {
+    ($body:expr) => {
+        $body
+    };
+}
+
+pub(crate) use simd;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
@@ -719,7 +756,7 @@ const ELEMENTS_PER_TASK: usize = 1 << 14;
 /// `x ← act(x)` elementwise, in parallel.
 pub fn activate<T: Float>(act: Activation, x: &mut [T]) {
     x.par_chunks_mut(ELEMENTS_PER_TASK).for_each(|c| {
-        per_activation!(act, A => simd(|| {
+        per_activation!(act, A => simd!({
             for v in c.iter_mut() {
                 *v = *v * A.gate(*v);
             }
@@ -732,7 +769,7 @@ pub fn activation_backward<T: Float>(act: Activation, d: &mut [T], x: &[T]) {
     d.par_chunks_mut(ELEMENTS_PER_TASK)
         .zip(x.par_chunks(ELEMENTS_PER_TASK))
         .for_each(|(d, x)| {
-            per_activation!(act, A => simd(|| {
+            per_activation!(act, A => simd!({
                 for (d, x) in d.iter_mut().zip(x) {
                     *d *= A.derivative_from_gate(*x, A.gate(*x));
                 }
@@ -749,7 +786,7 @@ pub fn gate_and_activate<T: Float>(act: Activation, x: &[T]) -> (Vec<T>, Vec<T>)
         .zip(out.par_chunks_mut(ELEMENTS_PER_TASK))
         .zip(x.par_chunks(ELEMENTS_PER_TASK))
         .for_each(|((s, y), x)| {
-            per_activation!(act, A => simd(|| {
+            per_activation!(act, A => simd!({
                 for ((s, y), x) in s.iter_mut().zip(y.iter_mut()).zip(x) {
                     *s = A.gate(*x);
                     *y = *x * *s;
@@ -779,7 +816,7 @@ pub fn gated_backward<T: Float>(act: Activation, d: &mut [T], x: &[T], gates: &[
         .zip(x.par_chunks(ELEMENTS_PER_TASK))
         .zip(gates.par_chunks(ELEMENTS_PER_TASK))
         .for_each(|((d, x), s)| {
-            per_activation!(act, A => simd(|| {
+            per_activation!(act, A => simd!({
                 for ((d, x), s) in d.iter_mut().zip(x).zip(s) {
                     *d *= A.derivative_from_gate(*x, *s);
                 }

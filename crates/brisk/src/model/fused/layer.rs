@@ -20,6 +20,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::kernels::simd;
 use super::kernels::{
     add, apply_mask, denormalise, dot, gate_and_activate, gated, gated_backward, layer_norm,
     layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, two_mut,
@@ -288,19 +289,21 @@ impl LayerOp {
                 };
                 let bias = self.bias_block(bias, t);
                 let pad = self.pad.as_ref().map(|m| &m[b * l..(b + 1) * l]);
-                for (i, row) in p.chunks_mut(l).enumerate() {
-                    if let Some(bias) = bias {
-                        for (s, add) in row.iter_mut().zip(&bias[i * l..(i + 1) * l]) {
-                            *s += *add;
+                simd!({
+                    for (i, row) in p.chunks_mut(l).enumerate() {
+                        if let Some(bias) = bias {
+                            for (s, add) in row.iter_mut().zip(&bias[i * l..(i + 1) * l]) {
+                                *s += *add;
+                            }
                         }
-                    }
-                    if let Some(pad) = pad {
-                        for (s, add) in row.iter_mut().zip(pad) {
-                            *s += T::of(*add as f64);
+                        if let Some(pad) = pad {
+                            for (s, add) in row.iter_mut().zip(pad) {
+                                *s += T::of(*add as f64);
+                            }
                         }
+                        softmax_in_place(row);
                     }
-                    softmax_in_place(row);
-                }
+                });
                 let mask = self
                     .masks
                     .attn
@@ -375,18 +378,20 @@ impl LayerOp {
                         Threads::One,
                     );
                 }
-                if let Some(m) = mask {
-                    for (g, k) in ds.iter_mut().zip(m) {
-                        *g *= T::of(*k as f64);
+                simd!({
+                    if let Some(m) = mask {
+                        for (g, k) in ds.iter_mut().zip(m) {
+                            *g *= T::of(*k as f64);
+                        }
                     }
-                }
-                // Softmax backward, row by row: p ⊙ (g − Σ p·g).
-                for (g, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
-                    let gp = dot(g, p);
-                    for (g, p) in g.iter_mut().zip(p) {
-                        *g = *p * (*g - gp);
+                    // Softmax backward, row by row: p ⊙ (g − Σ p·g).
+                    for (g, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
+                        let gp = dot(g, p);
+                        for (g, p) in g.iter_mut().zip(p) {
+                            *g = *p * (*g - gp);
+                        }
                     }
-                }
+                });
                 let ds = Mat::rows(&*ds, l);
                 unsafe {
                     matmul(
