@@ -21,6 +21,9 @@ pub enum Command {
     Pretrain(PretrainArgs),
     /// Show the tokens a pre-trained model predicts at each [MASK].
     FillMask(FillMaskArgs),
+    /// Encode text with a pre-trained model (a HF BERT checkpoint or a
+    /// brisk run): one vector per text, as JSON lines.
+    Embed(EmbedArgs),
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]
@@ -125,6 +128,36 @@ pub struct FillMaskArgs {
     /// How many candidates to show per [MASK].
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub top_k: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// A HF BERT checkpoint directory (config.json, model.safetensors,
+    /// tokenizer.json or vocab.txt) or a run directory made by `brisk pretrain`.
+    #[arg(long, value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Texts to encode (or give --input).
+    #[arg(value_name = "TEXT")]
+    pub text: Vec<String>,
+    /// A UTF-8 file with one text per line; a TAB splits a line into a
+    /// sentence pair.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// How a text's hidden states become its vector: mean (over its tokens) or cls.
+    #[arg(long, default_value = "mean", value_name = "HOW")]
+    pub pooling: String,
+    /// Texts per forward pass (each batch is padded to its longest text).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub batch_size: usize,
+    /// Write the JSON lines to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Worker threads [default: every core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

