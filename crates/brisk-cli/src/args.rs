@@ -24,6 +24,9 @@ pub enum Command {
     /// Encode text with a pre-trained model (a HF BERT checkpoint or a
     /// brisk run): one vector per text, as JSON lines.
     Embed(EmbedArgs),
+    /// Write a pre-training run's newest checkpoint as a HuggingFace
+    /// BertForMaskedLM directory (config.json, model.safetensors, tokenizer).
+    Export(ExportArgs),
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]
@@ -128,6 +131,19 @@ pub struct FillMaskArgs {
     /// How many candidates to show per [MASK].
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub top_k: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run directory made by `brisk pretrain`.
+    #[arg(value_name = "RUN")]
+    pub run: PathBuf,
+    /// The HF checkpoint directory to write.
+    #[arg(long, value_name = "DIR")]
+    pub hf: PathBuf,
+    /// Replace DIR if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

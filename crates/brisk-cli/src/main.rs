@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use args::{
-    Cli, Command, CorpusCommand, EmbedArgs, FillMaskArgs, GenerateArgs, JobArgs, PrepareArgs,
-    PretrainArgs,
+    Cli, Command, CorpusCommand, EmbedArgs, ExportArgs, FillMaskArgs, GenerateArgs, JobArgs,
+    PrepareArgs, PretrainArgs,
 };
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::shards::PreparedCorpus;
@@ -38,6 +38,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Pretrain(args) => pretrain(args),
         Command::FillMask(args) => fill_mask(args),
         Command::Embed(args) => embed(args),
+        Command::Export(args) => export(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),
@@ -418,6 +419,15 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
         Some(path) => run::write_atomic(path, lines.as_bytes())?,
         None => print!("{lines}"),
     }
+    Ok(())
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    brisk::hf::export_run(&args.run, &args.hf, args.force)?;
+    println!(
+        "wrote {} (load it with transformers.AutoModelForMaskedLM.from_pretrained)",
+        args.hf.display()
+    );
     Ok(())
 }
 

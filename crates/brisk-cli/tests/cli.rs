@@ -337,18 +337,57 @@ fn pretrain_runs_on_the_built_in_corpus() {
     assert!(stderr(&out).contains("[MASK]"), "{}", stderr(&out));
 
     // ... and encode text: one line of `hidden_size` numbers per text.
-    let out = brisk(
-        &["embed", "--model", "run", "one text", "and another"],
-        dir.path(),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let texts = ["one text", "and another"];
+    let embed = |model: &str| {
+        brisk(
+            &[&["embed", "--model", model][..], &texts].concat(),
+            dir.path(),
+        )
+    };
+    let embedded = embed("run");
+    assert!(embedded.status.success(), "{}", stderr(&embedded));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&embedded.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1]["text"], "and another");
     assert_eq!(rows[0]["vector"].as_array().unwrap().len(), 128);
+
+    // Exported as a HF checkpoint, it loads back with the same vectors.
+    let export = || brisk(&["export", "run", "--hf", "exported"], dir.path());
+    let out = export();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        assert!(dir.path().join("exported").join(file).exists(), "{file}");
+    }
+    let again = embed("exported");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(again.stdout, embedded.stdout);
+    assert_eq!(
+        export().status.code(),
+        Some(2),
+        "an existing export is refused"
+    );
+}
+
+#[test]
+fn export_refuses_models_hf_bert_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = quick_pretrain("pre-ln", &["--steps", "1", "--set", "model.norm=pre"]);
+    let out = run_brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = brisk(&["export", "pre-ln", "--hf", "exported"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("post-LN"), "{}", stderr(&out));
+    assert!(!dir.path().join("exported").exists());
 }
 
 /// A pre-training run small enough for tests: tiny model, 32-token

@@ -1,6 +1,7 @@
 //! HuggingFace BERT checkpoints: a directory with `config.json`,
 //! `model.safetensors` and `tokenizer.json` or `vocab.txt`, as
-//! `save_pretrained` writes it.
+//! `save_pretrained` writes it. This module reads them; [`export`] writes a
+//! brisk run as one.
 //!
 //! brisk's tensor names are HF's (`bert.embeddings.word_embeddings.weight`,
 //! ...), so a checkpoint loads by name. A bare `BertModel` checkpoint names
@@ -17,6 +18,9 @@ use serde::Deserialize;
 use crate::config::{Kernels, ModelConfig, Norm, Position};
 use crate::error::{Error, Result};
 use crate::model::Params;
+
+pub mod export;
+pub use export::export_run;
 
 /// The files of a HF checkpoint directory, found and checked.
 #[derive(Debug, Clone)]
