@@ -24,6 +24,9 @@ pub enum Command {
     /// Encode text with a pre-trained model (a HF BERT checkpoint or a
     /// brisk run): one vector per text, as JSON lines.
     Embed(EmbedArgs),
+    /// Fine-tune a pre-trained model (a HF BERT checkpoint or a brisk run) on
+    /// a task: a built-in GLUE task or a TOML task file.
+    Finetune(FinetuneArgs),
     /// Write a pre-training run's newest checkpoint as a HuggingFace
     /// BertForMaskedLM directory (config.json, model.safetensors, tokenizer).
     Export(ExportArgs),
@@ -131,6 +134,53 @@ pub struct FillMaskArgs {
     /// How many candidates to show per [MASK].
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub top_k: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// A HF BERT checkpoint directory or a run directory made by `brisk pretrain`.
+    #[arg(long, value_name = "MODEL")]
+    pub model: PathBuf,
+    /// sst2, cola, rte, stsb, or a TOML task file (see docs/tasks.md).
+    #[arg(long, value_name = "TASK")]
+    pub task: String,
+    /// Peak learning rate, or a comma-separated grid (the best by mean dev score is reported).
+    #[arg(long, default_value = "2e-5", value_name = "LR[,LR...]")]
+    pub lr: String,
+    /// Seeds, comma-separated; results are reported as mean ± std over them.
+    #[arg(long, default_value = "1", value_name = "S[,S...]")]
+    pub seeds: String,
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub batch_size: usize,
+    /// Longest input in tokens, specials included.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub max_len: usize,
+    /// Use only the first N training examples (for quick runs).
+    #[arg(long, value_name = "N")]
+    pub max_train: Option<usize>,
+    /// Save a checkpoint every K steps (step 0 is always saved).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub save_every: u64,
+    /// Stop after P epochs without a better dev score (0: never).
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    pub patience: usize,
+    /// Where the built-in tasks' files are [default: $BRISK_SHARED_DIR/data/glue, else ../shared/data/glue].
+    #[arg(long, value_name = "DIR")]
+    pub glue_dir: Option<PathBuf>,
+    /// Run directory [default: runs/finetune-<task>-<YYYYmmdd-HHMMSS>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Overwrite the run directory if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Worker threads [default: every core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

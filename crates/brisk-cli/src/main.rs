@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use args::{
-    Cli, Command, CorpusCommand, EmbedArgs, ExportArgs, FillMaskArgs, GenerateArgs, JobArgs,
-    PrepareArgs, PretrainArgs,
+    Cli, Command, CorpusCommand, EmbedArgs, ExportArgs, FillMaskArgs, FinetuneArgs, GenerateArgs,
+    JobArgs, PrepareArgs, PretrainArgs,
 };
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::shards::PreparedCorpus;
@@ -39,6 +39,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::FillMask(args) => fill_mask(args),
         Command::Embed(args) => embed(args),
         Command::Export(args) => export(args),
+        Command::Finetune(args) => finetune(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),
@@ -419,6 +420,105 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
         Some(path) => run::write_atomic(path, lines.as_bytes())?,
         None => print!("{lines}"),
     }
+    Ok(())
+}
+
+/// A comma-separated list of numbers for `flag`.
+fn number_list<T: std::str::FromStr>(flag: &str, text: &str) -> anyhow::Result<Vec<T>> {
+    text.split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| usage(&format!("{flag} {text:?}: {v:?} is not a number")))
+        })
+        .collect()
+}
+
+/// The folder of the built-in GLUE tasks' files.
+fn glue_dir(flag: Option<&std::path::Path>) -> std::path::PathBuf {
+    match (flag, std::env::var_os("BRISK_SHARED_DIR")) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(shared)) => std::path::PathBuf::from(shared).join("data/glue"),
+        (None, None) => std::path::PathBuf::from("../shared/data/glue"),
+    }
+}
+
+fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
+    use brisk::tasks::{self, Recipe, Task};
+    init_threads(args.threads)?;
+    let task = Task::resolve(&args.task, &glue_dir(args.glue_dir.as_deref()))?;
+    let rates: Vec<f64> = number_list("--lr", &args.lr)?;
+    let seeds: Vec<u64> = number_list("--seeds", &args.seeds)?;
+    if rates.iter().any(|&r| !(r > 0.0 && r.is_finite())) {
+        return Err(usage("--lr: learning rates must be positive"));
+    }
+    for (flag, value) in [
+        ("--epochs", args.epochs),
+        ("--batch-size", args.batch_size),
+        ("--max-len", args.max_len),
+    ] {
+        if value == 0 {
+            return Err(usage(&format!("{flag} must be at least 1")));
+        }
+    }
+    if args.max_len < 3 {
+        return Err(usage(
+            "--max-len must leave room for [CLS] and [SEP] (at least 3)",
+        ));
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| run::default_run_path("finetune", &task.spec.name));
+    let existing = if args.force {
+        Existing::Overwrite
+    } else {
+        Existing::Refuse
+    };
+    let run = RunDir::create(&out, existing)?;
+    run.write_provenance()?;
+    let mut results = Vec::new();
+    for &lr in &rates {
+        for &seed in &seeds {
+            let recipe = Recipe {
+                learning_rate: lr,
+                epochs: args.epochs,
+                batch_size: args.batch_size,
+                max_len: args.max_len,
+                patience: args.patience,
+                max_train: args.max_train.unwrap_or(0),
+                save_every: args.save_every,
+                ..Recipe::default()
+            };
+            let dir = run.path.join(format!("lr-{lr:e}-seed-{seed}"));
+            std::fs::create_dir_all(&dir).map_err(|e| brisk::Error::io(&dir, e))?;
+            run::write_json(&dir.join("recipe.json"), &recipe)?;
+            if !args.quiet {
+                eprintln!("{}: learning rate {lr:e}, seed {seed}", task.spec.name);
+            }
+            let quiet = args.quiet;
+            let result = brisk::runtime::on_pool(|| {
+                tasks::finetune(&args.model, &task, &recipe, seed, &dir, |line| {
+                    if !quiet {
+                        eprintln!("  {line}");
+                    }
+                })
+            })?;
+            results.push(result);
+        }
+    }
+    tasks::finetune::write_results(&run.path.join("results.json"), &task, &results)?;
+    let (lr, best) = tasks::finetune::best_learning_rate(&task, &results);
+    let best: Vec<_> = best.into_iter().cloned().collect();
+    println!(
+        "{} on dev, learning rate {lr:e}, {} seed(s):",
+        task.spec.name,
+        best.len()
+    );
+    for (metric, (mean, std)) in tasks::finetune::summarise(&best) {
+        println!("  {metric:<9} {mean:.4} ± {std:.4}");
+    }
+    println!("results: {}", run.path.join("results.json").display());
     Ok(())
 }
 

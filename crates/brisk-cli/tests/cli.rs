@@ -757,3 +757,131 @@ fn embed_gives_hf_transformers_vectors_for_a_hf_checkpoint() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("nowhere"), "{}", stderr(&missing));
 }
+
+/// A sentiment task a pre-trained model learns in a few steps, defined only
+/// in TOML: `(train, dev)` TSV text.
+fn toy_sentiment() -> (String, String) {
+    let subjects = [
+        "the film",
+        "this book",
+        "our dinner",
+        "the concert",
+        "her new song",
+        "the hotel",
+        "that game",
+        "his speech",
+    ];
+    let good = ["good", "wonderful", "great", "lovely"];
+    let bad = ["bad", "awful", "terrible", "boring"];
+    let mut rows = Vec::new();
+    for s in subjects {
+        for (g, b) in good.iter().zip(&bad) {
+            rows.push(format!("{s} was really {g} .\tyes"));
+            rows.push(format!("{s} was really {b} .\tno"));
+        }
+    }
+    // Every fourth pair goes to dev.
+    let (mut train, mut dev) = (
+        String::from("text\tverdict\n"),
+        String::from("text\tverdict\n"),
+    );
+    for (k, row) in rows.iter().enumerate() {
+        let split = if (k / 2) % 4 == 3 {
+            &mut dev
+        } else {
+            &mut train
+        };
+        split.push_str(row);
+        split.push('\n');
+    }
+    (train, dev)
+}
+
+#[test]
+fn finetune_learns_a_task_defined_in_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, dev) = toy_sentiment();
+    std::fs::write(dir.path().join("train.tsv"), train).unwrap();
+    std::fs::write(dir.path().join("dev.tsv"), dev).unwrap();
+    std::fs::write(
+        dir.path().join("toy.toml"),
+        r#"name = "toy"
+kind = "classification"
+labels = ["no", "yes"]
+metrics = ["accuracy", "f1", "mcc"]
+header = true
+text_a = "text"
+label = "verdict"
+train = "train.tsv"
+dev = "dev.tsv"
+"#,
+    )
+    .unwrap();
+    let model = minilm_dir();
+    let args = [
+        "finetune",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "toy.toml",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-4",
+        "--seeds",
+        "1,2",
+        "--save-every",
+        "4",
+        "--out",
+        "ft",
+        "--quiet",
+    ];
+    let out = brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ft = dir.path().join("ft");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ft.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(results["seeds"], 2);
+    let acc = results["dev"]["accuracy"]["mean"].as_f64().unwrap();
+    eprintln!("toy task: dev accuracy {acc} (mean of 2 seeds)");
+    assert!(acc >= 0.875, "dev accuracy {acc}: {results}");
+    assert!(results["dev"]["mcc"]["std"].as_f64().unwrap() >= 0.0);
+    let run = ft.join("lr-1e-4-seed-1");
+    for file in [
+        "checkpoints/step-000000/model.safetensors",
+        "checkpoints/step-000004/model.safetensors",
+        "best/model.safetensors",
+        "metrics.jsonl",
+        "recipe.json",
+        "tokenizer.json",
+    ] {
+        assert!(run.join(file).exists(), "{file}");
+    }
+    // Step 0 holds the whole model, the new head's initialisation included.
+    let bytes = std::fs::read(run.join("checkpoints/step-000000/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + n]);
+    assert!(header.contains("classifier.weight") && header.contains("bert.pooler.dense.weight"));
+    let predictions = std::fs::read_to_string(run.join("predictions-dev.tsv")).unwrap();
+    assert_eq!(predictions.lines().count(), 1 + 16);
+    assert!(predictions.starts_with("index\tprediction\tlabel\n0\t"));
+    let epochs = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(epochs.lines().count(), 3);
+
+    assert_eq!(
+        brisk(&args, dir.path()).status.code(),
+        Some(2),
+        "an existing run is refused"
+    );
+    let unknown = brisk(
+        &[
+            "finetune", "--model", "m", "--task", "nonesuch", "--out", "x",
+        ],
+        dir.path(),
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("sst2"), "{}", stderr(&unknown));
+}

@@ -2,7 +2,7 @@
 //! checkpoint or a `brisk pretrain` run: text in; hidden states and pooled
 //! sentence vectors out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use tokenizers::{EncodeInput, Tokenizer};
@@ -36,6 +36,75 @@ pub struct Batch {
     pub tokens: Vec<Vec<u32>>,
 }
 
+/// A pre-trained model's config, tokenizer and weights file: a HF
+/// checkpoint directory (with `config.json`) or a `brisk pretrain` run
+/// (with `config.toml`; its newest checkpoint).
+pub struct Pretrained {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub tokenizer_file: PathBuf,
+    pub weights: PathBuf,
+}
+
+impl Pretrained {
+    pub fn open(path: &Path) -> Result<Pretrained> {
+        let (config, tokenizer_file, lowercase, weights) = if path.join("config.json").exists() {
+            let ckpt = Checkpoint::open(path)?;
+            (ckpt.config, ckpt.tokenizer, ckpt.lowercase, ckpt.weights)
+        } else if path.join("config.toml").exists() {
+            let config = config::resolve(&ConfigSource {
+                file: Some(path.join("config.toml")),
+                ..Default::default()
+            })?;
+            let weights = crate::train::checkpoint::latest_weights(path)?;
+            let lowercase = config.data.lowercase;
+            (
+                config.model,
+                path.join("tokenizer.json"),
+                lowercase,
+                weights,
+            )
+        } else {
+            return Err(Error::data(
+                path,
+                "is neither a HF checkpoint (config.json, model.safetensors, tokenizer) \
+                 nor a brisk run directory (config.toml, checkpoints/)",
+            ));
+        };
+        let mut tokenizer = load_tokenizer(&tokenizer_file, lowercase)?;
+        // Batches are padded to their longest sequence and cut to the
+        // model's positions here; a padding or length saved in the
+        // tokenizer would change the inputs.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > config.vocab_size {
+            return Err(Error::data(
+                &tokenizer_file,
+                format!(
+                    "has {vocab} tokens but the model's vocab_size is {}",
+                    config.vocab_size
+                ),
+            ));
+        }
+        Ok(Pretrained {
+            config,
+            tokenizer,
+            tokenizer_file,
+            weights,
+        })
+    }
+
+    /// Fills `params` from the weights file by HF name; parameters whose
+    /// names start with one of `optional` may be missing there (a new task
+    /// head keeps its initial values).
+    pub fn load_into(&self, params: &Params, optional: &[&str]) -> Result<()> {
+        hf::load_weights(params, &self.weights, optional)
+    }
+}
+
 /// A pre-trained encoder with its tokenizer, ready to encode text.
 pub struct Encoder {
     pub config: ModelConfig,
@@ -47,119 +116,26 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads `path`: a HF checkpoint directory (with `config.json`) or a
-    /// `brisk pretrain` run (with `config.toml`; its newest checkpoint).
+    /// Loads a HF checkpoint directory or a `brisk pretrain` run (see
+    /// [`Pretrained`]).
     pub fn load(path: &Path) -> Result<Encoder> {
-        if path.join("config.json").exists() {
-            Encoder::from_hf(path)
-        } else if path.join("config.toml").exists() {
-            Encoder::from_run(path)
-        } else {
-            Err(Error::data(
-                path,
-                "is neither a HF checkpoint (config.json, model.safetensors, tokenizer) \
-                 nor a brisk run directory (config.toml, checkpoints/)",
-            ))
-        }
-    }
-
-    /// Loads a HF checkpoint directory.
-    pub fn from_hf(dir: &Path) -> Result<Encoder> {
-        let ckpt = Checkpoint::open(dir)?;
-        let tokenizer = load_tokenizer(&ckpt.tokenizer, ckpt.lowercase)?;
-        Encoder::assemble(ckpt.config, tokenizer, &ckpt.tokenizer, |params| {
-            hf::load_weights(params, &ckpt.weights)
-        })
-    }
-
-    /// Loads the newest checkpoint of a `brisk pretrain` run.
-    pub fn from_run(run: &Path) -> Result<Encoder> {
-        let config = config::resolve(&ConfigSource {
-            file: Some(run.join("config.toml")),
-            ..Default::default()
-        })?;
-        let tokenizer_file = run.join("tokenizer.json");
-        let tokenizer = load_tokenizer(&tokenizer_file, config.data.lowercase)?;
-        let weights = crate::train::checkpoint::latest_weights(run)?;
-        Encoder::assemble(config.model, tokenizer, &tokenizer_file, |params| {
-            params.load(&weights)
-        })
-    }
-
-    /// Builds the encoder for `config`, fills its weights with `load`, and
-    /// checks the tokenizer against the vocabulary.
-    fn assemble(
-        config: ModelConfig,
-        mut tokenizer: Tokenizer,
-        tokenizer_file: &Path,
-        load: impl FnOnce(&Params) -> Result<()>,
-    ) -> Result<Encoder> {
-        // Batches are padded to their longest sequence and cut to the
-        // model's positions here; a padding or length saved in the
-        // tokenizer would change the inputs.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let vocab = tokenizer.get_vocab_size(true);
-        if vocab > config.vocab_size {
-            return Err(Error::data(
-                tokenizer_file,
-                format!(
-                    "has {vocab} tokens but the model's vocab_size is {}",
-                    config.vocab_size
-                ),
-            ));
-        }
+        let pre = Pretrained::open(path)?;
         let mut params = Params::new(Device::Cpu, DType::F32);
-        let bert = Bert::new(&mut params, &config, &mut Rng::new(0))?;
-        load(&params)?;
+        let bert = Bert::new(&mut params, &pre.config, &mut Rng::new(0))?;
+        pre.load_into(&params, &[])?;
         Ok(Encoder {
-            max_len: config.max_position_embeddings,
-            config,
+            max_len: pre.config.max_position_embeddings,
+            config: pre.config,
             params,
             bert,
-            tokenizer,
+            tokenizer: pre.tokenizer,
         })
     }
 
     /// Tokenizes texts with the special tokens, truncated to `max_len`
     /// (longest part first, for pairs), padded to the longest.
     pub fn tokenize(&self, texts: &[Text]) -> Result<Batch> {
-        let inputs: Vec<EncodeInput> = texts
-            .iter()
-            .map(|t| match *t {
-                Text::Single(a) => EncodeInput::Single(a.into()),
-                Text::Pair(a, b) => EncodeInput::Dual(a.into(), b.into()),
-            })
-            .collect();
-        let encodings = self.tokenizer.encode_batch(inputs, true)?;
-        let mut tokens = Vec::with_capacity(encodings.len());
-        let mut types = Vec::with_capacity(encodings.len());
-        for (enc, text) in encodings.iter().zip(texts) {
-            let (ids, tt) = truncate(enc.get_ids(), enc.get_type_ids(), self.max_len, *text);
-            tokens.push(ids);
-            types.push(tt);
-        }
-        let len = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let pad = |rows: &[Vec<u32>]| -> Vec<u32> {
-            rows.iter()
-                .flat_map(|r| r.iter().copied().chain(std::iter::repeat(0)).take(len))
-                .collect()
-        };
-        let mask: Vec<f32> = tokens
-            .iter()
-            .flat_map(|r| (0..len).map(move |i| if i < r.len() { 1.0 } else { 0.0 }))
-            .collect();
-        let shape = (tokens.len(), len);
-        let dev = Device::Cpu;
-        Ok(Batch {
-            ids: Tensor::from_vec(pad(&tokens), shape, &dev)?,
-            token_types: Tensor::from_vec(pad(&types), shape, &dev)?,
-            mask: Tensor::from_vec(mask, shape, &dev)?,
-            lengths: tokens.iter().map(Vec::len).collect(),
-            tokens,
-        })
+        tokenize(&self.tokenizer, self.max_len, texts)
     }
 
     /// The last hidden states `[batch, len, hidden]` (padding rows included).
@@ -172,6 +148,45 @@ impl Encoder {
             &mut Ctx::eval(),
         )
     }
+}
+
+/// Tokenizes texts with the special tokens, truncated to `max_len`
+/// (longest part first, for pairs), padded to the longest.
+pub fn tokenize(tokenizer: &Tokenizer, max_len: usize, texts: &[Text]) -> Result<Batch> {
+    let inputs: Vec<EncodeInput> = texts
+        .iter()
+        .map(|t| match *t {
+            Text::Single(a) => EncodeInput::Single(a.into()),
+            Text::Pair(a, b) => EncodeInput::Dual(a.into(), b.into()),
+        })
+        .collect();
+    let encodings = tokenizer.encode_batch(inputs, true)?;
+    let mut tokens = Vec::with_capacity(encodings.len());
+    let mut types = Vec::with_capacity(encodings.len());
+    for (enc, text) in encodings.iter().zip(texts) {
+        let (ids, tt) = truncate(enc.get_ids(), enc.get_type_ids(), max_len, *text);
+        tokens.push(ids);
+        types.push(tt);
+    }
+    let len = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let pad = |rows: &[Vec<u32>]| -> Vec<u32> {
+        rows.iter()
+            .flat_map(|r| r.iter().copied().chain(std::iter::repeat(0)).take(len))
+            .collect()
+    };
+    let mask: Vec<f32> = tokens
+        .iter()
+        .flat_map(|r| (0..len).map(move |i| if i < r.len() { 1.0 } else { 0.0 }))
+        .collect();
+    let shape = (tokens.len(), len);
+    let dev = Device::Cpu;
+    Ok(Batch {
+        ids: Tensor::from_vec(pad(&tokens), shape, &dev)?,
+        token_types: Tensor::from_vec(pad(&types), shape, &dev)?,
+        mask: Tensor::from_vec(mask, shape, &dev)?,
+        lengths: tokens.iter().map(Vec::len).collect(),
+        tokens,
+    })
 }
 
 /// How a sequence's hidden states become one vector.

@@ -7,7 +7,8 @@
 //! - [`model`]: the BERT encoder and its heads;
 //! - [`pretrain`]: objectives (masked LM);
 //! - [`train`]: optimiser, schedule, checkpoints and the training loop;
-//! - [`hf`]: HuggingFace BERT checkpoints in;
+//! - [`tasks`]: fine-tuning and evaluation on downstream tasks;
+//! - [`hf`]: HuggingFace BERT checkpoints in and out;
 //! - [`encoder`]: a pre-trained encoder (HF or brisk) with its tokenizer:
 //!   text in, hidden states and sentence vectors out;
 //! - [`run`]: run directories, provenance and atomic writes;
@@ -24,6 +25,7 @@ pub mod plot;
 pub mod pretrain;
 pub mod run;
 pub mod runtime;
+pub mod tasks;
 pub mod train;
 
 pub use error::{Error, Result};

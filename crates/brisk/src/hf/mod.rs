@@ -221,9 +221,10 @@ fn read_lowercase(path: &Path) -> Result<bool> {
 /// Loads the weights of `file` into `params`, by HF name. A file without
 /// the `bert.` prefix (a bare `BertModel`) is read as if it had it. A
 /// missing tensor or a shape mismatch is an error naming the tensor, as the
-/// file names it, and both shapes. Other tensors (a pooler, `position_ids`,
-/// another head) are ignored.
-pub fn load_weights(params: &Params, file: &Path) -> Result<()> {
+/// file names it, and both shapes; parameters whose names start with one
+/// of `optional` may be missing (they keep their initial values). Other
+/// tensors (a pooler, `position_ids`, another head) are ignored.
+pub fn load_weights(params: &Params, file: &Path, optional: &[&str]) -> Result<()> {
     let tensors = candle_core::safetensors::load(file, &Device::Cpu)
         .map_err(|e| Error::data(file, format!("not a readable safetensors file: {e}")))?;
     let bare = !tensors.keys().any(|k| k.starts_with("bert."));
@@ -233,15 +234,19 @@ pub fn load_weights(params: &Params, file: &Path) -> Result<()> {
             _ => name.to_string(),
         }
     };
+    let may_miss = |name: &str| optional.iter().any(|p| name.starts_with(p));
     let mut renamed = HashMap::new();
     for (name, wanted) in params.iter() {
         let in_file = file_name(name);
-        let t = tensors.get(&in_file).ok_or_else(|| {
-            Error::data(
+        let Some(t) = tensors.get(&in_file) else {
+            if may_miss(name) {
+                continue;
+            }
+            return Err(Error::data(
                 file,
                 format!("has no tensor {in_file} (shape {:?})", wanted.dims()),
-            )
-        })?;
+            ));
+        };
         if t.dims() != wanted.dims() {
             return Err(Error::data(
                 file,
@@ -254,5 +259,5 @@ pub fn load_weights(params: &Params, file: &Path) -> Result<()> {
         }
         renamed.insert(name.to_string(), t.clone());
     }
-    params.assign(&renamed, file)
+    params.assign(&renamed, file, may_miss)
 }

@@ -13,15 +13,15 @@ use crate::error::{Error, Result};
 
 /// `y = x Wᵀ + b` with HF's `[out, in]` weight layout.
 #[derive(Debug, Clone)]
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Linear {
     /// Adds `{local}.weight` (N(0, std²), `[outputs, inputs]`) and
     /// `{local}.bias` (zeros) to a group.
-    fn add(
+    pub(crate) fn add(
         group: &mut GroupBuilder,
         local: &str,
         (inputs, outputs): (usize, usize),
@@ -32,14 +32,14 @@ impl Linear {
         group.zeros(&format!("{local}.bias"), &[outputs]);
     }
 
-    fn view(group: &Group, local: &str) -> Result<Linear> {
+    pub(crate) fn view(group: &Group, local: &str) -> Result<Linear> {
         Ok(Linear {
             weight: group.view(&format!("{local}.weight"))?,
             bias: group.view(&format!("{local}.bias"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inputs = *dims.last().unwrap();
         let rows = x.elem_count() / inputs;

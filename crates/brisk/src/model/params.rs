@@ -282,18 +282,28 @@ impl Params {
     pub fn load(&self, path: &Path) -> Result<()> {
         let tensors = candle_core::safetensors::load(path, &self.device)
             .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
-        self.assign(&tensors, path)
+        self.assign(&tensors, path, |_| false)
     }
 
     /// Overwrites every parameter with the tensor of the same name; errors
-    /// name `path` (the file the tensors came from) and the tensor.
-    pub fn assign(&self, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    /// name `path` (the file the tensors came from) and the tensor. A
+    /// parameter for which `may_miss` is true keeps its value when the
+    /// tensors lack it (a new task head, say).
+    pub fn assign(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        path: &Path,
+        may_miss: impl Fn(&str) -> bool,
+    ) -> Result<()> {
         for group in &self.groups {
             let parts = group
                 .entries
                 .iter()
                 .map(|e| {
-                    let t = named(tensors, path, &e.name, &e.shape)?;
+                    let t = match tensors.get(&e.name) {
+                        None if may_miss(&e.name) => &e.view,
+                        _ => named(tensors, path, &e.name, &e.shape)?,
+                    };
                     Ok(t.to_dtype(self.dtype)?.flatten_all()?)
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -1,0 +1,332 @@
+//! Fine-tuning a pre-trained encoder on a task: BERT's recipe (AdamW,
+//! linear warm-up over 10% then linear decay, 3 epochs, batch 32, length
+//! 128), with batches padded to their longest text, dev evaluation after
+//! each epoch, the best-on-dev checkpoint kept, and early stopping.
+//!
+//! One call runs one seed and one learning rate into its own directory:
+//! `checkpoints/step-NNNNNN/model.safetensors` (step 0, the weights before
+//! any update, head initialisation included, then every `save_every`
+//! steps: what the loss-landscape views need), `best/model.safetensors`,
+//! `predictions-dev.tsv` of the best epoch, and `metrics.jsonl`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use super::classifier::{Classifier, HEAD_PREFIXES};
+use super::data::{read_split, Example, Kind, Task};
+use super::metrics;
+use crate::config::Preset;
+use crate::corpus::generated::Rng;
+use crate::encoder::{tokenize, Pretrained, Text};
+use crate::error::{Error, Result};
+use crate::model::{Ctx, Params};
+use crate::run::{write_atomic, write_json};
+use crate::train::optim::{clip_scale, grad_norm, gradients, AdamW};
+use crate::train::schedule::{linear_warmup_decay, warmup_steps};
+
+/// The fine-tuning recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recipe {
+    pub learning_rate: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Longest input in tokens, specials included.
+    pub max_len: usize,
+    pub warmup_fraction: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// Stop after this many epochs without a better dev score (0: never).
+    pub patience: usize,
+    /// Keep only the first N training examples (0: all).
+    pub max_train: usize,
+    /// Save a checkpoint every N steps besides step 0 (0: only step 0).
+    pub save_every: u64,
+}
+
+impl Default for Recipe {
+    fn default() -> Recipe {
+        Recipe {
+            learning_rate: 2e-5,
+            epochs: 3,
+            batch_size: 32,
+            max_len: 128,
+            warmup_fraction: 0.1,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            patience: 0,
+            max_train: 0,
+            save_every: 0,
+        }
+    }
+}
+
+/// What one seed's run reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedResult {
+    pub seed: u64,
+    pub learning_rate: f64,
+    /// The dev scores of the best epoch (chosen by the task's first metric).
+    pub dev: BTreeMap<String, f64>,
+    pub best_epoch: usize,
+    pub steps: u64,
+    pub dir: PathBuf,
+}
+
+/// A task's data, tokenization aside.
+struct Split {
+    examples: Vec<Example>,
+}
+
+impl Split {
+    fn texts(&self, idx: &[usize]) -> Vec<Text<'_>> {
+        idx.iter()
+            .map(|&i| {
+                let e = &self.examples[i];
+                match &e.b {
+                    Some(b) => Text::Pair(&e.a, b),
+                    None => Text::Single(&e.a),
+                }
+            })
+            .collect()
+    }
+
+    fn labels(&self, idx: &[usize]) -> Vec<f32> {
+        idx.iter().map(|&i| self.examples[i].label).collect()
+    }
+}
+
+/// A seeded permutation of `0..n` (Fisher–Yates).
+fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+fn save_weights(params: &Params, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    params.save(&dir.join("model.safetensors"))
+}
+
+/// The checkpoint directory of `step`.
+fn step_dir(out: &Path, step: u64) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Fine-tunes `model` (a HF checkpoint or a brisk run) on `task` with one
+/// seed, writing into `out` (which must exist).
+pub fn finetune(
+    model: &Path,
+    task: &Task,
+    recipe: &Recipe,
+    seed: u64,
+    out: &Path,
+    mut progress: impl FnMut(&str),
+) -> Result<SeedResult> {
+    let pre = Pretrained::open(model)?;
+    let mut cfg = pre.config.clone();
+    cfg.kernels = crate::config::Kernels::Fused;
+    let max_len = recipe.max_len.min(cfg.max_position_embeddings);
+    let mut train = read_split(&task.spec, &task.train)?;
+    if recipe.max_train > 0 {
+        train.truncate(recipe.max_train);
+    }
+    let train = Split { examples: train };
+    let dev = Split {
+        examples: read_split(&task.spec, &task.dev)?,
+    };
+
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = Classifier::new(&mut params, &cfg, task.num_outputs(), &mut Rng::new(seed))?;
+    pre.load_into(&params, &HEAD_PREFIXES)?;
+    save_weights(&params, &step_dir(out, 0))?;
+    std::fs::copy(&pre.tokenizer_file, out.join("tokenizer.json"))
+        .map_err(|e| Error::io(&pre.tokenizer_file, e))?;
+
+    let mut train_cfg = Preset::Tiny.config().train;
+    train_cfg.weight_decay = recipe.weight_decay;
+    train_cfg.adam_epsilon = 1e-6;
+    let mut opt = AdamW::new(&params, &train_cfg)?;
+    let per_epoch = train.examples.len().div_ceil(recipe.batch_size) as u64;
+    let total = per_epoch * recipe.epochs as u64;
+    let warmup = warmup_steps(total, recipe.warmup_fraction);
+    let metric = task.spec.metrics[0].as_str();
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut step = 0u64;
+    let mut best: Option<(f64, usize, BTreeMap<String, f64>)> = None;
+    let mut stale = 0;
+    let mut log = String::new();
+
+    for epoch in 1..=recipe.epochs {
+        let order = shuffled(train.examples.len(), &mut rng);
+        let mut loss_sum = 0.0;
+        for idx in order.chunks(recipe.batch_size) {
+            let batch = tokenize(&pre.tokenizer, max_len, &train.texts(idx))?;
+            let outputs = model.forward(&batch, &mut Ctx::train(&mut rng))?;
+            let loss = model.loss(&outputs, &train.labels(idx))?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(Error::Training(format!(
+                    "the loss became {value} at step {step} (try a smaller learning rate)"
+                )));
+            }
+            loss_sum += value;
+            let grads = gradients(&params, &loss.backward()?)?;
+            let norm = grad_norm(&grads)?;
+            let lr = linear_warmup_decay(recipe.learning_rate, step, warmup, total);
+            opt.update(&grads, lr, clip_scale(norm, recipe.max_grad_norm))?;
+            step += 1;
+            if recipe.save_every > 0 && step.is_multiple_of(recipe.save_every) {
+                save_weights(&params, &step_dir(out, step))?;
+            }
+        }
+        let (predicted, scores) = evaluate(&model, &pre, max_len, &dev, task, recipe.batch_size)?;
+        let score = scores[metric];
+        let row = serde_json::json!({
+            "epoch": epoch,
+            "step": step,
+            "loss": loss_sum / per_epoch as f64,
+            "dev": scores,
+        });
+        log.push_str(&row.to_string());
+        log.push('\n');
+        write_atomic(&out.join("metrics.jsonl"), log.as_bytes())?;
+        progress(&format!(
+            "epoch {epoch}/{}  train loss {:.4}  dev {metric} {score:.4}",
+            recipe.epochs,
+            loss_sum / per_epoch as f64
+        ));
+        if best.as_ref().is_none_or(|(b, _, _)| score > *b) {
+            save_weights(&params, &out.join("best"))?;
+            write_predictions(&out.join("predictions-dev.tsv"), &dev, &predicted, task)?;
+            best = Some((score, epoch, scores));
+            stale = 0;
+        } else {
+            stale += 1;
+            if recipe.patience > 0 && stale >= recipe.patience {
+                progress(&format!(
+                    "no better dev {metric} for {stale} epochs: stopping"
+                ));
+                break;
+            }
+        }
+    }
+    let (_, best_epoch, dev_scores) = best.expect("at least one epoch ran");
+    Ok(SeedResult {
+        seed,
+        learning_rate: recipe.learning_rate,
+        dev: dev_scores,
+        best_epoch,
+        steps: step,
+        dir: out.to_path_buf(),
+    })
+}
+
+/// Predictions on `split` and the task's metrics on them.
+fn evaluate(
+    model: &Classifier,
+    pre: &Pretrained,
+    max_len: usize,
+    split: &Split,
+    task: &Task,
+    batch_size: usize,
+) -> Result<(Vec<f32>, BTreeMap<String, f64>)> {
+    let all: Vec<usize> = (0..split.examples.len()).collect();
+    let mut predicted = Vec::with_capacity(all.len());
+    for idx in all.chunks(batch_size) {
+        let batch = tokenize(&pre.tokenizer, max_len, &split.texts(idx))?;
+        predicted.extend(model.predict(&model.forward(&batch, &mut Ctx::eval())?)?);
+    }
+    let gold = split.labels(&all);
+    let scores = task
+        .spec
+        .metrics
+        .iter()
+        .map(|m| {
+            let s = metrics::score(m, &predicted, &gold).expect("checked metric name");
+            (m.clone(), s)
+        })
+        .collect();
+    Ok((predicted, scores))
+}
+
+/// `predictions-dev.tsv`: index, prediction (label value or score), gold.
+fn write_predictions(path: &Path, split: &Split, predicted: &[f32], task: &Task) -> Result<()> {
+    let shown = |v: f32| match task.spec.kind {
+        Kind::Classification => task.spec.labels[v as usize].clone(),
+        Kind::Regression => format!("{v:.4}"),
+    };
+    let mut text = String::from("index\tprediction\tlabel\n");
+    for (i, (p, e)) in predicted.iter().zip(&split.examples).enumerate() {
+        text.push_str(&format!("{i}\t{}\t{}\n", shown(*p), shown(e.label)));
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Mean and sample standard deviation of each metric over seeds.
+pub fn summarise(results: &[SeedResult]) -> BTreeMap<String, (f64, f64)> {
+    let mut out = BTreeMap::new();
+    if let Some(first) = results.first() {
+        for name in first.dev.keys() {
+            let v: Vec<f64> = results.iter().map(|r| r.dev[name]).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let var = if v.len() > 1 {
+                v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+            } else {
+                0.0
+            };
+            out.insert(name.clone(), (mean, var.sqrt()));
+        }
+    }
+    out
+}
+
+/// The learning rate whose seeds score best on average (by the task's
+/// first metric), with those seeds' results.
+pub fn best_learning_rate<'a>(
+    task: &Task,
+    results: &'a [SeedResult],
+) -> (f64, Vec<&'a SeedResult>) {
+    let metric = &task.spec.metrics[0];
+    let mut rates: Vec<f64> = results.iter().map(|r| r.learning_rate).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let of = |lr: f64| -> Vec<&SeedResult> {
+        results.iter().filter(|r| r.learning_rate == lr).collect()
+    };
+    let mean = |lr: f64| -> f64 {
+        let runs = of(lr);
+        runs.iter().map(|r| r.dev[metric]).sum::<f64>() / runs.len().max(1) as f64
+    };
+    let best = rates
+        .into_iter()
+        .max_by(|a, b| mean(*a).total_cmp(&mean(*b)))
+        .unwrap_or(0.0);
+    (best, of(best))
+}
+
+/// Writes `results.json`: every run, and the mean ± std over the seeds of
+/// the best learning rate.
+pub fn write_results(path: &Path, task: &Task, results: &[SeedResult]) -> Result<()> {
+    let (lr, best) = best_learning_rate(task, results);
+    let best: Vec<SeedResult> = best.into_iter().cloned().collect();
+    let summary: BTreeMap<String, serde_json::Value> = summarise(&best)
+        .into_iter()
+        .map(|(k, (m, s))| (k, serde_json::json!({ "mean": m, "std": s })))
+        .collect();
+    write_json(
+        path,
+        &serde_json::json!({
+            "task": task.spec.name,
+            "runs": results,
+            "best_learning_rate": lr,
+            "seeds": best.len(),
+            "dev": summary,
+        }),
+    )
+}

@@ -1,0 +1,12 @@
+//! Using pre-trained encoders on downstream tasks: GLUE-style sentence and
+//! sentence-pair classification and regression (BERT's fine-tuning,
+//! Devlin et al., 2019), with tasks described in TOML, GLUE's metrics, and
+//! several seeds reported as mean ± std.
+
+pub mod classifier;
+pub mod data;
+pub mod finetune;
+pub mod metrics;
+
+pub use data::{Task, TaskSpec};
+pub use finetune::{finetune, Recipe, SeedResult};
