@@ -165,6 +165,7 @@ pub fn finetune(
     for epoch in 1..=recipe.epochs {
         let order = shuffled(train.examples.len(), &mut rng);
         let mut loss_sum = 0.0;
+        let started = std::time::Instant::now();
         for idx in order.chunks(recipe.batch_size) {
             let batch = tokenize(&pre.tokenizer, max_len, &train.texts(idx))?;
             let outputs = model.forward(&batch, &mut Ctx::train(&mut rng))?;
@@ -185,12 +186,14 @@ pub fn finetune(
                 save_weights(&params, &step_dir(out, step))?;
             }
         }
+        let train_s = started.elapsed().as_secs_f64();
         let (predicted, scores) = evaluate(&model, &pre, max_len, &dev, task, recipe.batch_size)?;
         let score = scores[metric];
         let row = serde_json::json!({
             "epoch": epoch,
             "step": step,
             "loss": loss_sum / per_epoch as f64,
+            "train_s": train_s,
             "dev": scores,
         });
         log.push_str(&row.to_string());
