@@ -27,6 +27,9 @@ pub enum Command {
     /// Fine-tune a pre-trained model (a HF BERT checkpoint or a brisk run) on
     /// a task: a built-in GLUE task or a TOML task file.
     Finetune(FinetuneArgs),
+    /// Fine-tune and score a pre-trained model on several tasks; writes
+    /// results.json and a markdown table.
+    Eval(EvalArgs),
     /// Write a pre-training run's newest checkpoint as a HuggingFace
     /// BertForMaskedLM directory (config.json, model.safetensors, tokenizer).
     Export(ExportArgs),
@@ -144,6 +147,25 @@ pub struct FinetuneArgs {
     /// sst2, cola, rte, stsb, or a TOML task file (see docs/tasks.md).
     #[arg(long, value_name = "TASK")]
     pub task: String,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A HF BERT checkpoint directory or a run directory made by `brisk pretrain`.
+    #[arg(long, value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Comma-separated tasks: built-in names or TOML task files.
+    #[arg(long, default_value = "sst2,cola,rte,stsb", value_name = "T[,T...]")]
+    pub tasks: String,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// The fine-tuning recipe and run flags of `finetune` and `eval`.
+#[derive(Debug, Clone, Args)]
+pub struct TuningArgs {
     /// Peak learning rate, or a comma-separated grid (the best by mean dev score is reported).
     #[arg(long, default_value = "2e-5", value_name = "LR[,LR...]")]
     pub lr: String,
@@ -166,10 +188,13 @@ pub struct FinetuneArgs {
     /// Stop after P epochs without a better dev score (0: never).
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub patience: usize,
+    /// Layer-wise learning-rate decay, ELECTRA's recipe (e.g. 0.8; 1: off).
+    #[arg(long, default_value_t = 1.0, value_name = "D")]
+    pub layer_decay: f64,
     /// Where the built-in tasks' files are [default: $BRISK_SHARED_DIR/data/glue, else ../shared/data/glue].
     #[arg(long, value_name = "DIR")]
     pub glue_dir: Option<PathBuf>,
-    /// Run directory [default: runs/finetune-<task>-<YYYYmmdd-HHMMSS>].
+    /// Run directory [default: runs/<command>-<task>-<YYYYmmdd-HHMMSS>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Overwrite the run directory if it exists.

@@ -10,13 +10,14 @@ use anyhow::Context;
 use clap::Parser;
 
 use args::{
-    Cli, Command, CorpusCommand, EmbedArgs, ExportArgs, FillMaskArgs, FinetuneArgs, GenerateArgs,
-    JobArgs, PrepareArgs, PretrainArgs,
+    Cli, Command, CorpusCommand, EmbedArgs, EvalArgs, ExportArgs, FillMaskArgs, FinetuneArgs,
+    GenerateArgs, JobArgs, PrepareArgs, PretrainArgs, TuningArgs,
 };
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::shards::PreparedCorpus;
 use brisk::corpus::{self, generated, Input};
 use brisk::run::{self, Existing, RunDir};
+use brisk::tasks::{Recipe, SeedResult, Task};
 
 fn main() -> ExitCode {
     brisk::runtime::keep_freed_memory();
@@ -40,6 +41,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed(args),
         Command::Export(args) => export(args),
         Command::Finetune(args) => finetune(args),
+        Command::Eval(args) => eval(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),
@@ -443,33 +445,49 @@ fn glue_dir(flag: Option<&std::path::Path>) -> std::path::PathBuf {
     }
 }
 
-fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
-    use brisk::tasks::{self, Recipe, Task};
-    init_threads(args.threads)?;
-    let task = Task::resolve(&args.task, &glue_dir(args.glue_dir.as_deref()))?;
+/// The recipes (one per learning rate) and seeds of `--lr` and `--seeds`.
+fn recipes(args: &TuningArgs) -> anyhow::Result<(Vec<Recipe>, Vec<u64>)> {
     let rates: Vec<f64> = number_list("--lr", &args.lr)?;
     let seeds: Vec<u64> = number_list("--seeds", &args.seeds)?;
     if rates.iter().any(|&r| !(r > 0.0 && r.is_finite())) {
         return Err(usage("--lr: learning rates must be positive"));
     }
-    for (flag, value) in [
-        ("--epochs", args.epochs),
-        ("--batch-size", args.batch_size),
-        ("--max-len", args.max_len),
-    ] {
+    for (flag, value) in [("--epochs", args.epochs), ("--batch-size", args.batch_size)] {
         if value == 0 {
             return Err(usage(&format!("{flag} must be at least 1")));
         }
+    }
+    if !(args.layer_decay > 0.0 && args.layer_decay <= 1.0) {
+        return Err(usage("--layer-decay must be in (0, 1]"));
     }
     if args.max_len < 3 {
         return Err(usage(
             "--max-len must leave room for [CLS] and [SEP] (at least 3)",
         ));
     }
+    let recipes = rates
+        .into_iter()
+        .map(|lr| Recipe {
+            learning_rate: lr,
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            max_len: args.max_len,
+            patience: args.patience,
+            max_train: args.max_train.unwrap_or(0),
+            save_every: args.save_every,
+            layer_decay: args.layer_decay,
+            ..Recipe::default()
+        })
+        .collect();
+    Ok((recipes, seeds))
+}
+
+/// The run directory of `finetune` or `eval`.
+fn tuning_run(command: &str, name: &str, args: &TuningArgs) -> anyhow::Result<RunDir> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| run::default_run_path("finetune", &task.spec.name));
+        .unwrap_or_else(|| run::default_run_path(command, name));
     let existing = if args.force {
         Existing::Overwrite
     } else {
@@ -477,28 +495,30 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     };
     let run = RunDir::create(&out, existing)?;
     run.write_provenance()?;
+    Ok(run)
+}
+
+/// Fine-tunes `model` on `task` for every recipe and seed, each in its own
+/// folder of `dir`, and writes `dir/results.json`.
+fn tune_task(
+    model: &std::path::Path,
+    task: &Task,
+    (recipes, seeds): &(Vec<Recipe>, Vec<u64>),
+    dir: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<Vec<SeedResult>> {
     let mut results = Vec::new();
-    for &lr in &rates {
-        for &seed in &seeds {
-            let recipe = Recipe {
-                learning_rate: lr,
-                epochs: args.epochs,
-                batch_size: args.batch_size,
-                max_len: args.max_len,
-                patience: args.patience,
-                max_train: args.max_train.unwrap_or(0),
-                save_every: args.save_every,
-                ..Recipe::default()
-            };
-            let dir = run.path.join(format!("lr-{lr:e}-seed-{seed}"));
-            std::fs::create_dir_all(&dir).map_err(|e| brisk::Error::io(&dir, e))?;
-            run::write_json(&dir.join("recipe.json"), &recipe)?;
-            if !args.quiet {
+    for recipe in recipes {
+        let lr = recipe.learning_rate;
+        for &seed in seeds {
+            let run = dir.join(format!("lr-{lr:e}-seed-{seed}"));
+            std::fs::create_dir_all(&run).map_err(|e| brisk::Error::io(&run, e))?;
+            run::write_json(&run.join("recipe.json"), recipe)?;
+            if !quiet {
                 eprintln!("{}: learning rate {lr:e}, seed {seed}", task.spec.name);
             }
-            let quiet = args.quiet;
             let result = brisk::runtime::on_pool(|| {
-                tasks::finetune(&args.model, &task, &recipe, seed, &dir, |line| {
+                brisk::tasks::finetune(model, task, recipe, seed, &run, |line| {
                     if !quiet {
                         eprintln!("  {line}");
                     }
@@ -507,17 +527,79 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
             results.push(result);
         }
     }
-    tasks::finetune::write_results(&run.path.join("results.json"), &task, &results)?;
-    let (lr, best) = tasks::finetune::best_learning_rate(&task, &results);
-    let best: Vec<_> = best.into_iter().cloned().collect();
+    brisk::tasks::finetune::write_results(&dir.join("results.json"), task, &results)?;
+    Ok(results)
+}
+
+/// "mean ± std" of each metric over the best learning rate's seeds.
+fn summary_line(task: &Task, results: &[SeedResult]) -> (f64, usize, Vec<(String, f64, f64)>) {
+    let (lr, best) = brisk::tasks::finetune::best_learning_rate(task, results);
+    let best: Vec<SeedResult> = best.into_iter().cloned().collect();
+    let scores = brisk::tasks::finetune::summarise(&best)
+        .into_iter()
+        .map(|(m, (mean, std))| (m, mean, std))
+        .collect();
+    (lr, best.len(), scores)
+}
+
+fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
+    let t = &args.tuning;
+    init_threads(t.threads)?;
+    let task = Task::resolve(&args.task, &glue_dir(t.glue_dir.as_deref()))?;
+    let plan = recipes(t)?;
+    let run = tuning_run("finetune", &task.spec.name, t)?;
+    let results = tune_task(&args.model, &task, &plan, &run.path, t.quiet)?;
+    let (lr, seeds, scores) = summary_line(&task, &results);
     println!(
-        "{} on dev, learning rate {lr:e}, {} seed(s):",
-        task.spec.name,
-        best.len()
+        "{} on dev, learning rate {lr:e}, {seeds} seed(s):",
+        task.spec.name
     );
-    for (metric, (mean, std)) in tasks::finetune::summarise(&best) {
+    for (metric, mean, std) in scores {
         println!("  {metric:<9} {mean:.4} ± {std:.4}");
     }
+    println!("results: {}", run.path.join("results.json").display());
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let t = &args.tuning;
+    init_threads(t.threads)?;
+    let glue = glue_dir(t.glue_dir.as_deref());
+    let tasks = args
+        .tasks
+        .split(',')
+        .map(|name| Task::resolve(name.trim(), &glue))
+        .collect::<brisk::Result<Vec<_>>>()?;
+    let plan = recipes(t)?;
+    let run = tuning_run("eval", "glue", t)?;
+    let mut all = serde_json::Map::new();
+    let mut table = String::from("| task | metric | dev (mean ± std) | seeds | learning rate |\n");
+    table.push_str("| --- | --- | ---: | ---: | ---: |\n");
+    for task in &tasks {
+        let dir = run.path.join(&task.spec.name);
+        let results = tune_task(&args.model, task, &plan, &dir, t.quiet)?;
+        let (lr, seeds, scores) = summary_line(task, &results);
+        let mut dev = serde_json::Map::new();
+        for (metric, mean, std) in scores {
+            table.push_str(&format!(
+                "| {} | {metric} | {:.2} ± {:.2} | {seeds} | {lr:e} |\n",
+                task.spec.name,
+                100.0 * mean,
+                100.0 * std
+            ));
+            dev.insert(metric, serde_json::json!({ "mean": mean, "std": std }));
+        }
+        all.insert(
+            task.spec.name.clone(),
+            serde_json::json!({ "dev": dev, "seeds": seeds, "best_learning_rate": lr }),
+        );
+    }
+    run::write_json(
+        &run.path.join("results.json"),
+        &serde_json::json!({ "model": args.model, "tasks": all }),
+    )?;
+    run::write_atomic(&run.path.join("results.md"), table.as_bytes())?;
+    print!("{table}");
     println!("results: {}", run.path.join("results.json").display());
     Ok(())
 }

@@ -876,6 +876,48 @@ dev = "dev.tsv"
         Some(2),
         "an existing run is refused"
     );
+
+    // `eval` runs the same per task and adds a markdown table.
+    let out = brisk(
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tasks",
+            "toy.toml",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-4",
+            "--layer-decay",
+            "0.9",
+            "--out",
+            "ev",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = std::fs::read_to_string(dir.path().join("ev/results.md")).unwrap();
+    assert!(
+        table.contains("| toy | accuracy |") && table.contains("| toy | mcc |"),
+        "{table}"
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ev/results.json")).unwrap())
+            .unwrap();
+    assert!(
+        results["tasks"]["toy"]["dev"]["accuracy"]["mean"]
+            .as_f64()
+            .unwrap()
+            > 0.5
+    );
+    assert!(dir
+        .path()
+        .join("ev/toy/lr-1e-4-seed-1/best/model.safetensors")
+        .exists());
     let unknown = brisk(
         &[
             "finetune", "--model", "m", "--task", "nonesuch", "--out", "x",

@@ -44,6 +44,8 @@ pub struct Recipe {
     pub max_train: usize,
     /// Save a checkpoint every N steps besides step 0 (0: only step 0).
     pub save_every: u64,
+    /// Layer-wise learning-rate decay (ELECTRA's recipe; 1: off).
+    pub layer_decay: f64,
 }
 
 impl Default for Recipe {
@@ -59,6 +61,7 @@ impl Default for Recipe {
             patience: 0,
             max_train: 0,
             save_every: 0,
+            layer_decay: 1.0,
         }
     }
 }
@@ -113,6 +116,24 @@ fn save_weights(params: &Params, dir: &Path) -> Result<()> {
     params.save(&dir.join("model.safetensors"))
 }
 
+/// A group's learning-rate factor under layer-wise decay `decay` in a
+/// `layers`-layer encoder, as ELECTRA's fine-tuning computes it: depth 0
+/// for the embeddings, `i + 1` for layer `i`, `layers + 2` for the task
+/// head (pooler and classifier), and a factor `decay^(layers + 2 - depth)`.
+pub fn layer_lr_factor(group: &str, layers: usize, decay: f64) -> f64 {
+    let depth = if group == "bert.embeddings" {
+        0
+    } else if let Some(i) = group
+        .strip_prefix("bert.encoder.layer.")
+        .and_then(|i| i.parse::<usize>().ok())
+    {
+        i + 1
+    } else {
+        layers + 2
+    };
+    decay.powi((layers + 2 - depth) as i32)
+}
+
 /// The checkpoint directory of `step`.
 fn step_dir(out: &Path, step: u64) -> PathBuf {
     out.join("checkpoints").join(format!("step-{step:06}"))
@@ -152,6 +173,8 @@ pub fn finetune(
     train_cfg.weight_decay = recipe.weight_decay;
     train_cfg.adam_epsilon = 1e-6;
     let mut opt = AdamW::new(&params, &train_cfg)?;
+    let layers = cfg.num_hidden_layers;
+    opt.set_lr_factors(|group| layer_lr_factor(group, layers, recipe.layer_decay));
     let per_epoch = train.examples.len().div_ceil(recipe.batch_size) as u64;
     let total = per_epoch * recipe.epochs as u64;
     let warmup = warmup_steps(total, recipe.warmup_fraction);
@@ -332,4 +355,30 @@ pub fn write_results(path: &Path, task: &Task, results: &[SeedResult]) -> Result
             "dev": summary,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_decay_follows_electra_depths() {
+        let f = |g: &str| layer_lr_factor(g, 4, 0.5);
+        assert_eq!(f("classifier"), 1.0);
+        assert_eq!(f("bert.pooler"), 1.0);
+        assert_eq!(f("bert.encoder.layer.3"), 0.25);
+        assert_eq!(f("bert.encoder.layer.0"), 0.5f64.powi(5));
+        assert_eq!(f("bert.embeddings"), 0.5f64.powi(6));
+        assert_eq!(layer_lr_factor("bert.embeddings", 4, 1.0), 1.0);
+    }
+
+    #[test]
+    fn shuffles_are_permutations_fixed_by_the_seed() {
+        let a = shuffled(100, &mut Rng::new(3));
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, shuffled(100, &mut Rng::new(3)));
+        assert_ne!(a, shuffled(100, &mut Rng::new(4)));
+    }
 }

@@ -32,6 +32,8 @@ struct Slot {
     moments: Moments,
     /// Element ranges of the group that get weight decay.
     decayed: Vec<Range<usize>>,
+    /// This group's learning rate relative to the schedule's.
+    lr_factor: f64,
 }
 
 /// AdamW state over a model's parameters.
@@ -51,7 +53,7 @@ pub fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("LayerNorm"))
 }
 
-/// The hyper-parameters of one update, shared by every group.
+/// The hyper-parameters of one group's update.
 #[derive(Clone, Copy)]
 struct Hyper {
     lr: f64,
@@ -228,6 +230,7 @@ impl AdamW {
                     moments: Moments::zeros(group)?,
                     group: group.clone(),
                     decayed,
+                    lr_factor: 1.0,
                 })
             })
             .collect::<Result<_>>()?;
@@ -239,6 +242,14 @@ impl AdamW {
             weight_decay: train.weight_decay,
             step: 0,
         })
+    }
+
+    /// Scales each group's learning rate by `factor(group name)` (layer-wise
+    /// learning-rate decay, say).
+    pub fn set_lr_factors(&mut self, factor: impl Fn(&str) -> f64) {
+        for slot in &mut self.slots {
+            slot.lr_factor = factor(&slot.group.name);
+        }
     }
 
     /// Applies one update with learning rate `lr`. `grads` are per group
@@ -268,7 +279,10 @@ impl AdamW {
             let step = Step {
                 moments: Mutex::new(&mut slot.moments),
                 decayed: &slot.decayed,
-                hyper,
+                hyper: Hyper {
+                    lr: lr * slot.lr_factor,
+                    ..hyper
+                },
             };
             slot.group
                 .var
