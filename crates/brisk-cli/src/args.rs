@@ -27,6 +27,8 @@ pub enum Command {
     /// Fine-tune a pre-trained model (a HF BERT checkpoint or a brisk run) on
     /// a task: a built-in GLUE task or a TOML task file.
     Finetune(FinetuneArgs),
+    /// Apply a fine-tuned model to a TSV file: one label (or score) per row.
+    Predict(PredictArgs),
     /// Fine-tune and score a pre-trained model on several tasks; writes
     /// results.json and a markdown table.
     Eval(EvalArgs),
@@ -206,6 +208,31 @@ pub struct TuningArgs {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A `brisk finetune` run (its best seed is used) or one of its
+    /// `lr-*-seed-*` folders.
+    #[arg(long, value_name = "FINETUNED")]
+    pub model: PathBuf,
+    /// A TSV file with the task's text columns (and header, if the task has
+    /// one); a label column may be there or not.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Write the predictions (TSV: index, prediction) here instead of
+    /// standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub batch_size: usize,
+    /// Worker threads [default: every core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use clap::Parser;
 
 use args::{
     Cli, Command, CorpusCommand, EmbedArgs, EvalArgs, ExportArgs, FillMaskArgs, FinetuneArgs,
-    GenerateArgs, JobArgs, PrepareArgs, PretrainArgs, TuningArgs,
+    GenerateArgs, JobArgs, PredictArgs, PrepareArgs, PretrainArgs, TuningArgs,
 };
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::shards::PreparedCorpus;
@@ -42,6 +42,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export(args),
         Command::Finetune(args) => finetune(args),
         Command::Eval(args) => eval(args),
+        Command::Predict(args) => predict(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),
@@ -513,7 +514,6 @@ fn tune_task(
         for &seed in seeds {
             let run = dir.join(format!("lr-{lr:e}-seed-{seed}"));
             std::fs::create_dir_all(&run).map_err(|e| brisk::Error::io(&run, e))?;
-            run::write_json(&run.join("recipe.json"), recipe)?;
             if !quiet {
                 eprintln!("{}: learning rate {lr:e}, seed {seed}", task.spec.name);
             }
@@ -601,6 +601,30 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     run::write_atomic(&run.path.join("results.md"), table.as_bytes())?;
     print!("{table}");
     println!("results: {}", run.path.join("results.json").display());
+    Ok(())
+}
+
+fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    init_threads(args.threads)?;
+    if let Some(out) = &args.out {
+        if out.exists() && !args.force {
+            return Err(usage(&format!(
+                "{} already exists; pass --force to overwrite it",
+                out.display()
+            )));
+        }
+    }
+    let predictor = brisk::tasks::predict::Predictor::load(&args.model)?;
+    let texts = brisk::tasks::data::read_texts(&predictor.task, &args.input)?;
+    let predictions = brisk::runtime::on_pool(|| predictor.predict(&texts, args.batch_size))?;
+    let mut text = String::from("index\tprediction\n");
+    for (i, p) in predictions.iter().enumerate() {
+        text.push_str(&format!("{i}\t{p}\n"));
+    }
+    match &args.out {
+        Some(path) => run::write_atomic(path, text.as_bytes())?,
+        None => print!("{text}"),
+    }
     Ok(())
 }
 

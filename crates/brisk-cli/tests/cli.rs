@@ -918,6 +918,33 @@ dev = "dev.tsv"
         .path()
         .join("ev/toy/lr-1e-4-seed-1/best/model.safetensors")
         .exists());
+    // `predict` applies the best seed to new rows (no label column needed).
+    std::fs::write(
+        dir.path().join("new.tsv"),
+        "text\nher new song was really wonderful .\nthe hotel was really awful .\n",
+    )
+    .unwrap();
+    let out = brisk(
+        &["predict", "--model", "ft", "--input", "new.tsv"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "index\tprediction\n0\tyes\n1\tno\n"
+    );
+    std::fs::write(dir.path().join("bad.tsv"), "words\nno text column\n").unwrap();
+    let out = brisk(
+        &["predict", "--model", "ft", "--input", "bad.tsv"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad.tsv") && stderr(&out).contains("\"text\""),
+        "{}",
+        stderr(&out)
+    );
+
     let unknown = brisk(
         &[
             "finetune", "--model", "m", "--task", "nonesuch", "--out", "x",

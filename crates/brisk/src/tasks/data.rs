@@ -5,12 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// A column, by header name or by 0-based index.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Column {
     Index(usize),
@@ -27,7 +27,7 @@ impl std::fmt::Display for Column {
 }
 
 /// What the label is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Classification,
@@ -35,7 +35,7 @@ pub enum Kind {
 }
 
 /// A task, as its TOML file gives it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub name: String,
@@ -221,76 +221,113 @@ pub struct Example {
     pub label: f32,
 }
 
+/// The rows of a TSV file (header skipped when the task has one) with the
+/// index of each column the task names: `[text_a, text_b, label]`, where
+/// the label is looked up only when `with_label`.
+struct Table<'a> {
+    rows: Vec<(usize, Vec<&'a str>)>,
+    columns: [Option<usize>; 3],
+}
+
+impl<'a> Table<'a> {
+    fn read(spec: &TaskSpec, path: &Path, text: &'a str, with_label: bool) -> Result<Table<'a>> {
+        let mut lines = text.lines().enumerate();
+        let header: Vec<&str> = if spec.header {
+            match lines.next() {
+                Some((_, h)) => h.split('\t').collect(),
+                None => return Err(Error::data(path, "is empty (expected a header line)")),
+            }
+        } else {
+            Vec::new()
+        };
+        let index = |c: &Column| -> Result<usize> {
+            match c {
+                Column::Index(i) => Ok(*i),
+                Column::Name(n) => header.iter().position(|h| h == n).ok_or_else(|| {
+                    Error::data(
+                        path,
+                        format!(
+                            "the header has no column {n:?} (it has: {})",
+                            header.join(", ")
+                        ),
+                    )
+                }),
+            }
+        };
+        let columns = [
+            Some(index(&spec.text_a)?),
+            spec.text_b.as_ref().map(index).transpose()?,
+            with_label.then(|| index(&spec.label)).transpose()?,
+        ];
+        let rows = lines
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| (n + 1, l.split('\t').collect()))
+            .collect();
+        Ok(Table { rows, columns })
+    }
+}
+
+/// Column `i` of a row, or an error naming the file, line and `what`.
+fn cell<'a>(path: &Path, line: usize, cols: &[&'a str], i: usize, what: &str) -> Result<&'a str> {
+    cols.get(i).copied().ok_or_else(|| {
+        Error::data(
+            path,
+            format!(
+                "line {line}: has {} columns; the task reads {what} from column {i}",
+                cols.len()
+            ),
+        )
+    })
+}
+
+/// The text (or pair) of each row of a task-shaped TSV file; a label
+/// column need not be there (for prediction).
+pub fn read_texts(spec: &TaskSpec, path: &Path) -> Result<Vec<(String, Option<String>)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let table = Table::read(spec, path, &text, false)?;
+    let [ia, ib, _] = table.columns;
+    let mut out = Vec::new();
+    for (line, cols) in &table.rows {
+        let a = cell(path, *line, cols, ia.expect("text_a"), "the text")?.to_string();
+        let b = ib
+            .map(|i| cell(path, *line, cols, i, "the second text"))
+            .transpose()?
+            .map(str::to_string);
+        out.push((a, b));
+    }
+    if out.is_empty() {
+        return Err(Error::data(path, "has no examples"));
+    }
+    Ok(out)
+}
+
 /// Reads one split of a task. A short row, a missing header column or a
 /// label outside the task's set is an error naming the file and line.
 pub fn read_split(spec: &TaskSpec, path: &Path) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut lines = text.lines().enumerate();
-    let header: Vec<&str> = if spec.header {
-        match lines.next() {
-            Some((_, h)) => h.split('\t').collect(),
-            None => return Err(Error::data(path, "is empty (expected a header line)")),
-        }
-    } else {
-        Vec::new()
-    };
-    let index = |c: &Column| -> Result<usize> {
-        match c {
-            Column::Index(i) => Ok(*i),
-            Column::Name(n) => header.iter().position(|h| h == n).ok_or_else(|| {
-                Error::data(
-                    path,
-                    format!(
-                        "the header has no column {n:?} (it has: {})",
-                        header.join(", ")
-                    ),
-                )
-            }),
-        }
-    };
-    let (ia, il) = (index(&spec.text_a)?, index(&spec.label)?);
-    let ib = spec.text_b.as_ref().map(index).transpose()?;
+    let table = Table::read(spec, path, &text, true)?;
+    let [ia, ib, il] = table.columns;
     let mut out = Vec::new();
-    for (n, line) in lines {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let cols: Vec<&str> = line.split('\t').collect();
-        let at = |i: usize, what: &str| -> Result<&str> {
-            cols.get(i).copied().ok_or_else(|| {
-                Error::data(
-                    path,
-                    format!(
-                        "line {}: has {} columns; the task reads {what} from column {i}",
-                        n + 1,
-                        cols.len()
-                    ),
-                )
-            })
-        };
-        let raw = at(il, "the label")?.trim();
+    for (line, cols) in &table.rows {
+        let raw = cell(path, *line, cols, il.expect("label"), "the label")?.trim();
         let label = match spec.kind {
             Kind::Classification => spec.labels.iter().position(|l| l == raw).ok_or_else(|| {
                 Error::data(
                     path,
                     format!(
-                        "line {}: label {raw:?} is not one of the task's labels ({})",
-                        n + 1,
+                        "line {line}: label {raw:?} is not one of the task's labels ({})",
                         spec.labels.join(", ")
                     ),
                 )
             })? as f32,
             Kind::Regression => raw.parse::<f32>().map_err(|_| {
-                Error::data(
-                    path,
-                    format!("line {}: label {raw:?} is not a number", n + 1),
-                )
+                Error::data(path, format!("line {line}: label {raw:?} is not a number"))
             })?,
         };
         out.push(Example {
-            a: at(ia, "the text")?.to_string(),
+            a: cell(path, *line, cols, ia.expect("text_a"), "the text")?.to_string(),
             b: ib
-                .map(|i| at(i, "the second text"))
+                .map(|i| cell(path, *line, cols, i, "the second text"))
                 .transpose()?
                 .map(str::to_string),
             label,

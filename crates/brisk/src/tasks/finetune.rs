@@ -7,7 +7,9 @@
 //! `checkpoints/step-NNNNNN/model.safetensors` (step 0, the weights before
 //! any update, head initialisation included, then every `save_every`
 //! steps: what the loss-landscape views need), `best/model.safetensors`,
-//! `predictions-dev.tsv` of the best epoch, and `metrics.jsonl`.
+//! `predictions-dev.tsv` of the best epoch, `metrics.jsonl`, and what
+//! [`super::predict`] needs to apply the model: `model.json` (the encoder's
+//! config), `task.json` and `tokenizer.json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -166,8 +168,14 @@ pub fn finetune(
     let model = Classifier::new(&mut params, &cfg, task.num_outputs(), &mut Rng::new(seed))?;
     pre.load_into(&params, &HEAD_PREFIXES)?;
     save_weights(&params, &step_dir(out, 0))?;
-    std::fs::copy(&pre.tokenizer_file, out.join("tokenizer.json"))
-        .map_err(|e| Error::io(&pre.tokenizer_file, e))?;
+    // What `brisk predict` needs besides the weights.
+    let tokenizer_json = out.join("tokenizer.json");
+    pre.tokenizer
+        .save(&tokenizer_json, false)
+        .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
+    write_json(&out.join("model.json"), &cfg)?;
+    write_json(&out.join("recipe.json"), recipe)?;
+    write_json(&out.join("task.json"), &task.spec)?;
 
     let mut train_cfg = Preset::Tiny.config().train;
     train_cfg.weight_decay = recipe.weight_decay;

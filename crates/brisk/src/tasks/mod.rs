@@ -7,6 +7,7 @@ pub mod classifier;
 pub mod data;
 pub mod finetune;
 pub mod metrics;
+pub mod predict;
 
 pub use data::{Task, TaskSpec};
 pub use finetune::{finetune, Recipe, SeedResult};

@@ -1,0 +1,118 @@
+//! Applying a fine-tuned model: labels or scores for new text.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use tokenizers::Tokenizer;
+
+use super::classifier::Classifier;
+use super::data::{Kind, TaskSpec};
+use crate::config::ModelConfig;
+use crate::corpus::generated::Rng;
+use crate::corpus::tokenizer::load_tokenizer;
+use crate::encoder::{tokenize, Text};
+use crate::error::{Error, Result};
+use crate::model::{Ctx, Params};
+
+/// A fine-tuned classifier with its task and tokenizer.
+pub struct Predictor {
+    pub task: TaskSpec,
+    model: Classifier,
+    // Kept alive with the model: its tensors are views into these groups.
+    _params: Params,
+    tokenizer: Tokenizer,
+    max_len: usize,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not readable: {e}")))
+}
+
+/// The folder of one fine-tuned model: `dir` itself, or, for a
+/// `brisk finetune` run, the best seed of its best learning rate.
+pub fn model_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.join("best/model.safetensors").exists() {
+        return Ok(dir.to_path_buf());
+    }
+    let results = dir.join("results.json");
+    if !results.exists() {
+        return Err(Error::data(
+            dir,
+            "is not a fine-tuned model (no best/model.safetensors) nor a `brisk finetune` run \
+             (no results.json)",
+        ));
+    }
+    let value: serde_json::Value = read_json(&results)?;
+    let lr = value["best_learning_rate"].as_f64();
+    let runs = value["runs"].as_array().cloned().unwrap_or_default();
+    // Each run's folder is a child of the run directory, wherever that is now.
+    let folder = |r: &serde_json::Value| -> Option<PathBuf> {
+        Some(dir.join(Path::new(r["dir"].as_str()?).file_name()?))
+    };
+    let task: TaskSpec = match runs.first().and_then(folder) {
+        Some(d) => read_json(&d.join("task.json"))?,
+        None => return Err(Error::data(&results, "lists no runs")),
+    };
+    let metric = &task.metrics[0];
+    let score = |r: &serde_json::Value| r["dev"][metric].as_f64().unwrap_or(f64::MIN);
+    let best = runs
+        .iter()
+        .filter(|r| r["learning_rate"].as_f64() == lr)
+        .max_by(|a, b| score(a).total_cmp(&score(b)))
+        .and_then(folder)
+        .ok_or_else(|| Error::data(&results, "has no run at its best learning rate"))?;
+    Ok(best)
+}
+
+impl Predictor {
+    /// Loads a fine-tuned model (see [`model_dir`]).
+    pub fn load(dir: &Path) -> Result<Predictor> {
+        let dir = model_dir(dir)?;
+        let config: ModelConfig = read_json(&dir.join("model.json"))?;
+        let task: TaskSpec = read_json(&dir.join("task.json"))?;
+        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), true)?;
+        let recipe: serde_json::Value = read_json(&dir.join("recipe.json"))?;
+        let max_len = recipe["max_len"]
+            .as_u64()
+            .map_or(config.max_position_embeddings, |n| n as usize);
+        let outputs = match task.kind {
+            Kind::Classification => task.labels.len(),
+            Kind::Regression => 1,
+        };
+        let mut params = Params::new(Device::Cpu, DType::F32);
+        let model = Classifier::new(&mut params, &config, outputs, &mut Rng::new(0))?;
+        params.load(&dir.join("best/model.safetensors"))?;
+        Ok(Predictor {
+            task,
+            model,
+            _params: params,
+            tokenizer,
+            max_len: max_len.min(config.max_position_embeddings),
+        })
+    }
+
+    /// The prediction for each text, as the task writes labels: the label
+    /// value, or the score with four decimals.
+    pub fn predict(&self, texts: &[(String, Option<String>)], batch: usize) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch.max(1)) {
+            let inputs: Vec<Text> = chunk
+                .iter()
+                .map(|(a, b)| match b {
+                    Some(b) => Text::Pair(a, b),
+                    None => Text::Single(a),
+                })
+                .collect();
+            let batch = tokenize(&self.tokenizer, self.max_len, &inputs)?;
+            let values = self
+                .model
+                .predict(&self.model.forward(&batch, &mut Ctx::eval())?)?;
+            out.extend(values.into_iter().map(|v| match self.task.kind {
+                Kind::Classification => self.task.labels[v as usize].clone(),
+                Kind::Regression => format!("{v:.4}"),
+            }));
+        }
+        Ok(out)
+    }
+}
