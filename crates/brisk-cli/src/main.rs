@@ -401,10 +401,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     for chunk in texts.chunks(args.batch_size) {
         let inputs: Vec<Text> = chunk
             .iter()
-            .map(|(a, b)| match b {
-                Some(b) => Text::Pair(a, b),
-                None => Text::Single(a),
-            })
+            .map(|(a, b)| Text::of(a, b.as_deref()))
             .collect();
         let batch = encoder.tokenize(&inputs)?;
         let pooled = pooling.pool(&encoder.hidden_states(&batch)?, &batch)?;

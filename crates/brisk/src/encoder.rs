@@ -21,6 +21,16 @@ pub enum Text<'a> {
     Pair(&'a str, &'a str),
 }
 
+impl<'a> Text<'a> {
+    /// A sentence, or a pair when there is a second part.
+    pub fn of(a: &'a str, b: Option<&'a str>) -> Text<'a> {
+        match b {
+            Some(b) => Text::Pair(a, b),
+            None => Text::Single(a),
+        }
+    }
+}
+
 /// A tokenized batch, padded to its longest sequence.
 #[derive(Debug, Clone)]
 pub struct Batch {

@@ -88,13 +88,7 @@ struct Split {
 impl Split {
     fn texts(&self, idx: &[usize]) -> Vec<Text<'_>> {
         idx.iter()
-            .map(|&i| {
-                let e = &self.examples[i];
-                match &e.b {
-                    Some(b) => Text::Pair(&e.a, b),
-                    None => Text::Single(&e.a),
-                }
-            })
+            .map(|&i| Text::of(&self.examples[i].a, self.examples[i].b.as_deref()))
             .collect()
     }
 

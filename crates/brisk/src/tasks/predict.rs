@@ -99,10 +99,7 @@ impl Predictor {
         for chunk in texts.chunks(batch.max(1)) {
             let inputs: Vec<Text> = chunk
                 .iter()
-                .map(|(a, b)| match b {
-                    Some(b) => Text::Pair(a, b),
-                    None => Text::Single(a),
-                })
+                .map(|(a, b)| Text::of(a, b.as_deref()))
                 .collect();
             let batch = tokenize(&self.tokenizer, self.max_len, &inputs)?;
             let values = self
