@@ -270,6 +270,17 @@ fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path::Path) {
     }
 }
 
+/// An output file that exists is refused unless `--force` was given.
+fn refuse_existing(out: Option<&std::path::Path>, force: bool) -> anyhow::Result<()> {
+    match out {
+        Some(path) if path.exists() && !force => Err(usage(&format!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn usage(message: &str) -> anyhow::Error {
     brisk::Error::Usage(message.to_string()).into()
 }
@@ -387,14 +398,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1"));
     }
-    if let Some(out) = &args.out {
-        if out.exists() && !args.force {
-            return Err(usage(&format!(
-                "{} already exists; pass --force to overwrite it",
-                out.display()
-            )));
-        }
-    }
+    refuse_existing(args.out.as_deref(), args.force)?;
     let texts = embed_texts(&args)?;
     let encoder = Encoder::load(&args.model)?;
     let mut lines = String::new();
@@ -544,6 +548,8 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     init_threads(t.threads)?;
     let task = Task::resolve(&args.task, &glue_dir(t.glue_dir.as_deref()))?;
     let plan = recipes(t)?;
+    // A model that does not load is reported before a run directory exists.
+    brisk::encoder::Pretrained::open(&args.model)?;
     let run = tuning_run("finetune", &task.spec.name, t)?;
     let results = tune_task(&args.model, &task, &plan, &run.path, t.quiet)?;
     let (lr, seeds, scores) = summary_line(&task, &results);
@@ -568,6 +574,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .map(|name| Task::resolve(name.trim(), &glue))
         .collect::<brisk::Result<Vec<_>>>()?;
     let plan = recipes(t)?;
+    brisk::encoder::Pretrained::open(&args.model)?;
     let run = tuning_run("eval", "glue", t)?;
     let mut all = serde_json::Map::new();
     let mut table = String::from("| task | metric | dev (mean ± std) | seeds | learning rate |\n");
@@ -603,14 +610,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
 
 fn predict(args: PredictArgs) -> anyhow::Result<()> {
     init_threads(args.threads)?;
-    if let Some(out) = &args.out {
-        if out.exists() && !args.force {
-            return Err(usage(&format!(
-                "{} already exists; pass --force to overwrite it",
-                out.display()
-            )));
-        }
-    }
+    refuse_existing(args.out.as_deref(), args.force)?;
     let predictor = brisk::tasks::predict::Predictor::load(&args.model)?;
     let texts = brisk::tasks::data::read_texts(&predictor.task, &args.input)?;
     let predictions = brisk::runtime::on_pool(|| predictor.predict(&texts, args.batch_size))?;
@@ -645,13 +645,7 @@ fn corpus_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let text = generated::generate(words, seed);
     match &args.out {
         Some(path) => {
-            if path.exists() && !args.force {
-                return Err(brisk::Error::Usage(format!(
-                    "{} already exists; pass --force to overwrite it",
-                    path.display()
-                ))
-                .into());
-            }
+            refuse_existing(Some(path), args.force)?;
             run::write_atomic(path, text.as_bytes())?;
         }
         None => print!("{text}"),

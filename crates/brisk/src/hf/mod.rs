@@ -209,9 +209,7 @@ fn read_lowercase(path: &Path) -> Result<bool> {
     if !path.exists() {
         return Ok(true);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::data(path, format!("not valid JSON: {e}")))?;
+    let value: serde_json::Value = crate::run::read_json(path)?;
     Ok(value
         .get("do_lower_case")
         .and_then(serde_json::Value::as_bool)

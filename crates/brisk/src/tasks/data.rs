@@ -157,11 +157,16 @@ impl Task {
         let spec: TaskSpec =
             toml::from_str(&text).map_err(|e| Error::data(&shown, format!("task file: {e}")))?;
         spec.check(&shown)?;
-        Ok(Task {
-            train: base.join(&spec.train),
-            dev: base.join(&spec.dev),
-            spec,
-        })
+        let (train, dev) = (base.join(&spec.train), base.join(&spec.dev));
+        for file in [&train, &dev] {
+            if !file.is_file() {
+                return Err(Error::data(
+                    file,
+                    format!("not found (a data file of task {:?})", spec.name),
+                ));
+            }
+        }
+        Ok(Task { train, dev, spec })
     }
 
     /// The number of model outputs: classes, or 1 for regression.

@@ -145,6 +145,11 @@ pub fn finetune(
     out: &Path,
     mut progress: impl FnMut(&str),
 ) -> Result<SeedResult> {
+    if recipe.epochs == 0 || recipe.batch_size == 0 {
+        return Err(Error::Usage(
+            "fine-tuning needs at least one epoch and a batch of at least one".into(),
+        ));
+    }
     let pre = Pretrained::open(model)?;
     let mut cfg = pre.config.clone();
     cfg.kernels = crate::config::Kernels::Fused;
@@ -244,7 +249,7 @@ pub fn finetune(
             }
         }
     }
-    let (_, best_epoch, dev_scores) = best.expect("at least one epoch ran");
+    let (_, best_epoch, dev_scores) = best.expect("epochs >= 1 ran");
     Ok(SeedResult {
         seed,
         learning_rate: recipe.learning_rate,
@@ -315,7 +320,7 @@ pub fn summarise(results: &[SeedResult]) -> BTreeMap<String, (f64, f64)> {
 }
 
 /// The learning rate whose seeds score best on average (by the task's
-/// first metric), with those seeds' results.
+/// first metric), with those seeds' results, best first.
 pub fn best_learning_rate<'a>(
     task: &Task,
     results: &'a [SeedResult],
@@ -325,7 +330,9 @@ pub fn best_learning_rate<'a>(
     rates.sort_by(f64::total_cmp);
     rates.dedup();
     let of = |lr: f64| -> Vec<&SeedResult> {
-        results.iter().filter(|r| r.learning_rate == lr).collect()
+        let mut runs: Vec<&SeedResult> = results.iter().filter(|r| r.learning_rate == lr).collect();
+        runs.sort_by(|a, b| b.dev[metric].total_cmp(&a.dev[metric]));
+        runs
     };
     let mean = |lr: f64| -> f64 {
         let runs = of(lr);
@@ -338,10 +345,15 @@ pub fn best_learning_rate<'a>(
     (best, of(best))
 }
 
-/// Writes `results.json`: every run, and the mean ± std over the seeds of
-/// the best learning rate.
+/// Writes `results.json`: every run, the mean ± std over the seeds of the
+/// best learning rate, and `best_run`, the folder (next to the file) of
+/// that rate's best seed, which `brisk predict` uses.
 pub fn write_results(path: &Path, task: &Task, results: &[SeedResult]) -> Result<()> {
     let (lr, best) = best_learning_rate(task, results);
+    let best_run = best
+        .first()
+        .and_then(|r| r.dir.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
     let best: Vec<SeedResult> = best.into_iter().cloned().collect();
     let summary: BTreeMap<String, serde_json::Value> = summarise(&best)
         .into_iter()
@@ -353,6 +365,7 @@ pub fn write_results(path: &Path, task: &Task, results: &[SeedResult]) -> Result
             "task": task.spec.name,
             "runs": results,
             "best_learning_rate": lr,
+            "best_run": best_run,
             "seeds": best.len(),
             "dev": summary,
         }),

@@ -13,6 +13,7 @@ use crate::corpus::tokenizer::load_tokenizer;
 use crate::encoder::{tokenize, Text};
 use crate::error::{Error, Result};
 use crate::model::{Ctx, Params};
+use crate::run::read_json;
 
 /// A fine-tuned classifier with its task and tokenizer.
 pub struct Predictor {
@@ -24,13 +25,9 @@ pub struct Predictor {
     max_len: usize,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not readable: {e}")))
-}
-
 /// The folder of one fine-tuned model: `dir` itself, or, for a
-/// `brisk finetune` run, the best seed of its best learning rate.
+/// `brisk finetune` run, its `best_run` (the best seed of its best
+/// learning rate).
 pub fn model_dir(dir: &Path) -> Result<PathBuf> {
     if dir.join("best/model.safetensors").exists() {
         return Ok(dir.to_path_buf());
@@ -44,25 +41,10 @@ pub fn model_dir(dir: &Path) -> Result<PathBuf> {
         ));
     }
     let value: serde_json::Value = read_json(&results)?;
-    let lr = value["best_learning_rate"].as_f64();
-    let runs = value["runs"].as_array().cloned().unwrap_or_default();
-    // Each run's folder is a child of the run directory, wherever that is now.
-    let folder = |r: &serde_json::Value| -> Option<PathBuf> {
-        Some(dir.join(Path::new(r["dir"].as_str()?).file_name()?))
-    };
-    let task: TaskSpec = match runs.first().and_then(folder) {
-        Some(d) => read_json(&d.join("task.json"))?,
-        None => return Err(Error::data(&results, "lists no runs")),
-    };
-    let metric = &task.metrics[0];
-    let score = |r: &serde_json::Value| r["dev"][metric].as_f64().unwrap_or(f64::MIN);
-    let best = runs
-        .iter()
-        .filter(|r| r["learning_rate"].as_f64() == lr)
-        .max_by(|a, b| score(a).total_cmp(&score(b)))
-        .and_then(folder)
-        .ok_or_else(|| Error::data(&results, "has no run at its best learning rate"))?;
-    Ok(best)
+    let best = value["best_run"]
+        .as_str()
+        .ok_or_else(|| Error::data(&results, "names no best_run"))?;
+    Ok(dir.join(best))
 }
 
 impl Predictor {

