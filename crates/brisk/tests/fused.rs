@@ -5,7 +5,7 @@
 //! (embeddings with token types, layers, masked-LM head and loss); and
 //! finite differences in f64.
 
-use brisk::config::{Kernels, ModelConfig, Norm, Preset};
+use brisk::config::{Kernels, ModelConfig, Norm, Position, Preset};
 use brisk::corpus::generated::Rng;
 use brisk::model::bert::EncoderLayer;
 use brisk::model::{BertForMaskedLm, Ctx, Params};
@@ -254,8 +254,14 @@ fn fused_layer_gradients_match_finite_differences() {
     }
 }
 
-fn small_model(kernels: Kernels, dtype: DType, dropout: f64) -> (BertForMaskedLm, Params) {
+fn small_model(
+    kernels: Kernels,
+    dtype: DType,
+    dropout: f64,
+    position: Position,
+) -> (BertForMaskedLm, Params) {
     let mut cfg = Preset::Tiny.config().model;
+    cfg.position = position;
     cfg.vocab_size = 40;
     cfg.hidden_size = 12;
     cfg.num_hidden_layers = 2;
@@ -312,11 +318,17 @@ fn model_loss(model: &BertForMaskedLm, batch: &[Tensor; 5], ctx: &mut Ctx) -> Te
 
 #[test]
 fn the_fused_model_equals_the_reference_model() {
-    for dropout in [0.0, 0.1] {
+    let cases = [
+        (0.0, Position::Absolute),
+        (0.1, Position::Absolute),
+        (0.1, Position::TupeA),
+        (0.0, Position::TupeR),
+    ];
+    for (dropout, position) in cases {
         let batch = model_batch();
         let mut results = Vec::new();
         for kernels in [Kernels::Fused, Kernels::Reference] {
-            let (model, params) = small_model(kernels, DType::F32, dropout);
+            let (model, params) = small_model(kernels, DType::F32, dropout, position);
             assert_eq!(model.is_fused(), kernels == Kernels::Fused);
             let mut rng = Rng::new(5);
             let loss = model_loss(&model, &batch, &mut Ctx::train(&mut rng));
@@ -336,7 +348,7 @@ fn the_fused_model_equals_the_reference_model() {
         let (fused, reference) = (&results[0], &results[1]);
         assert!(
             (fused.0 - reference.0).abs() < 1e-4 * reference.0.abs().max(1.0),
-            "dropout {dropout}: loss {} vs {}",
+            "{position:?} dropout {dropout}: loss {} vs {}",
             fused.0,
             reference.0
         );
@@ -344,18 +356,25 @@ fn the_fused_model_equals_the_reference_model() {
             let diff = max_relative_diff(r, f);
             assert!(
                 diff < 2e-4,
-                "dropout {dropout}: {name} gradient differs by {diff}"
+                "{position:?} dropout {dropout}: {name} gradient differs by {diff}"
             );
         }
     }
 }
 
 /// Central finite differences of the whole fused model (embeddings with
-/// token types, layers, head and loss) in f64, for every parameter.
+/// token types, layers, head and loss) in f64, for every parameter, with
+/// absolute positions and with TUPE-R (its position term included).
 #[test]
 fn the_fused_model_matches_finite_differences() {
+    for position in [Position::Absolute, Position::TupeR] {
+        fused_model_matches_finite_differences(position);
+    }
+}
+
+fn fused_model_matches_finite_differences(position: Position) {
     let batch = model_batch();
-    let (model, params) = small_model(Kernels::Fused, DType::F64, 0.0);
+    let (model, params) = small_model(Kernels::Fused, DType::F64, 0.0, position);
     let loss = model_loss(&model, &batch, &mut Ctx::eval());
     let grads = gradients(&params, &loss.backward().unwrap()).unwrap();
     let eps = 1e-6;
@@ -381,7 +400,7 @@ fn the_fused_model_matches_finite_differences() {
             let numeric = (up - down) / (2.0 * eps);
             assert!(
                 (numeric - analytic[i]).abs() < 1e-6 * numeric.abs().max(1.0),
-                "{}[{i}]: fused backward {} vs finite difference {numeric}",
+                "{position:?} {}[{i}]: fused backward {} vs finite difference {numeric}",
                 group.name,
                 analytic[i]
             );

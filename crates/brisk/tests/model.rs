@@ -2,7 +2,7 @@
 //! match finite differences, dropout is on only in training, and tensor
 //! names follow HuggingFace.
 
-use brisk::config::{Kernels, ModelConfig, Norm, Preset};
+use brisk::config::{Kernels, ModelConfig, Norm, Position, Preset};
 use brisk::corpus::generated::Rng;
 use brisk::model::attention::{attention, Logits};
 use brisk::model::norm::layer_norm;
@@ -42,14 +42,19 @@ fn batch() -> (Tensor, Tensor, Tensor, Tensor) {
 
 #[test]
 fn every_parameter_gets_a_finite_non_zero_gradient() {
-    for (norm, kernels) in [
-        (Norm::Post, Kernels::Fused),
-        (Norm::Pre, Kernels::Fused),
-        (Norm::Post, Kernels::Reference),
-        (Norm::Pre, Kernels::Reference),
+    use Position::{Absolute, TupeA, TupeR};
+    for (norm, kernels, position) in [
+        (Norm::Post, Kernels::Fused, Absolute),
+        (Norm::Pre, Kernels::Fused, Absolute),
+        (Norm::Post, Kernels::Reference, Absolute),
+        (Norm::Pre, Kernels::Reference, Absolute),
+        (Norm::Post, Kernels::Fused, TupeA),
+        (Norm::Pre, Kernels::Fused, TupeR),
+        (Norm::Post, Kernels::Reference, TupeR),
     ] {
         let mut cfg = tiny_config(norm);
         cfg.kernels = kernels;
+        cfg.position = position;
         let mut params = Params::new(Device::Cpu, DType::F32);
         let model = BertForMaskedLm::new(&cfg, &mut params, 1).unwrap();
         let fused = model.bert.layers.iter().all(|l| l.is_fused());
@@ -75,12 +80,12 @@ fn every_parameter_gets_a_finite_non_zero_gradient() {
             let values: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
             assert!(
                 values.iter().all(|v| v.is_finite()),
-                "{norm:?} {kernels:?}: {name} has a non-finite gradient"
+                "{norm:?} {kernels:?} {position:?}: {name} has a non-finite gradient"
             );
             let size: f32 = values.iter().map(|v| v.abs()).sum();
             assert!(
                 size > 0.0,
-                "{norm:?} {kernels:?}: {name} has a zero gradient"
+                "{norm:?} {kernels:?} {position:?}: {name} has a zero gradient"
             );
         }
     }

@@ -7,6 +7,7 @@ use super::attention::{attention, Logits};
 use super::fused::{Activation, EmbeddingSpec, HeadSpec, LayerLayout, LayerSpec};
 use super::norm::LayerNorm;
 use super::params::{Ctx, Group, GroupBuilder, Params};
+use super::untied_positions::{content_scale, UntiedPositions};
 use crate::config::{Kernels, ModelConfig, Norm, Position};
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
@@ -88,6 +89,8 @@ struct Embeddings {
     position: Tensor,
     token_type: Tensor,
     norm: LayerNorm,
+    /// False with TUPE: positions enter the attention logits instead.
+    add_positions: bool,
     /// The flat group.
     group: Tensor,
     /// Set when the fused kernel runs the embeddings (dropout included).
@@ -113,14 +116,23 @@ impl Embeddings {
         );
         LayerNorm::add(&mut g, "LayerNorm", h);
         let g = g.finish()?;
+        let add_positions = cfg.position == Position::Absolute;
         let fused = runs_fused(cfg, g)
-            .then(|| EmbeddingSpec::of(g, cfg.layer_norm_eps, cfg.hidden_dropout_prob))
+            .then(|| {
+                EmbeddingSpec::of(
+                    g,
+                    cfg.layer_norm_eps,
+                    cfg.hidden_dropout_prob,
+                    add_positions,
+                )
+            })
             .transpose()?;
         Ok(Embeddings {
             word: g.view("word_embeddings.weight")?,
             position: g.view("position_embeddings.weight")?,
             token_type: g.view("token_type_embeddings.weight")?,
             norm: LayerNorm::view(g, "LayerNorm", cfg.layer_norm_eps)?,
+            add_positions,
             group: g.var.as_tensor().clone(),
             fused,
         })
@@ -134,7 +146,6 @@ impl Embeddings {
             .word
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, l, h))?;
-        let positions = self.position.narrow(0, 0, l)?.unsqueeze(0)?;
         let types = match token_types {
             Some(t) => self
                 .token_type
@@ -142,8 +153,11 @@ impl Embeddings {
                 .reshape((b, l, h))?,
             None => self.token_type.narrow(0, 0, 1)?.unsqueeze(0)?,
         };
-        self.norm
-            .forward(&words.broadcast_add(&positions)?.broadcast_add(&types)?)
+        let mut sum = words.broadcast_add(&types)?;
+        if self.add_positions {
+            sum = sum.broadcast_add(&self.position.narrow(0, 0, l)?.unsqueeze(0)?)?;
+        }
+        self.norm.forward(&sum)
     }
 }
 
@@ -164,6 +178,8 @@ pub struct EncoderLayer {
     ffn_out: Linear,
     ffn_norm: LayerNorm,
     heads: usize,
+    /// Multiplies `q kᵀ` ([`content_scale`]).
+    scale: f64,
     norm: Norm,
     act: Activation,
     hidden_dropout: f64,
@@ -209,6 +225,7 @@ impl EncoderLayer {
                 Ok(LayerSpec {
                     hidden: h,
                     heads: cfg.num_attention_heads,
+                    scale: content_scale(cfg),
                     ffn: f,
                     norm: cfg.norm,
                     act,
@@ -229,6 +246,7 @@ impl EncoderLayer {
             ffn_out: Linear::view(g, "output.dense")?,
             ffn_norm: LayerNorm::view(g, "output.LayerNorm", eps)?,
             heads: cfg.num_attention_heads,
+            scale: content_scale(cfg),
             norm: cfg.norm,
             act,
             hidden_dropout: cfg.hidden_dropout_prob,
@@ -265,9 +283,8 @@ impl EncoderLayer {
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let scale = 1.0 / (d as f64).sqrt();
         let logits = Logits {
-            scale,
+            scale: self.scale,
             bias,
             pad_mask,
         };
@@ -320,10 +337,21 @@ impl EncoderLayer {
     }
 }
 
+/// A change to the input embeddings before the first layer:
+/// `x ← x ⊙ keep + add`, with `keep` `[batch, len, 1]` and `add`
+/// `[batch, len, hidden]` (TNF mixes its notes in this way).
+#[derive(Debug, Clone)]
+pub struct InputMix {
+    pub keep: Tensor,
+    pub add: Tensor,
+}
+
 /// The BERT encoder.
 #[derive(Debug, Clone)]
 pub struct Bert {
     embeddings: Embeddings,
+    /// TUPE's position term (`model.position = "tupe-a" | "tupe-r"`).
+    positions: Option<UntiedPositions>,
     pub layers: Vec<EncoderLayer>,
     /// Pre-LN only: the LayerNorm after the last layer (a brisk-only tensor,
     /// `bert.encoder.LayerNorm`).
@@ -333,13 +361,16 @@ pub struct Bert {
 
 impl Bert {
     pub fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<Bert> {
-        if cfg.position != Position::Absolute {
-            return Err(Error::Config(format!(
-                "`model.position`: {:?} is not available yet (only \"absolute\")",
-                cfg.position
-            )));
-        }
         let embeddings = Embeddings::new(params, cfg, rng)?;
+        let positions = match cfg.position {
+            Position::Absolute => None,
+            Position::TupeA | Position::TupeR => Some(UntiedPositions::new(
+                params,
+                cfg,
+                embeddings.position.clone(),
+                rng,
+            )?),
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::new(params, &format!("bert.encoder.layer.{i}"), cfg, rng))
             .collect::<Result<_>>()?;
@@ -359,6 +390,7 @@ impl Bert {
         };
         Ok(Bert {
             embeddings,
+            positions,
             layers,
             final_norm,
             hidden_dropout: cfg.hidden_dropout_prob,
@@ -370,13 +402,20 @@ impl Bert {
         &self.embeddings.word
     }
 
-    /// `ids`: `[batch, len]` u32; `pad_mask`: `[batch, len]`, 1 for tokens.
+    /// TUPE's position term for `len`-token sequences, `[heads, len, len]`;
+    /// `None` with absolute positions.
+    pub fn position_bias(&self, len: usize) -> Result<Option<Tensor>> {
+        self.positions.as_ref().map(|p| p.bias(len)).transpose()
+    }
+
+    /// `ids`: `[batch, len]` u32; `pad_mask`: `[batch, len]`, 1 for tokens;
+    /// `mix`: an optional change to the input embeddings ([`InputMix`]).
     pub fn forward(
         &self,
         ids: &Tensor,
         token_types: Option<&Tensor>,
         pad_mask: Option<&Tensor>,
-        bias: Option<&Tensor>,
+        mix: Option<&InputMix>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
         let emb = &self.embeddings;
@@ -384,8 +423,13 @@ impl Bert {
             Some(spec) => spec.forward(&emb.group, ids, token_types, ctx)?,
             None => ctx.dropout(&emb.forward(ids, token_types)?, self.hidden_dropout)?,
         };
+        if let Some(mix) = mix {
+            x = x.broadcast_mul(&mix.keep)?.add(&mix.add)?;
+        }
+        // Computed once, shared by every layer and broadcast over the batch.
+        let bias = self.position_bias(ids.dim(1)?)?;
         for layer in &self.layers {
-            x = layer.forward(&x, bias, pad_mask, ctx)?;
+            x = layer.forward(&x, bias.as_ref(), pad_mask, ctx)?;
         }
         match &self.final_norm {
             Some(norm) => norm.forward(&x),

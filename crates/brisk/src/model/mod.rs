@@ -16,6 +16,7 @@ pub mod bert;
 pub mod fused;
 pub mod norm;
 pub mod params;
+pub mod untied_positions;
 
-pub use bert::{Bert, BertForMaskedLm, MlmHead};
+pub use bert::{Bert, BertForMaskedLm, InputMix, MlmHead};
 pub use params::{Ctx, Params};

@@ -11,7 +11,7 @@
 //! counted with small per-element constants; it is a few percent of the
 //! total for BERT shapes.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Position};
 
 const LAYER_NORM: f64 = 5.0;
 const GELU: f64 = 8.0;
@@ -34,7 +34,27 @@ pub fn encoder_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
         + (DROPOUT + 1.0 + LAYER_NORM) * h;
     let feed_forward =
         2.0 * h * i + i + GELU * i + 2.0 * i * h + h + (DROPOUT + 1.0 + LAYER_NORM) * h;
-    embeddings + cfg.num_hidden_layers as f64 * (attention + feed_forward)
+    embeddings
+        + position_term_forward_per_token(cfg, seq_len)
+        + cfg.num_hidden_layers as f64 * (attention + feed_forward)
+}
+
+/// TUPE's position term, computed once per sequence and shared by every
+/// layer, per token: LayerNorm and the two projections of `len + 2` rows
+/// (the positions and the two [CLS] vectors), the per-head products, the
+/// relative bias and the [CLS] reset, then one addition per layer and head
+/// into the logits. Absolute positions: nothing.
+pub fn position_term_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
+    if cfg.position == Position::Absolute {
+        return 0.0;
+    }
+    let h = cfg.hidden_size as f64;
+    let rows = seq_len as f64 + 2.0;
+    let (l, heads) = (seq_len as f64, cfg.num_attention_heads as f64);
+    let per_sequence = rows * (LAYER_NORM * h + 2.0 * (2.0 * h * h + h))
+        + 2.0 * rows * rows * h
+        + heads * l * l * (3.0 + cfg.num_hidden_layers as f64);
+    per_sequence / l
 }
 
 /// Forward FLOPs of the MLM head for one predicted token.
@@ -82,5 +102,22 @@ mod tests {
             (encoder_forward_per_token(&bigger, 128) - embeddings - 24.0 * per_layer).abs() < 1.0
         );
         assert!(mlm_training_per_token(&cfg, 128, 0.15) > 2.0 * forward);
+    }
+
+    #[test]
+    fn tupe_adds_a_small_per_sequence_term() {
+        let cfg = Preset::Mini.config().model;
+        let tupe = ModelConfig {
+            position: Position::TupeR,
+            ..cfg.clone()
+        };
+        let (plain, untied) = (
+            encoder_forward_per_token(&cfg, 128),
+            encoder_forward_per_token(&tupe, 128),
+        );
+        assert!(
+            untied > plain && untied < 1.1 * plain,
+            "{untied} vs {plain}"
+        );
     }
 }

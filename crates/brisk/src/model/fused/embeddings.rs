@@ -27,11 +27,13 @@ pub struct EmbeddingSpec {
     norm_b: usize,
     eps: f64,
     dropout: f64,
+    /// False with TUPE, whose positions enter the attention logits instead.
+    add_positions: bool,
 }
 
 impl EmbeddingSpec {
     /// Reads the layout of a `bert.embeddings` group.
-    pub fn of(group: &Group, eps: f64, dropout: f64) -> Result<EmbeddingSpec> {
+    pub fn of(group: &Group, eps: f64, dropout: f64, add_positions: bool) -> Result<EmbeddingSpec> {
         let word = group.entry("word_embeddings.weight")?;
         let position = group.entry("position_embeddings.weight")?;
         let token_type = group.entry("token_type_embeddings.weight")?;
@@ -47,6 +49,7 @@ impl EmbeddingSpec {
             norm_b: group.entry("LayerNorm.bias")?.offset,
             eps,
             dropout,
+            add_positions,
         })
     }
 
@@ -119,10 +122,15 @@ impl EmbeddingOp {
         let mut sum = zeros::<T>(self.ids.len() * h);
         for (r, row) in sum.chunks_mut(h).enumerate() {
             let w = s.word + self.ids[r] as usize * h;
-            let pos = s.position + (r % self.len) * h;
             let ty = s.token_type + self.types[r] as usize * h;
             for j in 0..h {
-                row[j] = p[w + j] + p[pos + j] + p[ty + j];
+                row[j] = p[w + j] + p[ty + j];
+            }
+            if s.add_positions {
+                let pos = s.position + (r % self.len) * h;
+                for j in 0..h {
+                    row[j] += p[pos + j];
+                }
             }
         }
         let (g, b) = (&p[s.norm_g..s.norm_g + h], &p[s.norm_b..s.norm_b + h]);
@@ -145,12 +153,16 @@ impl EmbeddingOp {
         layer_norm_backward(&d, &normed, g, &mut d_sum, dg, db);
         for (r, row) in d_sum.chunks(h).enumerate() {
             let w = s.word + self.ids[r] as usize * h;
-            let pos = s.position + (r % self.len) * h;
             let ty = s.token_type + self.types[r] as usize * h;
             for (j, v) in row.iter().enumerate() {
                 dp[w + j] += *v;
-                dp[pos + j] += *v;
                 dp[ty + j] += *v;
+            }
+            if s.add_positions {
+                let pos = s.position + (r % self.len) * h;
+                for (j, v) in row.iter().enumerate() {
+                    dp[pos + j] += *v;
+                }
             }
         }
         Ok(dp)

@@ -102,6 +102,8 @@ impl LayerLayout {
 pub struct LayerSpec {
     pub hidden: usize,
     pub heads: usize,
+    /// Multiplies `q kᵀ` (`1/sqrt(head_dim)`, or `1/sqrt(2·head_dim)` with TUPE).
+    pub scale: f64,
     pub ffn: usize,
     pub norm: Norm,
     pub act: Activation,
@@ -263,7 +265,7 @@ impl LayerOp {
     /// context `[tokens, hidden]`.
     fn attention<T: Float>(&self, qkv: &[T], bias: Option<&[T]>) -> (Vec<T>, Vec<T>) {
         let (l, h, heads, d) = (self.len, self.spec.hidden, self.spec.heads, self.head_dim());
-        let scale = T::of(1.0 / (d as f64).sqrt());
+        let scale = T::of(self.spec.scale);
         let mut probs = zeros::<T>(self.batch * heads * l * l);
         let mut context = zeros::<T>(self.batch * l * h);
         let out = MatMut::rows(&mut context, h);
@@ -334,7 +336,7 @@ impl LayerOp {
         probs: &[T],
     ) -> (Vec<T>, Vec<T>) {
         let (l, h, d) = (self.len, self.spec.hidden, self.head_dim());
-        let scale = T::of(1.0 / (d as f64).sqrt());
+        let scale = T::of(self.spec.scale);
         let mut d_qkv = zeros::<T>(self.batch * l * 3 * h);
         let mut d_logits = zeros::<T>(probs.len());
         let out = MatMut::rows(&mut d_qkv, 3 * h);
