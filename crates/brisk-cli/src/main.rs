@@ -256,6 +256,17 @@ fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path::Path) {
         "  unigram entropy  {:.3} (a model that ignores context scores this)",
         s.unigram_entropy_nats
     );
+    if let Some(n) = &s.notes {
+        println!(
+            "  notes            {} rare words, {} with a note; {:.1}% of sequences hold one; \
+             {:.1}% of occurrences read a note ({:.1}% mixed in, the rest masked)",
+            n.band.words,
+            n.written,
+            100.0 * n.sequence_share,
+            100.0 * n.read_share,
+            100.0 * n.mixed_share
+        );
+    }
     println!("  checkpoint       {}", s.checkpoint.display());
     println!("  loss curve       {}", s.loss_plot.display());
     match s.ending {

@@ -451,12 +451,22 @@ fn loss_trace(run: &Path) -> Vec<(u64, u64, Option<u64>)> {
 fn resume_continues_bitwise_exactly() {
     let dir = tempfile::tempdir().unwrap();
     // A constant schedule does not depend on the budget, so a 10-step run
-    // extended to 20 must match 20 uninterrupted steps exactly.
+    // extended to 20 must match 20 uninterrupted steps exactly. TUPE-R and
+    // TNF's notes (an absolute rare band, which does not depend on the
+    // budget either) are on, so their state resumes exactly too.
     let constant = [
         "--set",
         "train.schedule=constant",
         "--set",
         "train.warmup_fraction=0",
+        "--set",
+        "model.position=tupe-r",
+        "--set",
+        "notes.enabled=true",
+        "--set",
+        "notes.min_count=3",
+        "--set",
+        "notes.max_count=60",
     ];
     let full = quick_pretrain("full", &[&["--steps", "20"][..], &constant].concat());
     let out = run_brisk(&full, dir.path());
@@ -488,6 +498,23 @@ fn resume_continues_bitwise_exactly() {
     )
     .unwrap();
     assert_eq!(state["step"], 20);
+    assert!(dir
+        .path()
+        .join("parts/checkpoints/step-000020/notes.safetensors")
+        .exists());
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("parts/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let full_summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("full/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        summary["notes"]["written"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert_eq!(summary["notes"]["stats"], full_summary["notes"]["stats"]);
     let provenance: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("parts/provenance.json")).unwrap(),
     )

@@ -184,6 +184,18 @@ pub enum Schedule {
 #[serde(deny_unknown_fields)]
 pub struct NotesConfig {
     pub enabled: bool,
+    /// k: tokens on each side of the word averaged into its note.
+    pub half_window: usize,
+    /// γ: weight of the new context in the note's moving average.
+    pub gamma: f64,
+    /// λ: weight of the note in a rare word's input embedding.
+    pub lambda: f64,
+    /// The rare band in expected sightings within the run's budget.
+    pub min_sightings: f64,
+    pub max_sightings: f64,
+    /// An absolute band of corpus counts instead (used when either is set).
+    pub min_count: u64,
+    pub max_count: u64,
 }
 
 /// Validation cadence.
@@ -375,6 +387,30 @@ impl Config {
         check(t.log_every > 0, "train.log_every", || {
             "must be at least 1".into()
         })?;
+
+        let n = &self.notes;
+        check_probability("notes.gamma", n.gamma)?;
+        check_probability("notes.lambda", n.lambda)?;
+        check(
+            n.min_sightings > 0.0 && n.min_sightings <= n.max_sightings,
+            "notes.min_sightings",
+            || {
+                format!(
+                    "{} must be positive and at most notes.max_sightings = {}",
+                    n.min_sightings, n.max_sightings
+                )
+            },
+        )?;
+        check(
+            n.min_count == 0 && n.max_count == 0 || (1..=n.max_count).contains(&n.min_count),
+            "notes.min_count",
+            || {
+                format!(
+                    "{} with notes.max_count = {}: set both (1 ≤ min ≤ max) for an absolute band, or neither",
+                    n.min_count, n.max_count
+                )
+            },
+        )?;
         Ok(())
     }
 

@@ -180,7 +180,16 @@ impl Preset {
                 keep_checkpoints: 3,
                 seed: 42,
             },
-            notes: NotesConfig { enabled: false },
+            notes: NotesConfig {
+                enabled: false,
+                half_window: 16,
+                gamma: 0.1,
+                lambda: 0.5,
+                min_sightings: 20.0,
+                max_sightings: 200.0,
+                min_count: 0,
+                max_count: 0,
+            },
             eval: EvalConfig {
                 every: s.eval_every,
                 batches: 20,

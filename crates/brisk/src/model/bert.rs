@@ -543,12 +543,37 @@ impl BertForMaskedLm {
         targets: &Tensor,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
-        if let Some(spec) = &self.head.fused {
-            let hidden = self.bert.forward(ids, None, pad_mask, None, ctx)?;
-            let embeddings = &self.bert.embeddings.group;
-            return spec.loss(&hidden, &self.head.group, embeddings, rows, targets);
-        }
-        self.reference_loss(ids, pad_mask, rows, targets, ctx)
+        Ok(self
+            .loss_and_hidden(ids, pad_mask, None, rows, targets, ctx)?
+            .0)
+    }
+
+    /// [`BertForMaskedLm::loss`] with an optional change to the input
+    /// embeddings, also returning the last hidden states `[batch, len,
+    /// hidden]` (TNF takes its notes from them).
+    pub fn loss_and_hidden(
+        &self,
+        ids: &Tensor,
+        pad_mask: Option<&Tensor>,
+        mix: Option<&InputMix>,
+        rows: &Tensor,
+        targets: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, Tensor)> {
+        let hidden = self.bert.forward(ids, None, pad_mask, mix, ctx)?;
+        let loss = match &self.head.fused {
+            Some(spec) => {
+                let embeddings = &self.bert.embeddings.group;
+                spec.loss(&hidden, &self.head.group, embeddings, rows, targets)?
+            }
+            None => {
+                let logits = self
+                    .head
+                    .forward(&hidden, rows, self.bert.word_embeddings())?;
+                candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, targets)?
+            }
+        };
+        Ok((loss, hidden))
     }
 
     /// [`BertForMaskedLm::loss`] through candle's ops (the head's reference).

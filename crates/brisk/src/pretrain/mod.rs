@@ -1,3 +1,4 @@
 //! Pre-training objectives.
 
 pub mod mlm;
+pub mod notes;

@@ -88,13 +88,16 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Writes a checkpoint of `params`, `opt` and `state` atomically, then keeps
-/// only the newest `keep` checkpoints (at least this one). Returns its path.
+/// only the newest `keep` checkpoints (at least this one). `extra` writes
+/// any further files (TNF's notes) into the directory being assembled.
+/// Returns its path.
 pub fn save(
     run_dir: &Path,
     params: &Params,
     opt: &AdamW,
     state: &TrainState,
     keep: usize,
+    extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let dir = checkpoints_dir(run_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -107,6 +110,7 @@ pub fn save(
     params.save(&tmp.join("model.safetensors"))?;
     opt.save(&tmp.join("optimizer.safetensors"))?;
     write_json(&tmp.join("state.json"), state)?;
+    extra(&tmp)?;
     let target = dir.join(&name);
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
@@ -195,7 +199,7 @@ mod tests {
         params.ones("w.weight", &[3]).unwrap();
         let mut opt = AdamW::new(&params, &Preset::Tiny.config().train).unwrap();
         for step in [5, 10, 15] {
-            save(run.path(), &params, &opt, &state(step), 2).unwrap();
+            save(run.path(), &params, &opt, &state(step), 2, &|_| Ok(())).unwrap();
         }
         let kept: Vec<u64> = list(run.path())
             .unwrap()
@@ -221,7 +225,7 @@ mod tests {
         let mut params = Params::new(Device::Cpu, DType::F32);
         params.ones("w.weight", &[3]).unwrap();
         let opt = AdamW::new(&params, &Preset::Tiny.config().train).unwrap();
-        let dir = save(run.path(), &params, &opt, &state(1), 3).unwrap();
+        let dir = save(run.path(), &params, &opt, &state(1), 3, &|_| Ok(())).unwrap();
         let path = dir.join("state.json");
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::model::{BertForMaskedLm, Ctx, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
 use crate::pretrain::mlm::mask_tokens;
+use crate::pretrain::notes::{rare_band, saved_band, NoteBook, NoteStats, Occurrence, RareBand};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +43,38 @@ pub struct Metrics {
     pub flops: f64,
     pub wall_s: f64,
     pub tokens_per_s: f64,
+    /// TNF: share of rare-word occurrences so far whose word had a note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes_read: Option<f64>,
+}
+
+/// TNF's figures in `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotesSummary {
+    pub band: RareBand,
+    /// Rare words that have a note at the end.
+    pub written: usize,
+    pub stats: NoteStats,
+    /// Share of training sequences that hold a rare word.
+    pub sequence_share: f64,
+    /// Share of rare-word occurrences whose word already had a note.
+    pub read_share: f64,
+    /// Share of rare-word occurrences whose input was mixed with the note
+    /// (had one, and no token of it was masked).
+    pub mixed_share: f64,
+}
+
+impl NotesSummary {
+    fn of(book: &NoteBook) -> NotesSummary {
+        NotesSummary {
+            band: book.band.clone(),
+            written: book.written(),
+            stats: book.stats,
+            sequence_share: book.stats.sequence_share(),
+            read_share: book.stats.read_share(),
+            mixed_share: book.stats.mixed_share(),
+        }
+    }
 }
 
 /// How a training session ended.
@@ -74,6 +107,9 @@ pub struct Summary {
     pub tokens_per_s: f64,
     pub checkpoint: PathBuf,
     pub loss_plot: PathBuf,
+    /// TNF's note dictionary, when `notes.enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<NotesSummary>,
 }
 
 /// How to run the loop.
@@ -132,6 +168,22 @@ fn gather(corpus: &PreparedCorpus, split: Split, indices: impl Iterator<Item = u
         .collect()
 }
 
+/// Token ids and word ids of sequences `indices` of a split.
+fn gather_with_words(
+    corpus: &PreparedCorpus,
+    split: Split,
+    indices: &[usize],
+) -> (Vec<u32>, Vec<u32>) {
+    let words = indices
+        .iter()
+        .flat_map(|&i| corpus.sequence(split, i).words.iter().copied())
+        .collect();
+    (gather(corpus, split, indices.iter().copied()), words)
+}
+
+/// Notes to take after a step: the occurrences and the last hidden states.
+type PendingNotes = (Vec<Occurrence>, Tensor);
+
 /// Mean MLM loss over the first `eval.batches` validation batches, each with
 /// a mask fixed by its index (so every evaluation sees the same masks).
 pub fn validation_loss(
@@ -152,12 +204,13 @@ pub fn validation_loss(
         let indices = (i * b..(i + 1) * b).map(|j| j % n);
         let tokens = gather(corpus, Split::Validation, indices);
         let mut rng = Rng::new(0x7a1 ^ splitmix64(i as u64));
-        let loss = batch_loss(
+        let (loss, _) = batch_loss(
             model,
             corpus,
             config,
             &tokens,
             b,
+            None,
             &mut rng,
             &mut Ctx::eval(),
         )?;
@@ -166,15 +219,21 @@ pub fn validation_loss(
     Ok(total / batches as f64)
 }
 
+/// The MLM loss of one batch. With `notes` (the note book and the batch's
+/// word ids), rare words read their notes first; the notes to take from
+/// this forward pass are returned, for the caller to apply once the loss
+/// is known to be finite.
+#[allow(clippy::too_many_arguments)]
 fn batch_loss(
     model: &BertForMaskedLm,
     corpus: &PreparedCorpus,
     config: &Config,
     tokens: &[u32],
     batch: usize,
+    notes: Option<(&mut NoteBook, &[u32])>,
     mask_rng: &mut Rng,
     ctx: &mut Ctx,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<PendingNotes>)> {
     let m = &corpus.manifest;
     let masked = mask_tokens(
         tokens,
@@ -184,11 +243,79 @@ fn batch_loss(
         mask_rng,
     );
     let dev = Device::Cpu;
+    let (found, mix) = match notes {
+        Some((book, words)) => {
+            let found = book.occurrences(words, m.seq_len);
+            let shape = (batch, m.seq_len);
+            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &dev)?;
+            (Some(found), mix)
+        }
+        None => (None, None),
+    };
     let ids = Tensor::from_vec(masked.inputs, (batch, m.seq_len), &dev)?;
     let n = masked.rows.len();
     let rows = Tensor::from_vec(masked.rows, n, &dev)?;
     let targets = Tensor::from_vec(masked.targets, n, &dev)?;
-    model.loss(&ids, None, &rows, &targets, ctx)
+    let (loss, hidden) = model.loss_and_hidden(&ids, None, mix.as_ref(), &rows, &targets, ctx)?;
+    // Detached: the notes read values, and the graph is freed with the loss.
+    Ok((loss, found.map(|f| (f, hidden.detach()))))
+}
+
+/// The note book of a TNF run: the rare band from the word counts and the
+/// budget (or, on resume, the band the checkpoint's notes were taken for),
+/// and the notes themselves when resuming.
+fn open_notes(
+    config: &Config,
+    corpus: &PreparedCorpus,
+    budget: &Budget,
+    tokens_per_step: u64,
+    checkpoint: Option<&Path>,
+) -> Result<NoteBook> {
+    let m = &corpus.manifest;
+    let table = corpus.dir.join(&m.word_counts.file);
+    let counts: Vec<u64> = crate::corpus::words::read_word_counts(&table)?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let corpus_tokens = (m.train.tokens + m.validation.tokens) as f64;
+    let absolute = config.notes.min_count > 0;
+    let run_tokens = match budget.steps {
+        Some(steps) => (steps * tokens_per_step) as f64,
+        None if absolute => corpus_tokens,
+        None => {
+            return Err(Error::Config(
+                "`notes`: the rare-word band is sized by expected sightings in the run,                  which needs a step or token budget (--steps, --tokens); with a wall-clock                  budget alone, set notes.min_count and notes.max_count"
+                    .into(),
+            ))
+        }
+    };
+    let saved = checkpoint
+        .map(|dir| dir.join(NOTES_FILE))
+        .filter(|p| p.exists());
+    let band = match &saved {
+        Some(file) => {
+            let (first, last) = saved_band(file)?;
+            RareBand::of_ranks(&counts, first, last, run_tokens / corpus_tokens)
+                .map_err(|e| Error::data(file, e))?
+        }
+        None => rare_band(&counts, &config.notes, run_tokens, corpus_tokens)?,
+    };
+    let mut book = NoteBook::new(band, config.model.hidden_size, &config.notes);
+    if let Some(file) = &saved {
+        book.load(file)?;
+    }
+    Ok(book)
+}
+
+/// TNF's notes in a checkpoint directory.
+pub const NOTES_FILE: &str = "notes.safetensors";
+
+/// Writes TNF's notes (if any) into a checkpoint being assembled.
+fn notes_writer(notes: Option<&NoteBook>) -> impl Fn(&Path) -> Result<()> + '_ {
+    move |dir| match notes {
+        Some(book) => book.save(&dir.join(NOTES_FILE)),
+        None => Ok(()),
+    }
 }
 
 /// Sequences per micro-batch.
@@ -398,9 +525,27 @@ pub fn pretrain(
     };
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut saved_step = None;
+    let resume_from = if options.resume {
+        checkpoint::latest(run_dir)?
+    } else {
+        None
+    };
+    let mut notes = config
+        .notes
+        .enabled
+        .then(|| {
+            open_notes(
+                config,
+                corpus,
+                &budget,
+                tokens_per_step,
+                resume_from.as_deref(),
+            )
+        })
+        .transpose()?;
     if options.resume {
-        if let Some(dir) = checkpoint::latest(run_dir)? {
-            state = checkpoint::load(&dir, &params, &mut opt)?;
+        if let Some(dir) = &resume_from {
+            state = checkpoint::load(dir, &params, &mut opt)?;
             if state.seed != train.seed {
                 return Err(Error::Config(format!(
                     "{}: the checkpoint was trained with train.seed = {}, the config says {}",
@@ -440,6 +585,14 @@ pub fn pretrain(
     if options.resume && state.step > 0 {
         progress.println(format!("resuming at step {}", state.step));
     }
+    if let Some(book) = &notes {
+        let b = &book.band;
+        progress.println(format!(
+            "notes: {} rare words (corpus counts {} to {}, about {:.0} to {:.0} sightings each in this run)",
+            b.words, b.min_count, b.max_count, b.min_sightings, b.max_sightings
+        ));
+    }
+
     let session = Instant::now();
     let (wall_before, tokens_before) = (state.wall_s, state.tokens);
     let elapsed = || wall_before + session.elapsed().as_secs_f64();
@@ -454,8 +607,8 @@ pub fn pretrain(
         }
         let step_start = Instant::now();
         let step = state.step;
-        let stop_diverged = |what: &str, value: f64| {
-            let keep = train.keep_checkpoints;
+        let stop_diverged = |what: &str, value: f64, notes: Option<&NoteBook>| {
+            let keep = (train.keep_checkpoints, notes);
             diverged(
                 run_dir, &params, &opt, &state, saved_step, keep, what, value,
             )
@@ -464,22 +617,28 @@ pub fn pretrain(
         let mut grads = Vec::new();
         let mut loss_sum = 0.0;
         let accum = train.grad_accum_steps.max(1);
+        // TNF: notes taken this step are written once the step is good, so
+        // a checkpoint always pairs weights and notes of the same step.
+        let mut pending = Vec::new();
         for k in 0..accum {
             let seed = micro_seed(train.seed, step, k);
             let (mut mask_rng, mut dropout_rng) = (Rng::new(seed), Rng::new(!seed));
-            let ids = gather(corpus, Split::Train, (0..micro).map(|_| order.take()));
-            let loss = batch_loss(
+            let indices: Vec<usize> = (0..micro).map(|_| order.take()).collect();
+            let (ids, words) = gather_with_words(corpus, Split::Train, &indices);
+            let (loss, taken) = batch_loss(
                 &model,
                 corpus,
                 config,
                 &ids,
                 micro,
+                notes.as_mut().map(|book| (book, words.as_slice())),
                 &mut mask_rng,
                 &mut Ctx::train(&mut dropout_rng),
             )?;
+            pending.extend(taken);
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
-                return Err(stop_diverged("the loss", value));
+                return Err(stop_diverged("the loss", value, notes.as_ref()));
             }
             loss_sum += value;
             let mut g = gradients(&params, &loss.backward()?)?;
@@ -493,9 +652,14 @@ pub fn pretrain(
         }
         let norm = grad_norm(&grads)?;
         if !norm.is_finite() {
-            return Err(stop_diverged("the gradient norm", norm));
+            return Err(stop_diverged("the gradient norm", norm, notes.as_ref()));
         }
         opt.update(&grads, lr, clip_scale(norm, train.max_grad_norm))?;
+        if let Some(book) = notes.as_mut() {
+            for (found, hidden) in pending {
+                book.take_notes(&found, &hidden)?;
+            }
+        }
         last_step_secs = step_start.elapsed().as_secs_f64();
         state.step += 1;
         state.tokens += tokens_per_step;
@@ -525,6 +689,7 @@ pub fn pretrain(
             flops: state.flops,
             wall_s: state.wall_s,
             tokens_per_s: (state.tokens - tokens_before) as f64 / session.elapsed().as_secs_f64(),
+            notes_read: notes.as_ref().map(|book| book.stats.read_share()),
         };
         if logged {
             let line = serde_json::to_string(&row).expect("serialisable");
@@ -532,7 +697,15 @@ pub fn pretrain(
         }
         progress.step(&row, logged, &budget);
         if due(train.save_every) {
-            checkpoint::save(run_dir, &params, &opt, &state, train.keep_checkpoints)?;
+            let write_notes = notes_writer(notes.as_ref());
+            checkpoint::save(
+                run_dir,
+                &params,
+                &opt,
+                &state,
+                train.keep_checkpoints,
+                &write_notes,
+            )?;
             saved_step = Some(done);
         }
     };
@@ -542,7 +715,15 @@ pub fn pretrain(
     let checkpoint = if saved_step == Some(state.step) {
         checkpoint::latest(run_dir)?.expect("a checkpoint was just written")
     } else {
-        checkpoint::save(run_dir, &params, &opt, &state, train.keep_checkpoints)?
+        let write_notes = notes_writer(notes.as_ref());
+        checkpoint::save(
+            run_dir,
+            &params,
+            &opt,
+            &state,
+            train.keep_checkpoints,
+            &write_notes,
+        )?
     };
 
     // The run directory holds everything needed to use the model.
@@ -569,6 +750,7 @@ pub fn pretrain(
         tokens_per_s: (state.tokens - tokens_before) as f64 / session.elapsed().as_secs_f64(),
         checkpoint,
         loss_plot,
+        notes: notes.as_ref().map(NotesSummary::of),
     };
     if ending == Ending::Finished {
         crate::run::write_json(&run_dir.join("summary.json"), &summary)?;
@@ -586,7 +768,7 @@ fn diverged(
     opt: &AdamW,
     state: &TrainState,
     saved_step: Option<u64>,
-    keep: usize,
+    (keep, notes): (usize, Option<&NoteBook>),
     what: &str,
     value: f64,
 ) -> Error {
@@ -596,7 +778,7 @@ fn diverged(
     } else if saved_step == Some(state.step) {
         checkpoint::latest(run_dir)
     } else {
-        checkpoint::save(run_dir, params, opt, state, keep).map(Some)
+        checkpoint::save(run_dir, params, opt, state, keep, &notes_writer(notes)).map(Some)
     };
     let where_ = match kept {
         Ok(Some(dir)) => format!(
