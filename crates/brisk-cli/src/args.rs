@@ -35,6 +35,14 @@ pub enum Command {
     /// Write a pre-training run's newest checkpoint as a HuggingFace
     /// BertForMaskedLM directory (config.json, model.safetensors, tokenizer).
     Export(ExportArgs),
+    /// Pre-train variants of one config (baseline, TUPE, TNF, ...) on the
+    /// same corpus, seed, data order and budget; writes each run, a table of
+    /// the cost to reach the baseline's validation loss, and report.html.
+    /// A finished variant is skipped, so --resume continues a comparison.
+    Compare(CompareArgs),
+    /// Write the HTML report (loss charts, config differences, final
+    /// numbers) of any set of pre-training runs; the first is the baseline.
+    Report(ReportArgs),
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]
@@ -126,6 +134,26 @@ pub struct PretrainArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub job: JobArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Variants, comma-separated; the first is the baseline. Each is one of
+    /// baseline, tupe-a, tupe-r, tnf, pre-ln, or several joined by +.
+    #[arg(long, value_name = "LIST", default_value = brisk::compare::DEFAULT_VARIANTS)]
+    pub variants: String,
+    #[command(flatten)]
+    pub train: PretrainArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Pre-training run directories; the first is the baseline.
+    #[arg(value_name = "RUN", required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long, value_name = "FILE", default_value = "report.html")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! config here, then handed to the library.
 
 mod args;
+mod compare;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export(args),
         Command::Finetune(args) => finetune(args),
         Command::Eval(args) => eval(args),
+        Command::Compare(args) => compare::compare(args),
+        Command::Report(args) => compare::report(args),
         Command::Predict(args) => predict(args),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
@@ -53,7 +56,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Sets the global thread pool from `--threads` (default: every core).
-fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+pub(crate) fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = threads {
         if n == 0 {
             return Err(brisk::Error::Usage("--threads must be at least 1".into()).into());
@@ -67,7 +70,7 @@ fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
 
 /// Resolves the config from preset, file, `--set` and command-specific flags
 /// (which come last and so win).
-fn resolve_config(job: &JobArgs, flag_sets: Vec<String>) -> anyhow::Result<Config> {
+pub(crate) fn resolve_config(job: &JobArgs, flag_sets: Vec<String>) -> anyhow::Result<Config> {
     let mut sets = job.set.clone();
     sets.extend(flag_sets);
     Ok(config::resolve(&ConfigSource {
@@ -87,7 +90,7 @@ fn open_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<Run
 }
 
 /// Creates the run directory (refusing an existing one unless `--force`).
-fn create_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<RunDir> {
+pub(crate) fn create_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<RunDir> {
     let path = job
         .out
         .clone()
@@ -102,9 +105,9 @@ fn create_run(job: &JobArgs, command: &str, config: &Config) -> anyhow::Result<R
 
 /// Set by Ctrl-C or SIGTERM: the training loop finishes its step, writes a
 /// checkpoint and returns.
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
-fn install_stop_handler() -> anyhow::Result<()> {
+pub(crate) fn install_stop_handler() -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             eprintln!("\nstopping now, without a checkpoint");
@@ -116,7 +119,7 @@ fn install_stop_handler() -> anyhow::Result<()> {
 }
 
 /// The flags of `pretrain` that set config fields, as `--set` overrides.
-fn pretrain_flag_sets(args: &PretrainArgs) -> Vec<String> {
+pub(crate) fn pretrain_flag_sets(args: &PretrainArgs) -> Vec<String> {
     let mut sets = Vec::new();
     if let Some(seed) = args.job.seed {
         sets.push(format!("train.seed={seed}"));
@@ -172,38 +175,7 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         let run = create_run(&args.job, "pretrain", &config)?;
         (config, run)
     };
-    let corpus_dir = if config.data.corpus.is_empty() {
-        let dir = run.path.join("corpus");
-        if !dir.join("manifest.json").exists() {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            if !args.quiet {
-                eprintln!("preparing the built-in corpus in {}", dir.display());
-            }
-            corpus::prepare(
-                &config.data,
-                config.model.vocab_size,
-                &Input::Generated,
-                &dir,
-                !args.quiet,
-            )?;
-        }
-        dir
-    } else {
-        std::path::PathBuf::from(&config.data.corpus)
-    };
-    let prepared = PreparedCorpus::open(&corpus_dir)?;
-    let vocab = prepared.manifest.tokenizer.vocab_size;
-    if vocab != config.model.vocab_size {
-        eprintln!("note: model.vocab_size set to {vocab}, the corpus vocabulary");
-        config.model.vocab_size = vocab;
-    }
-    if prepared.manifest.seq_len > config.model.max_position_embeddings {
-        return Err(brisk::Error::Config(format!(
-            "the corpus packs sequences of {} tokens, more than model.max_position_embeddings = {}",
-            prepared.manifest.seq_len, config.model.max_position_embeddings
-        ))
-        .into());
-    }
+    let prepared = open_corpus(&mut config, &run.path, args.quiet)?;
     run.write_config(&config)?;
     if args.resume {
         run.append_resumed_provenance()?;
@@ -226,8 +198,53 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The corpus a pre-training config names, or the built-in one, prepared
+/// into `run/corpus` the first time; sets `model.vocab_size` to the corpus
+/// vocabulary.
+pub(crate) fn open_corpus(
+    config: &mut Config,
+    run: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<PreparedCorpus> {
+    let corpus_dir = if config.data.corpus.is_empty() {
+        let dir = run.join("corpus");
+        if !dir.join("manifest.json").exists() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if !quiet {
+                eprintln!("preparing the built-in corpus in {}", dir.display());
+            }
+            corpus::prepare(
+                &config.data,
+                config.model.vocab_size,
+                &Input::Generated,
+                &dir,
+                !quiet,
+            )?;
+        }
+        dir
+    } else {
+        std::path::PathBuf::from(&config.data.corpus)
+    };
+    let prepared = PreparedCorpus::open(&corpus_dir)?;
+    let vocab = prepared.manifest.tokenizer.vocab_size;
+    if vocab != config.model.vocab_size {
+        if !quiet {
+            eprintln!("note: model.vocab_size set to {vocab}, the corpus vocabulary");
+        }
+        config.model.vocab_size = vocab;
+    }
+    if prepared.manifest.seq_len > config.model.max_position_embeddings {
+        return Err(brisk::Error::Config(format!(
+            "the corpus packs sequences of {} tokens, more than model.max_position_embeddings = {}",
+            prepared.manifest.seq_len, config.model.max_position_embeddings
+        ))
+        .into());
+    }
+    Ok(prepared)
+}
+
 /// The one-screen summary at the end of a training session.
-fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path::Path) {
+pub(crate) fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path::Path) {
     use brisk::train::pretrain::Ending;
     let val = s
         .final_val_loss
@@ -292,7 +309,7 @@ fn refuse_existing(out: Option<&std::path::Path>, force: bool) -> anyhow::Result
     }
 }
 
-fn usage(message: &str) -> anyhow::Error {
+pub(crate) fn usage(message: &str) -> anyhow::Error {
     brisk::Error::Usage(message.to_string()).into()
 }
 

@@ -969,3 +969,101 @@ dev = "dev.tsv"
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("sst2"), "{}", stderr(&unknown));
 }
+
+/// The value in `data-value` of the `key` cell of run `run`'s row of the
+/// report's final-numbers table.
+fn report_value(page: &str, run: &str, key: &str) -> Option<f64> {
+    let table = &page[page.find("<table class=\"final\">")?..];
+    let row = &table[table.find(&format!("<tr data-run=\"{run}\">"))?..];
+    let row = &row[..row.find("</tr>")?];
+    let needle = format!("data-key=\"{key}\" data-value=\"");
+    let cell = &row[row.find(&needle)? + needle.len()..];
+    cell[..cell.find('"')?].parse().ok()
+}
+
+#[test]
+fn compare_trains_variants_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = quick_pretrain("cmp", &["--steps", "10"]);
+    args[0] = "compare".into();
+    args.extend(["--variants", "baseline,tupe-r+tnf"].map(String::from));
+    let out = run_brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cmp = dir.path().join("cmp");
+    let table = std::fs::read_to_string(cmp.join("comparison.md")).unwrap();
+    assert!(
+        table.contains("| baseline | 10 |") && table.contains("| tupe-r+tnf | 10 |"),
+        "{table}"
+    );
+    let page = std::fs::read_to_string(cmp.join("report.html")).unwrap();
+    for class in ["comparison", "config-diff", "final"] {
+        assert!(
+            page.contains(&format!("<table class=\"{class}\">")),
+            "{class}"
+        );
+    }
+    // One chart per view: validation loss against steps, wall-clock and
+    // FLOPs, and training loss against steps.
+    assert_eq!(page.matches("<figure class=\"chart\"").count(), 4);
+    assert_eq!(page.matches("<svg").count(), 4);
+    assert!(!page.contains("<script"), "self-contained, no scripts");
+    // The config diff lists exactly the keys that differ.
+    let diff = &page[page.find("<table class=\"config-diff\">").unwrap()..];
+    let diff = &diff[..diff.find("</table>").unwrap()];
+    let keys: Vec<&str> = diff
+        .split("<tr><td>")
+        .skip(1)
+        .map(|row| &row[..row.find("</td>").unwrap()])
+        .collect();
+    assert_eq!(keys, ["model.position", "notes.enabled"]);
+    // The final numbers are the last values in each run's metrics.jsonl.
+    for run in ["baseline", "tupe-r+tnf"] {
+        let text = std::fs::read_to_string(cmp.join(run).join("metrics.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for key in ["step", "loss", "val_loss", "tokens", "flops", "wall_s"] {
+            let last = rows.iter().rev().find_map(|r| r[key].as_f64()).unwrap();
+            assert_eq!(report_value(&page, run, key), Some(last), "{run} {key}");
+        }
+    }
+
+    // A second run of the same comparison skips the finished variants.
+    let resume = [
+        "compare",
+        "--out",
+        "cmp",
+        "--resume",
+        "--steps",
+        "10",
+        "--variants",
+        "baseline,tupe-r+tnf",
+    ];
+    let out = brisk(&resume, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches("finished earlier, skipped").count(), 2);
+    // Without --resume or --force an existing comparison is refused.
+    let out = run_brisk(&args, dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // `brisk report` on the same runs writes the same page.
+    let out = brisk(
+        &[
+            "report",
+            "cmp/baseline",
+            "cmp/tupe-r+tnf",
+            "--out",
+            "again.html",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("again.html")).unwrap(),
+        page
+    );
+    let out = brisk(&["report", "nowhere"], dir.path());
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+}

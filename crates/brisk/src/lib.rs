@@ -11,10 +11,12 @@
 //! - [`hf`]: HuggingFace BERT checkpoints in and out;
 //! - [`encoder`]: a pre-trained encoder (HF or brisk) with its tokenizer:
 //!   text in, hidden states and sentence vectors out;
+//! - [`compare`]: comparisons of runs, their table and HTML report;
 //! - [`run`]: run directories, provenance and atomic writes;
 //! - [`runtime`]: process set-up (thread pool, allocator tuning);
 //! - [`plot`]: SVG charts.
 
+pub mod compare;
 pub mod config;
 pub mod corpus;
 pub mod encoder;

@@ -20,15 +20,19 @@ pub struct Reference<'a> {
     pub value: f64,
 }
 
-/// Colours for the first few series.
-pub const PALETTE: [RGBColor; 4] = [
+/// Colours for the first few series (cycled beyond eight).
+pub const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
 ];
 
-/// Draws `series` (and an optional dashed reference line) as a line chart.
+/// Draws a line chart to an SVG file at `path`.
 pub fn line_chart(
     path: &Path,
     title: &str,
@@ -39,6 +43,35 @@ pub fn line_chart(
 ) -> Result<()> {
     let fail =
         |e: &dyn std::fmt::Display| Error::data(path, format!("could not draw the chart: {e}"));
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    draw(root, title, x_label, y_label, series, reference).map_err(|e| fail(&e))
+}
+
+/// The same chart as an SVG document in a string (for inline HTML).
+pub fn line_chart_svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    reference: Option<Reference>,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        draw(root, title, x_label, y_label, series, reference)
+            .map_err(|e| Error::Training(format!("could not draw the chart {title:?}: {e}")))?;
+    }
+    Ok(svg)
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    reference: Option<Reference>,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let points = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -58,30 +91,26 @@ pub fn line_chart(
         x1 = x0 + 1.0;
     }
 
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-        .map_err(|e| fail(&e))?;
+        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
         .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(|e| fail(&e))?;
+        .draw()?;
     for s in series {
         let color = s.color;
         chart
             .draw_series(LineSeries::new(
                 s.points.iter().copied(),
                 color.stroke_width(2),
-            ))
-            .map_err(|e| fail(&e))?
+            ))?
             .label(s.name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -95,8 +124,7 @@ pub fn line_chart(
                 6,
                 4,
                 grey.stroke_width(1),
-            ))
-            .map_err(|e| fail(&e))?
+            ))?
             .label(r.name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
     }
@@ -104,9 +132,8 @@ pub fn line_chart(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))?;
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
 use super::flops::mlm_training_per_token;
 use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
 use super::schedule::Budget;
-use crate::config::Config;
+use crate::config::{Config, ObjectiveConfig};
 use crate::corpus::generated::Rng;
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::error::{Error, Result};
@@ -184,8 +184,19 @@ fn gather_with_words(
 /// Notes to take after a step: the occurrences and the last hidden states.
 type PendingNotes = (Vec<Occurrence>, Tensor);
 
+/// Validation always masks as BERT does (15% of tokens; 80% `[MASK]`, 10%
+/// random, 10% kept), whatever the training objective, so that validation
+/// losses compare across runs and objectives.
+pub const VALIDATION_MASKING: ObjectiveConfig = ObjectiveConfig {
+    kind: String::new(),
+    mask_prob: 0.15,
+    mask_token_prob: 0.8,
+    random_token_prob: 0.1,
+};
+
 /// Mean MLM loss over the first `eval.batches` validation batches, each with
-/// a mask fixed by its index (so every evaluation sees the same masks).
+/// a mask fixed by its index (so every evaluation sees the same masks), at
+/// [`VALIDATION_MASKING`].
 pub fn validation_loss(
     model: &BertForMaskedLm,
     corpus: &PreparedCorpus,
@@ -207,7 +218,7 @@ pub fn validation_loss(
         let (loss, _) = batch_loss(
             model,
             corpus,
-            config,
+            &VALIDATION_MASKING,
             &tokens,
             b,
             None,
@@ -227,7 +238,7 @@ pub fn validation_loss(
 fn batch_loss(
     model: &BertForMaskedLm,
     corpus: &PreparedCorpus,
-    config: &Config,
+    objective: &ObjectiveConfig,
     tokens: &[u32],
     batch: usize,
     notes: Option<(&mut NoteBook, &[u32])>,
@@ -239,7 +250,7 @@ fn batch_loss(
         tokens,
         &m.special_ids,
         m.tokenizer.vocab_size,
-        &config.objective,
+        objective,
         mask_rng,
     );
     let dev = Device::Cpu;
@@ -326,6 +337,15 @@ fn micro_batch(config: &Config) -> usize {
 /// Checks what the loop needs of the config before any work is done.
 pub fn check_options(config: &Config) -> Result<()> {
     Budget::from_config(&config.train, 1)?;
+    let (n, t) = (&config.notes, &config.train);
+    if n.enabled && n.min_count == 0 && t.steps == 0 && t.tokens == 0 {
+        return Err(Error::Config(
+            "`notes`: the rare-word band is sized by expected sightings in the run, which needs \
+             a step or token budget (--steps, --tokens); with a wall-clock budget alone, set \
+             notes.min_count and notes.max_count"
+                .into(),
+        ));
+    }
     if config.objective.kind != "mlm" {
         return Err(Error::Config(format!(
             "`objective.kind`: {:?} is not available in pretrain (expected \"mlm\")",
@@ -628,7 +648,7 @@ pub fn pretrain(
             let (loss, taken) = batch_loss(
                 &model,
                 corpus,
-                config,
+                &config.objective,
                 &ids,
                 micro,
                 notes.as_mut().map(|book| (book, words.as_slice())),
