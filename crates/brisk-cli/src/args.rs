@@ -221,6 +221,10 @@ pub struct TuningArgs {
     /// Layer-wise learning-rate decay, ELECTRA's recipe (e.g. 0.8; 1: off).
     #[arg(long, default_value_t = 1.0, value_name = "D")]
     pub layer_decay: f64,
+    /// TNF's notes of a pre-training run with notes: off, F (read, and
+    /// still taken on the fly) or U (read, and trained by back-propagation).
+    #[arg(long, default_value = "off", value_name = "MODE")]
+    pub notes: String,
     /// Where the built-in tasks' files are [default: $BRISK_SHARED_DIR/data/glue, else ../shared/data/glue].
     #[arg(long, value_name = "DIR")]
     pub glue_dir: Option<PathBuf>,

@@ -8,11 +8,12 @@ use brisk::compare::{parse_variants, report, Comparison, RunRecord, Variant};
 use brisk::config::{self, Config, ConfigSource};
 use brisk::run::{Existing, RunDir};
 use brisk::train::pretrain::{check_options, pretrain, Ending, Options};
+use brisk::train::schedule::Budget;
 
-use crate::args::{CompareArgs, JobArgs, ReportArgs};
+use crate::args::{CompareArgs, ReportArgs};
 use crate::{
-    create_run, init_threads, install_stop_handler, open_corpus, pretrain_flag_sets, print_summary,
-    resolve_config, usage, STOP,
+    create_run, init_threads, install_stop_handler, open_corpus, pretrain_flag_sets,
+    print_summary, resolve_config, resume_config, STOP,
 };
 
 /// Where a variant's run stands.
@@ -25,12 +26,17 @@ enum Progress {
     Done,
 }
 
-fn progress_of(run: &Path, config: &Config) -> anyhow::Result<Progress> {
+/// Where the run in `run` stands against the budget of `config` (with
+/// `seq_len`-token sequences).
+fn progress_of(run: &Path, config: &Config, seq_len: usize) -> anyhow::Result<Progress> {
     let summary = run.join("summary.json");
     if summary.exists() {
         let s: serde_json::Value = brisk::run::read_json(&summary)?;
         let steps = s["steps"].as_u64().unwrap_or(0);
-        let at_budget = config.train.steps == 0 || steps >= config.train.steps;
+        let tokens_per_step = (config.train.batch_size * seq_len) as u64;
+        let budget = Budget::from_config(&config.train, tokens_per_step)?;
+        // A wall-clock budget alone: a finished run is at its budget.
+        let at_budget = budget.steps.is_none_or(|total| steps >= total);
         if s["ending"] == "finished" && at_budget {
             return Ok(Progress::Done);
         }
@@ -61,30 +67,8 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let flag_sets = pretrain_flag_sets(train);
     let quiet = train.quiet;
     let (mut base, dir) = if train.resume {
-        let Some(out) = &train.job.out else {
-            return Err(usage(
-                "--resume needs --out DIR, the comparison to continue",
-            ));
-        };
-        if train.job.config.is_some() || train.job.preset.is_some() {
-            return Err(usage(
-                "--resume continues with the comparison's own config.toml: drop --config and \
-                 --preset (--set and the budget flags may still change it)",
-            ));
-        }
-        let file = out.join("config.toml");
-        if !file.exists() {
-            return Err(usage(&format!(
-                "--resume: {} is not a brisk comparison (it has no config.toml)",
-                out.display()
-            )));
-        }
-        let job = JobArgs {
-            config: Some(file),
-            ..train.job.clone()
-        };
-        let config = resolve_config(&job, flag_sets)?;
-        (config, RunDir::create(out, Existing::Resume)?)
+        let (config, out) = resume_config(&train.job, flag_sets, "comparison")?;
+        (config, RunDir::create(&out, Existing::Resume)?)
     } else {
         let config = resolve_config(&train.job, flag_sets)?;
         let dir = create_run(&train.job, "compare", &config)?;
@@ -111,7 +95,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     install_stop_handler()?;
     for (variant, config) in variants.iter().zip(&configs) {
         let path = dir.path.join(&variant.name);
-        let resume = match progress_of(&path, config)? {
+        let resume = match progress_of(&path, config, prepared.manifest.seq_len)? {
             Progress::Done => {
                 if !quiet {
                     eprintln!("{}: finished earlier, skipped", variant.name);

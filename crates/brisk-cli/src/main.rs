@@ -118,6 +118,39 @@ pub(crate) fn install_stop_handler() -> anyhow::Result<()> {
     .context("installing the Ctrl-C/SIGTERM handler")
 }
 
+/// With `--resume`: the config of the run (or comparison, `what`) in
+/// `--out`, from its own `config.toml` plus `--set` and the budget flags;
+/// and its directory.
+pub(crate) fn resume_config(
+    job: &JobArgs,
+    flag_sets: Vec<String>,
+    what: &str,
+) -> anyhow::Result<(Config, std::path::PathBuf)> {
+    let Some(out) = &job.out else {
+        return Err(usage(&format!(
+            "--resume needs --out DIR, the {what} to continue"
+        )));
+    };
+    if job.config.is_some() || job.preset.is_some() {
+        return Err(usage(&format!(
+            "--resume continues with the {what}'s own config.toml: drop --config and --preset \
+             (--set and the budget flags may still change it)"
+        )));
+    }
+    let file = out.join("config.toml");
+    if !file.exists() {
+        return Err(usage(&format!(
+            "--resume: {} is not a brisk {what} (it has no config.toml)",
+            out.display()
+        )));
+    }
+    let job = JobArgs {
+        config: Some(file),
+        ..job.clone()
+    };
+    Ok((resolve_config(&job, flag_sets)?, out.clone()))
+}
+
 /// The flags of `pretrain` that set config fields, as `--set` overrides.
 pub(crate) fn pretrain_flag_sets(args: &PretrainArgs) -> Vec<String> {
     let mut sets = Vec::new();
@@ -144,31 +177,9 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
     init_threads(args.job.threads)?;
     let flag_sets = pretrain_flag_sets(&args);
     let (mut config, run) = if args.resume {
-        let Some(out) = &args.job.out else {
-            return Err(usage(
-                "--resume needs --out RUN, the run directory to continue",
-            ));
-        };
-        if args.job.config.is_some() || args.job.preset.is_some() {
-            return Err(usage(
-                "--resume continues with the run's own config.toml: drop --config and --preset \
-                 (--set and the budget flags may still change it)",
-            ));
-        }
-        let file = out.join("config.toml");
-        if !file.exists() {
-            return Err(usage(&format!(
-                "--resume: {} is not a brisk run (it has no config.toml)",
-                out.display()
-            )));
-        }
-        let job = JobArgs {
-            config: Some(file),
-            ..args.job.clone()
-        };
-        let config = resolve_config(&job, flag_sets)?;
+        let (config, out) = resume_config(&args.job, flag_sets, "run")?;
         brisk::train::pretrain::check_options(&config)?;
-        (config, RunDir::create(out, Existing::Resume)?)
+        (config, RunDir::create(&out, Existing::Resume)?)
     } else {
         let config = resolve_config(&args.job, flag_sets)?;
         brisk::train::pretrain::check_options(&config)?;
@@ -495,6 +506,7 @@ fn recipes(args: &TuningArgs) -> anyhow::Result<(Vec<Recipe>, Vec<u64>)> {
             "--max-len must leave room for [CLS] and [SEP] (at least 3)",
         ));
     }
+    let notes = brisk::tasks::NotesMode::from_name(&args.notes)?;
     let recipes = rates
         .into_iter()
         .map(|lr| Recipe {
@@ -506,6 +518,7 @@ fn recipes(args: &TuningArgs) -> anyhow::Result<(Vec<Recipe>, Vec<u64>)> {
             max_train: args.max_train.unwrap_or(0),
             save_every: args.save_every,
             layer_decay: args.layer_decay,
+            notes,
             ..Recipe::default()
         })
         .collect();

@@ -2,6 +2,8 @@
 //! lexicon, agreement across nested clauses, a consistent world, and a long
 //! tail of rare names. Measured at the default size (`data.generated_words`).
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 
 use brisk::config::Preset;
@@ -123,12 +125,6 @@ fn entities_keep_their_attributes() {
 /// the same masks); leaving it takes more compute than a unit test has.
 #[test]
 fn a_tiny_model_beats_the_unigram_entropy() {
-    use std::sync::atomic::AtomicBool;
-
-    use brisk::corpus::shards::PreparedCorpus;
-    use brisk::corpus::{prepare, Input};
-    use brisk::train::pretrain::{pretrain, Options};
-
     let mut config = Preset::Tiny.config();
     config.data.generated_words = 300_000;
     config.data.seq_len = 32;
@@ -138,28 +134,8 @@ fn a_tiny_model_beats_the_unigram_entropy() {
     config.eval.every = 0;
     config.eval.batches = 10;
     let dir = tempfile::tempdir().unwrap();
-    let corpus_dir = dir.path().join("corpus");
-    std::fs::create_dir(&corpus_dir).unwrap();
-    prepare(
-        &config.data,
-        config.model.vocab_size,
-        &Input::Generated,
-        &corpus_dir,
-        false,
-    )
-    .unwrap();
-    let corpus = PreparedCorpus::open(&corpus_dir).unwrap();
-    config.model.vocab_size = corpus.manifest.tokenizer.vocab_size;
-    let run = dir.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    let stop = AtomicBool::new(false);
-    let options = Options {
-        resume: false,
-        verbose: false,
-        stop: &stop,
-    };
     let passes_before = brisk::model::fused::layer::backward_passes();
-    let summary = pretrain(&config, &corpus, &run, &options).unwrap();
+    let (_, summary) = support::pretrain_generated(dir.path(), "run", &mut config);
     // Training went through the fused kernels: every step ran a fused
     // backward pass per layer.
     assert_eq!(summary.kernels, "fused");

@@ -53,6 +53,12 @@ pub fn parse_variants(text: &str) -> Result<Vec<Variant>> {
             };
             sets.extend(block_sets.iter().map(|s| s.to_string()));
         }
+        let keys: Vec<&str> = sets.iter().filter_map(|s| s.split('=').next()).collect();
+        if (1..keys.len()).any(|i| keys[..i].contains(&keys[i])) {
+            return Err(Error::Usage(format!(
+                "--variants: {name:?} sets the same config key twice"
+            )));
+        }
         if variants.iter().any(|v| v.name == name) {
             return Err(Error::Usage(format!(
                 "--variants: {name:?} is listed twice"
@@ -359,6 +365,7 @@ mod tests {
         let err = parse_variants("baseline,fast").unwrap_err().to_string();
         assert!(err.contains("\"fast\"") && err.contains("tupe-r"), "{err}");
         assert!(parse_variants("tnf,tnf").is_err());
+        assert!(parse_variants("tupe-a+tupe-r").is_err());
     }
 
     fn point(step: f64, val_loss: f64) -> EvalPoint {

@@ -198,6 +198,13 @@ pub struct NotesConfig {
     pub max_count: u64,
 }
 
+impl NotesConfig {
+    /// True when the rare band is given in corpus counts, not sightings.
+    pub fn absolute_band(&self) -> bool {
+        self.min_count > 0 || self.max_count > 0
+    }
+}
+
 /// Validation cadence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

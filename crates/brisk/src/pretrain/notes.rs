@@ -13,6 +13,12 @@
 //! A note is read before it is written, so a sequence uses what earlier
 //! sequences said about the word (the method's cross-sentence signal).
 //!
+//! The mix is applied to the embedding layer's output (after its LayerNorm
+//! and dropout), where the embedding and the note, a post-LayerNorm
+//! last-layer output, are on the same scale. Raw word embeddings are about
+//! 50 times smaller (initialised at std 0.02), so mixing before the
+//! LayerNorm would let the note drown the word.
+//!
 //! **Which words are rare.** The paper's band (100 to 500 occurrences in
 //! 3.47 billion words) meant thousands of sightings per word, because the
 //! corpus was read about 30 times. A short run on a small corpus sees a
@@ -27,15 +33,21 @@
 //! answer. Occurrences with a token selected for prediction are not mixed
 //! (they still update the note from their context).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
+use tokenizers::Tokenizer;
 
-use crate::config::NotesConfig;
+use crate::config::{ConfigSource, NotesConfig};
 use crate::corpus::shards::WordId;
+use crate::corpus::tokenizer::SpecialIds;
 use crate::error::{Error, Result};
 use crate::model::InputMix;
+
+/// TNF's notes in a checkpoint directory.
+pub const NOTES_FILE: &str = "notes.safetensors";
 
 /// The rare-word band: word types (frequency ranks) `first..=last`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,7 +75,7 @@ pub fn rare_band(
     corpus_tokens: f64,
 ) -> Result<RareBand> {
     let reads = run_tokens / corpus_tokens;
-    let (min_count, max_count) = if cfg.min_count > 0 || cfg.max_count > 0 {
+    let (min_count, max_count) = if cfg.absolute_band() {
         (cfg.min_count, cfg.max_count)
     } else {
         (
@@ -323,10 +335,47 @@ impl NoteBook {
         }))
     }
 
+    /// The input change of [`NoteBook::mix`] with the notes read from
+    /// `notes` (`[rare words, hidden]`, a trainable copy: fine-tuning mode
+    /// U back-propagates into it). Only words with a note take part; the
+    /// counts are not updated. Always a mix (of zeros when no word has a
+    /// note), so that `notes` is in every graph and gets a gradient.
+    pub fn mix_from(
+        &self,
+        notes: &Tensor,
+        found: &[Occurrence],
+        (batch, len): (usize, usize),
+    ) -> Result<InputMix> {
+        let (n, h) = notes.dims2()?;
+        let dev = notes.device();
+        // Row `n` is a zero row for the tokens without a note.
+        let mut rows = vec![n as u32; batch * len];
+        let mut keep = vec![1f32; batch * len];
+        for o in found.iter().filter(|o| self.written[o.note]) {
+            for r in o.sequence * len + o.start..o.sequence * len + o.end {
+                rows[r] = o.note as u32;
+                keep[r] = 1.0 - self.lambda;
+            }
+        }
+        let table = Tensor::cat(&[notes, &Tensor::zeros((1, h), notes.dtype(), dev)?], 0)?;
+        let rows = Tensor::from_vec(rows, batch * len, dev)?;
+        let add = (table.index_select(&rows, 0)? * self.lambda as f64)?.reshape((batch, len, h))?;
+        Ok(InputMix {
+            keep: Tensor::from_vec(keep, (batch, len, 1), dev)?.to_dtype(notes.dtype())?,
+            add,
+        })
+    }
+
     /// Takes notes from the last-layer outputs `hidden` (`[batch, len,
     /// hidden]`, read as values: no gradient flows) for each occurrence, in
-    /// order.
-    pub fn take_notes(&mut self, found: &[Occurrence], hidden: &Tensor) -> Result<()> {
+    /// order. Windows are clipped at each sequence's edges: `lengths` gives
+    /// the real length of padded sequences (`None`: all `len` tokens).
+    pub fn take_notes(
+        &mut self,
+        found: &[Occurrence],
+        hidden: &Tensor,
+        lengths: Option<&[usize]>,
+    ) -> Result<()> {
         if found.is_empty() {
             return Ok(());
         }
@@ -338,8 +387,9 @@ impl NoteBook {
             .to_vec1()?;
         let mut mean = vec![0f32; h];
         for o in found {
+            let end = lengths.map_or(len, |l| l[o.sequence]);
             let from = o.start.saturating_sub(self.half_window);
-            let to = (o.end + self.half_window).min(len);
+            let to = (o.end + self.half_window).min(end);
             mean.fill(0.0);
             for t in from..to {
                 let row = &values[(o.sequence * len + t) * h..][..h];
@@ -366,6 +416,16 @@ impl NoteBook {
     /// Number of words that have a note.
     pub fn written(&self) -> usize {
         self.written.iter().filter(|&&w| w).count()
+    }
+
+    /// The notes, `[rare words, hidden]` row-major (rows without a note
+    /// are zeros).
+    pub fn values(&self) -> &[f32] {
+        &self.notes
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.hidden
     }
 
     /// Writes the notes, which words have one, and the counts to a
@@ -427,15 +487,143 @@ impl NoteBook {
                 ),
             ));
         }
+        let written = get("written")?.to_vec1::<u8>()?;
+        let stats = get("stats")?.to_vec1::<f64>()?;
+        if written.len() != self.written.len() || stats.len() != 5 {
+            return Err(Error::data(
+                path,
+                format!(
+                    "tensors written ({}) and stats ({}) should hold {} and 5 values",
+                    written.len(),
+                    stats.len(),
+                    self.written.len()
+                ),
+            ));
+        }
         self.notes = notes.flatten_all()?.to_vec1()?;
-        self.written = get("written")?
-            .to_vec1::<u8>()?
-            .into_iter()
-            .map(|w| w != 0)
-            .collect();
-        self.stats = NoteStats::from_array(&get("stats")?.to_vec1::<f64>()?);
+        self.written = written.into_iter().map(|w| w != 0).collect();
+        self.stats = NoteStats::from_array(&stats);
         Ok(())
     }
+}
+
+/// Finds rare words in WordPiece token ids, for text that comes without
+/// word ids (fine-tuning batches): a token that does not start with `##`
+/// begins a word, the `##` tokens after it continue it, and the word is its
+/// pieces joined: the normalised word that the corpus counted.
+#[derive(Debug, Clone)]
+pub struct NoteLookup {
+    /// The note row of each rare word.
+    rows: HashMap<String, usize>,
+    /// Each token id's piece; `None` for special tokens.
+    pieces: Vec<Option<String>>,
+}
+
+impl NoteLookup {
+    /// `words`: the corpus's word table, most frequent first (the ranks the
+    /// band indexes).
+    pub fn new(words: &[(String, u64)], band: &RareBand, tokenizer: &Tokenizer) -> Result<NoteLookup> {
+        let rows = (band.first..=band.last)
+            .map(|r| (words[r as usize].0.clone(), (r - band.first) as usize))
+            .collect();
+        let special = SpecialIds::of(tokenizer, "the run's tokenizer")?;
+        let vocab = tokenizer.get_vocab(true);
+        let size = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        let mut pieces = vec![None; size];
+        for (piece, id) in vocab {
+            if !special.contains(id) {
+                pieces[id as usize] = Some(piece);
+            }
+        }
+        Ok(NoteLookup { rows, pieces })
+    }
+
+    fn piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize)?.as_deref()
+    }
+
+    /// The rare-word occurrences in `tokens` (one id list per sequence).
+    pub fn occurrences(&self, tokens: &[Vec<u32>]) -> Vec<Occurrence> {
+        let mut found = Vec::new();
+        for (sequence, ids) in tokens.iter().enumerate() {
+            let mut i = 0;
+            while i < ids.len() {
+                let Some(first) = self.piece(ids[i]).filter(|p| !p.starts_with("##")) else {
+                    i += 1;
+                    continue;
+                };
+                let mut word = first.to_string();
+                let mut end = i + 1;
+                while let Some(rest) = ids
+                    .get(end)
+                    .and_then(|&t| self.piece(t))
+                    .and_then(|p| p.strip_prefix("##"))
+                {
+                    word.push_str(rest);
+                    end += 1;
+                }
+                if let Some(&note) = self.rows.get(&word) {
+                    found.push(Occurrence {
+                        note,
+                        sequence,
+                        start: i,
+                        end,
+                    });
+                }
+                i = end;
+            }
+        }
+        found
+    }
+}
+
+/// The notes a pre-training run ended with, for fine-tuning: the note book
+/// of its newest checkpoint and the lookup of its rare words in the run's
+/// tokenizer. An error says so when the run was not trained with notes.
+pub fn open_run_notes(run: &Path, tokenizer: &Tokenizer) -> Result<(NoteBook, NoteLookup)> {
+    if !run.join("config.toml").exists() {
+        return Err(Error::Usage(format!(
+            "{} is not a `brisk pretrain` run: fine-tuning with notes needs one pre-trained \
+             with notes.enabled = true",
+            run.display()
+        )));
+    }
+    let config = crate::config::resolve(&ConfigSource {
+        file: Some(run.join("config.toml")),
+        ..Default::default()
+    })?;
+    let checkpoint = crate::train::checkpoint::latest(run)?.ok_or_else(|| {
+        Error::data(run, "has no checkpoint: TNF's notes come from a `brisk pretrain` run")
+    })?;
+    let file = checkpoint.join(NOTES_FILE);
+    if !file.exists() {
+        return Err(Error::Usage(format!(
+            "{} was not pre-trained with notes ({} has no {NOTES_FILE}); fine-tuning with notes \
+             needs a run with notes.enabled = true",
+            run.display(),
+            checkpoint.display()
+        )));
+    }
+    // The run's own copy of the word table, else the corpus's.
+    let corpus = (!config.data.corpus.is_empty()).then(|| Path::new(&config.data.corpus));
+    let table = std::iter::once(run.join("word_counts.tsv"))
+        .chain(corpus.map(|c| c.join("word_counts.tsv")))
+        .find(|p| p.exists())
+    .ok_or_else(|| {
+        Error::data(
+            run,
+            "has no word_counts.tsv, and its corpus (data.corpus) has none either: \
+             the notes cannot be matched to words",
+        )
+    })?;
+    let words = crate::corpus::words::read_word_counts(&table)?;
+    let counts: Vec<u64> = words.iter().map(|(_, c)| *c).collect();
+    let (first, last) = saved_band(&file)?;
+    let band = RareBand::of_ranks(&counts, first, last, f64::NAN).map_err(|e| Error::data(&file, e))?;
+    let mut book = NoteBook::new(band, config.model.hidden_size, &config.notes);
+    book.load(&file)?;
+    let lookup = NoteLookup::new(&words, &book.band, tokenizer)?;
+    Ok((book, lookup))
 }
 
 #[cfg(test)]
@@ -536,12 +724,12 @@ mod tests {
             |rows: [[f32; 2]; 5]| Tensor::from_vec(rows.concat(), (1, 5, 2), &Device::Cpu).unwrap();
         // Window: tokens 1..5 (one each side, clipped at the end).
         let first = hidden([[9., 9.], [1., 2.], [3., 4.], [5., 6.], [7., 8.]]);
-        b.take_notes(&found, &first).unwrap();
+        b.take_notes(&found, &first, None).unwrap();
         // The first sighting initialises the note with the mean: (4, 5).
         assert_eq!(b.note(1).unwrap(), &[4.0, 5.0]);
         assert!(b.note(0).is_none() && b.note(2).is_none());
         let second = hidden([[0., 0.], [8., 8.], [8., 8.], [8., 8.], [8., 8.]]);
-        b.take_notes(&found, &second).unwrap();
+        b.take_notes(&found, &second, None).unwrap();
         // (1 − γ)·note + γ·mean with γ = 0.25: 0.75·(4, 5) + 0.25·(8, 8).
         assert_eq!(b.note(1).unwrap(), &[5.0, 5.75]);
         // At the sequence start the window is clipped too.
@@ -551,7 +739,7 @@ mod tests {
             start: 0,
             end: 1,
         }];
-        b.take_notes(&at_start, &first).unwrap();
+        b.take_notes(&at_start, &first, None).unwrap();
         assert_eq!(b.note(0).unwrap(), &[5.0, 5.5]);
     }
 
@@ -592,7 +780,7 @@ mod tests {
             &dev,
         )
         .unwrap();
-        b.take_notes(&found, &h).unwrap();
+        b.take_notes(&found, &h, None).unwrap();
         // Position 6 (sequence 1, token 2) is predicted: note 2 is not mixed.
         let mix = b
             .mix(&found, (2, 4), &[6], DType::F32, &dev)
@@ -629,7 +817,7 @@ mod tests {
             ],
             5,
         );
-        b.take_notes(&found, &h).unwrap();
+        b.take_notes(&found, &h, None).unwrap();
         b.stats.occurrences = 7;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notes.safetensors");

@@ -10,7 +10,7 @@ use crate::corpus::generated::Rng;
 use crate::encoder::Batch;
 use crate::error::Result;
 use crate::model::bert::Linear;
-use crate::model::{Bert, Ctx, Params};
+use crate::model::{Bert, Ctx, InputMix, Params};
 
 /// The head's parameter names start with these: a pre-trained checkpoint
 /// may lack them (they are then initialised).
@@ -58,17 +58,30 @@ impl Classifier {
 
     /// Outputs `[batch, outputs]`: class logits, or the regression value.
     pub fn forward(&self, batch: &Batch, ctx: &mut Ctx) -> Result<Tensor> {
+        Ok(self.forward_mixed(batch, None, ctx)?.0)
+    }
+
+    /// [`Classifier::forward`] with an optional change to the input
+    /// embeddings (TNF's notes), also returning the last hidden states.
+    pub fn forward_mixed(
+        &self,
+        batch: &Batch,
+        mix: Option<&InputMix>,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, Tensor)> {
         let hidden = self.bert.forward(
             &batch.ids,
             Some(&batch.token_types),
             Some(&batch.mask),
-            None,
+            mix,
             ctx,
         )?;
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
-        self.classifier
-            .forward(&ctx.dropout(&pooled, self.dropout)?)
+        let outputs = self
+            .classifier
+            .forward(&ctx.dropout(&pooled, self.dropout)?)?;
+        Ok((outputs, hidden))
     }
 
     /// The mean loss against `labels` (class ids, or targets): cross-entropy

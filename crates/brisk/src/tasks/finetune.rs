@@ -10,21 +10,27 @@
 //! `predictions-dev.tsv` of the best epoch, `metrics.jsonl`, and what
 //! [`super::predict`] needs to apply the model: `model.json` (the encoder's
 //! config), `task.json` and `tokenizer.json`.
+//!
+//! With `--notes F` or `U` (a pre-training run with TNF's notes), rare
+//! words read their notes in every forward pass; F keeps taking notes on
+//! the fly during training (saved as `notes.safetensors`), U trains them by
+//! back-propagation (the tensor `notes.weight` of the saved weights).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
-use serde::Serialize;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::classifier::{Classifier, HEAD_PREFIXES};
 use super::data::{read_split, Example, Kind, Task};
 use super::metrics;
 use crate::config::Preset;
 use crate::corpus::generated::Rng;
-use crate::encoder::{tokenize, Pretrained, Text};
+use crate::encoder::{tokenize, Batch, Pretrained, Text};
 use crate::error::{Error, Result};
-use crate::model::{Ctx, Params};
+use crate::model::{Ctx, InputMix, Params};
+use crate::pretrain::notes::{open_run_notes, NoteBook, NoteLookup, Occurrence, NOTES_FILE};
 use crate::run::{write_atomic, write_json};
 use crate::train::optim::{clip_scale, grad_norm, gradients, AdamW};
 use crate::train::schedule::{linear_warmup_decay, warmup_steps};
@@ -48,6 +54,115 @@ pub struct Recipe {
     pub save_every: u64,
     /// Layer-wise learning-rate decay (ELECTRA's recipe; 1: off).
     pub layer_decay: f64,
+    /// Whether TNF's notes of a pre-training run take part.
+    pub notes: NotesMode,
+}
+
+/// How TNF's notes take part in fine-tuning (`--notes`; the seed's modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotesMode {
+    /// Not used (the default: the model is fine-tuned as it is deployed).
+    #[serde(rename = "off")]
+    Off,
+    /// Used, and still taken on the fly with the pre-training rule.
+    #[serde(rename = "F")]
+    OnTheFly,
+    /// Used, and trained by back-propagation.
+    #[serde(rename = "U")]
+    Trained,
+}
+
+impl NotesMode {
+    pub fn from_name(name: &str) -> Result<NotesMode> {
+        match name {
+            "off" => Ok(NotesMode::Off),
+            "F" | "f" => Ok(NotesMode::OnTheFly),
+            "U" | "u" => Ok(NotesMode::Trained),
+            other => Err(Error::Usage(format!(
+                "--notes: unknown mode {other:?} (expected off, F: notes taken on the fly, or U: notes trained by back-propagation)"
+            ))),
+        }
+    }
+}
+
+/// TNF's notes during fine-tuning: read by every forward pass (dev scoring
+/// included); mode F takes notes after each training step, mode U trains a
+/// copy of them (the group `notes`) with the model.
+struct TaskNotes {
+    mode: NotesMode,
+    book: NoteBook,
+    lookup: NoteLookup,
+    /// Mode U: the trainable notes, `[rare words, hidden]`.
+    trained: Option<Tensor>,
+}
+
+impl TaskNotes {
+    fn open(
+        mode: NotesMode,
+        run: &Path,
+        tokenizer: &tokenizers::Tokenizer,
+        params: &mut Params,
+    ) -> Result<Option<TaskNotes>> {
+        if mode == NotesMode::Off {
+            return Ok(None);
+        }
+        let (book, lookup) = open_run_notes(run, tokenizer)?;
+        let trained = if mode == NotesMode::Trained {
+            let h = book.hidden();
+            let n = book.values().len() / h;
+            let mut g = params.group("notes");
+            g.zeros("weight", &[n, h]);
+            let g = g.finish()?;
+            g.var
+                .set(&Tensor::from_slice(book.values(), n * h, &Device::Cpu)?)?;
+            Some(g.view("weight")?)
+        } else {
+            None
+        };
+        Ok(Some(TaskNotes {
+            mode,
+            book,
+            lookup,
+            trained,
+        }))
+    }
+
+    /// The rare-word occurrences of a batch and its input change.
+    fn mix(&mut self, batch: &Batch) -> Result<(Vec<Occurrence>, Option<InputMix>)> {
+        let found = self.lookup.occurrences(&batch.tokens);
+        let shape = batch.ids.dims2()?;
+        let mix = match &self.trained {
+            Some(notes) => Some(self.book.mix_from(notes, &found, shape)?),
+            None => self
+                .book
+                .mix(&found, shape, &[], DType::F32, &Device::Cpu)?,
+        };
+        Ok((found, mix))
+    }
+
+    /// Mode F: takes notes from a training step's last hidden states.
+    fn take(&mut self, found: &[Occurrence], hidden: &Tensor, batch: &Batch) -> Result<()> {
+        if self.mode != NotesMode::OnTheFly {
+            return Ok(());
+        }
+        self.book
+            .take_notes(found, &hidden.detach(), Some(&batch.lengths))
+    }
+}
+
+/// The outputs for a batch, with the notes read when there are any.
+fn forward(
+    model: &Classifier,
+    notes: Option<&mut TaskNotes>,
+    batch: &Batch,
+    ctx: &mut Ctx,
+) -> Result<(Tensor, Tensor, Vec<Occurrence>)> {
+    let (found, mix) = match notes {
+        Some(n) => n.mix(batch)?,
+        None => (Vec::new(), None),
+    };
+    let (outputs, hidden) = model.forward_mixed(batch, mix.as_ref(), ctx)?;
+    Ok((outputs, hidden, found))
 }
 
 impl Default for Recipe {
@@ -64,6 +179,7 @@ impl Default for Recipe {
             max_train: 0,
             save_every: 0,
             layer_decay: 1.0,
+            notes: NotesMode::Off,
         }
     }
 }
@@ -138,7 +254,7 @@ fn step_dir(out: &Path, step: u64) -> PathBuf {
 /// Fine-tunes `model` (a HF checkpoint or a brisk run) on `task` with one
 /// seed, writing into `out` (which must exist).
 pub fn finetune(
-    model: &Path,
+    model_dir: &Path,
     task: &Task,
     recipe: &Recipe,
     seed: u64,
@@ -150,7 +266,7 @@ pub fn finetune(
             "fine-tuning needs at least one epoch and a batch of at least one".into(),
         ));
     }
-    let pre = Pretrained::open(model)?;
+    let pre = Pretrained::open(model_dir)?;
     let mut cfg = pre.config.clone();
     cfg.kernels = crate::config::Kernels::Fused;
     let max_len = recipe.max_len.min(cfg.max_position_embeddings);
@@ -166,6 +282,8 @@ pub fn finetune(
     let mut params = Params::new(Device::Cpu, DType::F32);
     let model = Classifier::new(&mut params, &cfg, task.num_outputs(), &mut Rng::new(seed))?;
     pre.load_into(&params, &HEAD_PREFIXES)?;
+    // Mode U's trainable notes come from the run's notes, not its weights.
+    let mut notes = TaskNotes::open(recipe.notes, model_dir, &pre.tokenizer, &mut params)?;
     save_weights(&params, &step_dir(out, 0))?;
     // What `brisk predict` needs besides the weights.
     let tokenizer_json = out.join("tokenizer.json");
@@ -198,7 +316,8 @@ pub fn finetune(
         let started = std::time::Instant::now();
         for idx in order.chunks(recipe.batch_size) {
             let batch = tokenize(&pre.tokenizer, max_len, &train.texts(idx))?;
-            let outputs = model.forward(&batch, &mut Ctx::train(&mut rng))?;
+            let (outputs, hidden, found) =
+                forward(&model, notes.as_mut(), &batch, &mut Ctx::train(&mut rng))?;
             let loss = model.loss(&outputs, &train.labels(idx))?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
@@ -211,13 +330,24 @@ pub fn finetune(
             let norm = grad_norm(&grads)?;
             let lr = linear_warmup_decay(recipe.learning_rate, step, warmup, total);
             opt.update(&grads, lr, clip_scale(norm, recipe.max_grad_norm))?;
+            if let Some(n) = notes.as_mut() {
+                n.take(&found, &hidden, &batch)?;
+            }
             step += 1;
             if recipe.save_every > 0 && step.is_multiple_of(recipe.save_every) {
                 save_weights(&params, &step_dir(out, step))?;
             }
         }
         let train_s = started.elapsed().as_secs_f64();
-        let (predicted, scores) = evaluate(&model, &pre, max_len, &dev, task, recipe.batch_size)?;
+        let (predicted, scores) = evaluate(
+            &model,
+            notes.as_mut(),
+            &pre,
+            max_len,
+            &dev,
+            task,
+            recipe.batch_size,
+        )?;
         let score = scores[metric];
         let row = serde_json::json!({
             "epoch": epoch,
@@ -249,6 +379,10 @@ pub fn finetune(
             }
         }
     }
+    if let Some(n) = notes.as_ref().filter(|n| n.mode == NotesMode::OnTheFly) {
+        // The notes as fine-tuning left them (mode U's are in the weights).
+        n.book.save(&out.join(NOTES_FILE))?;
+    }
     let (_, best_epoch, dev_scores) = best.expect("epochs >= 1 ran");
     Ok(SeedResult {
         seed,
@@ -263,6 +397,7 @@ pub fn finetune(
 /// Predictions on `split` and the task's metrics on them.
 fn evaluate(
     model: &Classifier,
+    mut notes: Option<&mut TaskNotes>,
     pre: &Pretrained,
     max_len: usize,
     split: &Split,
@@ -273,7 +408,8 @@ fn evaluate(
     let mut predicted = Vec::with_capacity(all.len());
     for idx in all.chunks(batch_size) {
         let batch = tokenize(&pre.tokenizer, max_len, &split.texts(idx))?;
-        predicted.extend(model.predict(&model.forward(&batch, &mut Ctx::eval())?)?);
+        let (outputs, _, _) = forward(model, notes.as_deref_mut(), &batch, &mut Ctx::eval())?;
+        predicted.extend(model.predict(&outputs)?);
     }
     let gold = split.labels(&all);
     let scores = task

@@ -10,4 +10,4 @@ pub mod metrics;
 pub mod predict;
 
 pub use data::{Task, TaskSpec};
-pub use finetune::{finetune, Recipe, SeedResult};
+pub use finetune::{finetune, NotesMode, Recipe, SeedResult};

@@ -55,6 +55,14 @@ impl Predictor {
         let task: TaskSpec = read_json(&dir.join("task.json"))?;
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), true)?;
         let recipe: serde_json::Value = read_json(&dir.join("recipe.json"))?;
+        if recipe["notes"].as_str().is_some_and(|m| m != "off") {
+            return Err(Error::Usage(format!(
+                "{} was fine-tuned with TNF notes (--notes {}); brisk predict does not read \
+                 notes yet: fine-tune with --notes off to use predict",
+                dir.display(),
+                recipe["notes"].as_str().unwrap_or_default()
+            )));
+        }
         let max_len = recipe["max_len"]
             .as_u64()
             .map_or(config.max_position_embeddings, |n| n as usize);

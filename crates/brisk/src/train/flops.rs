@@ -34,27 +34,26 @@ pub fn encoder_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
         + (DROPOUT + 1.0 + LAYER_NORM) * h;
     let feed_forward =
         2.0 * h * i + i + GELU * i + 2.0 * i * h + h + (DROPOUT + 1.0 + LAYER_NORM) * h;
-    embeddings
-        + position_term_forward_per_token(cfg, seq_len)
-        + cfg.num_hidden_layers as f64 * (attention + feed_forward)
+    // TUPE adds its position term to every layer's logits of every sequence.
+    let position_bias = match cfg.position {
+        Position::Absolute => 0.0,
+        Position::TupeA | Position::TupeR => cfg.num_attention_heads as f64 * l,
+    };
+    embeddings + cfg.num_hidden_layers as f64 * (attention + feed_forward + position_bias)
 }
 
-/// TUPE's position term, computed once per sequence and shared by every
-/// layer, per token: LayerNorm and the two projections of `len + 2` rows
+/// TUPE's position term, computed once per forward pass and shared by every
+/// sequence and layer: LayerNorm and the two projections of `len + 2` rows
 /// (the positions and the two [CLS] vectors), the per-head products, the
-/// relative bias and the [CLS] reset, then one addition per layer and head
-/// into the logits. Absolute positions: nothing.
-pub fn position_term_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
+/// relative bias and the [CLS] reset. Absolute positions: nothing.
+pub fn position_term_forward(cfg: &ModelConfig, seq_len: usize) -> f64 {
     if cfg.position == Position::Absolute {
         return 0.0;
     }
     let h = cfg.hidden_size as f64;
     let rows = seq_len as f64 + 2.0;
     let (l, heads) = (seq_len as f64, cfg.num_attention_heads as f64);
-    let per_sequence = rows * (LAYER_NORM * h + 2.0 * (2.0 * h * h + h))
-        + 2.0 * rows * rows * h
-        + heads * l * l * (3.0 + cfg.num_hidden_layers as f64);
-    per_sequence / l
+    rows * (LAYER_NORM * h + 2.0 * (2.0 * h * h + h)) + 2.0 * rows * rows * h + 3.0 * heads * l * l
 }
 
 /// Forward FLOPs of the MLM head for one predicted token.
@@ -105,19 +104,21 @@ mod tests {
     }
 
     #[test]
-    fn tupe_adds_a_small_per_sequence_term() {
+    fn tupe_adds_a_small_term() {
         let cfg = Preset::Mini.config().model;
         let tupe = ModelConfig {
             position: Position::TupeR,
             ..cfg.clone()
         };
+        assert_eq!(position_term_forward(&cfg, 128), 0.0);
         let (plain, untied) = (
             encoder_forward_per_token(&cfg, 128),
             encoder_forward_per_token(&tupe, 128),
         );
-        assert!(
-            untied > plain && untied < 1.1 * plain,
-            "{untied} vs {plain}"
-        );
+        // Per token: one addition per head and key in every layer.
+        assert_eq!(untied - plain, 4.0 * 4.0 * 128.0);
+        // Once per forward pass: well under one sequence's encoder work.
+        let once = position_term_forward(&tupe, 128);
+        assert!(once > 0.0 && once < 0.1 * 128.0 * plain, "{once} vs {plain}");
     }
 }

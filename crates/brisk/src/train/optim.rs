@@ -47,10 +47,12 @@ pub struct AdamW {
     pub step: u64,
 }
 
-/// True for parameters that get weight decay: everything but biases and
-/// LayerNorm.
+/// True for parameters that get weight decay: everything but biases,
+/// LayerNorm and TNF's notes.
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.contains("LayerNorm"))
+    // TNF's notes (fine-tuning mode U) are a memory, not weights: they move
+    // only where a word's gradient moves them.
+    !(name.ends_with(".bias") || name.contains("LayerNorm") || name.starts_with("notes."))
 }
 
 /// The hyper-parameters of one group's update.

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
-use super::flops::mlm_training_per_token;
+use super::flops::{mlm_training_per_token, position_term_forward};
 use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
 use super::schedule::Budget;
 use crate::config::{Config, ObjectiveConfig};
@@ -28,7 +28,9 @@ use crate::error::{Error, Result};
 use crate::model::{BertForMaskedLm, Ctx, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
 use crate::pretrain::mlm::mask_tokens;
-use crate::pretrain::notes::{rare_band, saved_band, NoteBook, NoteStats, Occurrence, RareBand};
+use crate::pretrain::notes::{
+    rare_band, saved_band, NoteBook, NoteStats, Occurrence, RareBand, NOTES_FILE,
+};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -289,13 +291,13 @@ fn open_notes(
         .map(|(_, c)| c)
         .collect();
     let corpus_tokens = (m.train.tokens + m.validation.tokens) as f64;
-    let absolute = config.notes.min_count > 0;
+    let absolute = config.notes.absolute_band();
     let run_tokens = match budget.steps {
         Some(steps) => (steps * tokens_per_step) as f64,
         None if absolute => corpus_tokens,
         None => {
             return Err(Error::Config(
-                "`notes`: the rare-word band is sized by expected sightings in the run,                  which needs a step or token budget (--steps, --tokens); with a wall-clock                  budget alone, set notes.min_count and notes.max_count"
+                NOTES_NEED_A_BUDGET
                     .into(),
             ))
         }
@@ -318,8 +320,11 @@ fn open_notes(
     Ok(book)
 }
 
-/// TNF's notes in a checkpoint directory.
-pub const NOTES_FILE: &str = "notes.safetensors";
+
+/// Why a notes run without a step or token budget is refused.
+const NOTES_NEED_A_BUDGET: &str = "`notes`: the rare-word band is sized by expected sightings \
+    in the run, which needs a step or token budget (--steps, --tokens); with a wall-clock \
+    budget alone, set notes.min_count and notes.max_count";
 
 /// Writes TNF's notes (if any) into a checkpoint being assembled.
 fn notes_writer(notes: Option<&NoteBook>) -> impl Fn(&Path) -> Result<()> + '_ {
@@ -327,6 +332,26 @@ fn notes_writer(notes: Option<&NoteBook>) -> impl Fn(&Path) -> Result<()> + '_ {
         Some(book) => book.save(&dir.join(NOTES_FILE)),
         None => Ok(()),
     }
+}
+
+/// A checkpoint of the weights, the optimiser, the state and the notes.
+fn save_checkpoint(
+    run_dir: &Path,
+    params: &Params,
+    opt: &AdamW,
+    state: &TrainState,
+    notes: Option<&NoteBook>,
+    train: &crate::config::TrainConfig,
+) -> Result<PathBuf> {
+    let write_notes = notes_writer(notes);
+    checkpoint::save(
+        run_dir,
+        params,
+        opt,
+        state,
+        train.keep_checkpoints,
+        &write_notes,
+    )
 }
 
 /// Sequences per micro-batch.
@@ -338,11 +363,9 @@ fn micro_batch(config: &Config) -> usize {
 pub fn check_options(config: &Config) -> Result<()> {
     Budget::from_config(&config.train, 1)?;
     let (n, t) = (&config.notes, &config.train);
-    if n.enabled && n.min_count == 0 && t.steps == 0 && t.tokens == 0 {
+    if n.enabled && !n.absolute_band() && t.steps == 0 && t.tokens == 0 {
         return Err(Error::Config(
-            "`notes`: the rare-word band is sized by expected sightings in the run, which needs \
-             a step or token budget (--steps, --tokens); with a wall-clock budget alone, set \
-             notes.min_count and notes.max_count"
+            NOTES_NEED_A_BUDGET
                 .into(),
         ));
     }
@@ -525,8 +548,10 @@ pub fn pretrain(
     let micro = micro_batch(config);
     let tokens_per_step = (train.batch_size * m.seq_len) as u64;
     let budget = Budget::from_config(train, tokens_per_step)?;
+    // TUPE's position term is computed once per forward pass (micro-batch).
     let flops_per_step = tokens_per_step as f64
-        * mlm_training_per_token(&config.model, m.seq_len, config.objective.mask_prob);
+        * mlm_training_per_token(&config.model, m.seq_len, config.objective.mask_prob)
+        + 2.0 * position_term_forward(&config.model, m.seq_len) * train.grad_accum_steps as f64;
 
     let mut params = Params::new(Device::Cpu, DType::F32);
     let model = BertForMaskedLm::new(&config.model, &mut params, train.seed)?;
@@ -677,7 +702,7 @@ pub fn pretrain(
         opt.update(&grads, lr, clip_scale(norm, train.max_grad_norm))?;
         if let Some(book) = notes.as_mut() {
             for (found, hidden) in pending {
-                book.take_notes(&found, &hidden)?;
+                book.take_notes(&found, &hidden, None)?;
             }
         }
         last_step_secs = step_start.elapsed().as_secs_f64();
@@ -717,15 +742,7 @@ pub fn pretrain(
         }
         progress.step(&row, logged, &budget);
         if due(train.save_every) {
-            let write_notes = notes_writer(notes.as_ref());
-            checkpoint::save(
-                run_dir,
-                &params,
-                &opt,
-                &state,
-                train.keep_checkpoints,
-                &write_notes,
-            )?;
+            save_checkpoint(run_dir, &params, &opt, &state, notes.as_ref(), train)?;
             saved_step = Some(done);
         }
     };
@@ -735,21 +752,19 @@ pub fn pretrain(
     let checkpoint = if saved_step == Some(state.step) {
         checkpoint::latest(run_dir)?.expect("a checkpoint was just written")
     } else {
-        let write_notes = notes_writer(notes.as_ref());
-        checkpoint::save(
-            run_dir,
-            &params,
-            &opt,
-            &state,
-            train.keep_checkpoints,
-            &write_notes,
-        )?
+        save_checkpoint(run_dir, &params, &opt, &state, notes.as_ref(), train)?
     };
 
     // The run directory holds everything needed to use the model.
     let tokenizer = corpus.dir.join(&m.tokenizer.file);
     let copy = run_dir.join("tokenizer.json");
     std::fs::copy(&tokenizer, &copy).map_err(|e| Error::io(&copy, e))?;
+    if notes.is_some() {
+        // Fine-tuning with notes matches them to words through this table.
+        let table = corpus.dir.join(&m.word_counts.file);
+        let copy = run_dir.join("word_counts.tsv");
+        std::fs::copy(&table, &copy).map_err(|e| Error::io(&copy, e))?;
+    }
     let loss_plot = plot_losses(run_dir, m.unigram_entropy_nats)?;
     let summary = Summary {
         ending,

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use brisk::config::{DataConfig, Preset};
+use brisk::config::{Config, DataConfig, Preset};
 use brisk::corpus::{self, Input, PrepareReport};
+use brisk::train::pretrain::Summary;
 
 mod minilm;
 #[allow(unused_imports)] // not every test file needs it
@@ -59,4 +60,42 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()
+}
+
+/// Prepares the built-in corpus of `config` into `root/corpus` (once), then
+/// pre-trains on it into `root/{run}` (with its `config.toml`, so the run
+/// can be opened as a model). `config.model.vocab_size` and
+/// `config.data.corpus` are set to the corpus's.
+pub fn pretrain_generated(root: &Path, run: &str, config: &mut Config) -> (PathBuf, Summary) {
+    use std::sync::atomic::AtomicBool;
+
+    use brisk::corpus::shards::PreparedCorpus;
+    use brisk::train::pretrain::{pretrain, Options};
+
+    let corpus_dir = root.join("corpus");
+    if !corpus_dir.join("manifest.json").exists() {
+        std::fs::create_dir_all(&corpus_dir).unwrap();
+        corpus::prepare(
+            &config.data,
+            config.model.vocab_size,
+            &Input::Generated,
+            &corpus_dir,
+            false,
+        )
+        .unwrap();
+    }
+    let corpus = PreparedCorpus::open(&corpus_dir).unwrap();
+    config.model.vocab_size = corpus.manifest.tokenizer.vocab_size;
+    config.data.corpus = corpus_dir.display().to_string();
+    let dir = root.join(run);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), config.to_toml()).unwrap();
+    let stop = AtomicBool::new(false);
+    let options = Options {
+        resume: false,
+        verbose: false,
+        stop: &stop,
+    };
+    let summary = pretrain(config, &corpus, &dir, &options).unwrap();
+    (dir, summary)
 }
