@@ -12,8 +12,8 @@ use brisk::train::schedule::Budget;
 
 use crate::args::{CompareArgs, ReportArgs};
 use crate::{
-    create_run, init_threads, install_stop_handler, open_corpus, pretrain_flag_sets,
-    print_summary, resolve_config, resume_config, STOP,
+    create_run, init_threads, install_stop_handler, open_corpus, pretrain_flag_sets, print_summary,
+    resolve_config, resume_config, STOP,
 };
 
 /// Where a variant's run stands.

@@ -158,7 +158,7 @@ fn fine_tuning_reads_takes_and_trains_notes() {
         .collect();
     assert!(rare.len() >= 4, "{rare:?}");
     let line = |i: usize| {
-        let label = if i % 2 == 0 { "pos" } else { "neg" };
+        let label = if i.is_multiple_of(2) { "pos" } else { "neg" };
         let (a, b) = (rare[i % rare.len()], rare[(i + 1) % rare.len()]);
         format!("{i}\tthe {a} and the {b}\t{label}\n")
     };
@@ -238,7 +238,10 @@ fn fine_tuning_reads_takes_and_trains_notes() {
     assert_eq!(trained.len(), book.values().len());
     let (task_rows, other_rows) = moved(&trained);
     assert!(task_rows > 0, "U trains the notes of the task's rare words");
-    assert_eq!(other_rows, 0, "notes of words the task never shows get no gradient");
+    assert_eq!(
+        other_rows, 0,
+        "notes of words the task never shows get no gradient"
+    );
 
     // Off: no notes at all.
     let out = tune(NotesMode::Off, "off").unwrap();

@@ -522,7 +522,11 @@ pub struct NoteLookup {
 impl NoteLookup {
     /// `words`: the corpus's word table, most frequent first (the ranks the
     /// band indexes).
-    pub fn new(words: &[(String, u64)], band: &RareBand, tokenizer: &Tokenizer) -> Result<NoteLookup> {
+    pub fn new(
+        words: &[(String, u64)],
+        band: &RareBand,
+        tokenizer: &Tokenizer,
+    ) -> Result<NoteLookup> {
         let rows = (band.first..=band.last)
             .map(|r| (words[r as usize].0.clone(), (r - band.first) as usize))
             .collect();
@@ -593,7 +597,10 @@ pub fn open_run_notes(run: &Path, tokenizer: &Tokenizer) -> Result<(NoteBook, No
         ..Default::default()
     })?;
     let checkpoint = crate::train::checkpoint::latest(run)?.ok_or_else(|| {
-        Error::data(run, "has no checkpoint: TNF's notes come from a `brisk pretrain` run")
+        Error::data(
+            run,
+            "has no checkpoint: TNF's notes come from a `brisk pretrain` run",
+        )
     })?;
     let file = checkpoint.join(NOTES_FILE);
     if !file.exists() {
@@ -609,17 +616,18 @@ pub fn open_run_notes(run: &Path, tokenizer: &Tokenizer) -> Result<(NoteBook, No
     let table = std::iter::once(run.join("word_counts.tsv"))
         .chain(corpus.map(|c| c.join("word_counts.tsv")))
         .find(|p| p.exists())
-    .ok_or_else(|| {
-        Error::data(
-            run,
-            "has no word_counts.tsv, and its corpus (data.corpus) has none either: \
+        .ok_or_else(|| {
+            Error::data(
+                run,
+                "has no word_counts.tsv, and its corpus (data.corpus) has none either: \
              the notes cannot be matched to words",
-        )
-    })?;
+            )
+        })?;
     let words = crate::corpus::words::read_word_counts(&table)?;
     let counts: Vec<u64> = words.iter().map(|(_, c)| *c).collect();
     let (first, last) = saved_band(&file)?;
-    let band = RareBand::of_ranks(&counts, first, last, f64::NAN).map_err(|e| Error::data(&file, e))?;
+    let band =
+        RareBand::of_ranks(&counts, first, last, f64::NAN).map_err(|e| Error::data(&file, e))?;
     let mut book = NoteBook::new(band, config.model.hidden_size, &config.notes);
     book.load(&file)?;
     let lookup = NoteLookup::new(&words, &book.band, tokenizer)?;

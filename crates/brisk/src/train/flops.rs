@@ -119,6 +119,9 @@ mod tests {
         assert_eq!(untied - plain, 4.0 * 4.0 * 128.0);
         // Once per forward pass: well under one sequence's encoder work.
         let once = position_term_forward(&tupe, 128);
-        assert!(once > 0.0 && once < 0.1 * 128.0 * plain, "{once} vs {plain}");
+        assert!(
+            once > 0.0 && once < 0.1 * 128.0 * plain,
+            "{once} vs {plain}"
+        );
     }
 }

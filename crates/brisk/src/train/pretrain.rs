@@ -295,12 +295,7 @@ fn open_notes(
     let run_tokens = match budget.steps {
         Some(steps) => (steps * tokens_per_step) as f64,
         None if absolute => corpus_tokens,
-        None => {
-            return Err(Error::Config(
-                NOTES_NEED_A_BUDGET
-                    .into(),
-            ))
-        }
+        None => return Err(Error::Config(NOTES_NEED_A_BUDGET.into())),
     };
     let saved = checkpoint
         .map(|dir| dir.join(NOTES_FILE))
@@ -319,7 +314,6 @@ fn open_notes(
     }
     Ok(book)
 }
-
 
 /// Why a notes run without a step or token budget is refused.
 const NOTES_NEED_A_BUDGET: &str = "`notes`: the rare-word band is sized by expected sightings \
@@ -364,10 +358,7 @@ pub fn check_options(config: &Config) -> Result<()> {
     Budget::from_config(&config.train, 1)?;
     let (n, t) = (&config.notes, &config.train);
     if n.enabled && !n.absolute_band() && t.steps == 0 && t.tokens == 0 {
-        return Err(Error::Config(
-            NOTES_NEED_A_BUDGET
-                .into(),
-        ));
+        return Err(Error::Config(NOTES_NEED_A_BUDGET.into()));
     }
     if config.objective.kind != "mlm" {
         return Err(Error::Config(format!(
