@@ -55,7 +55,7 @@ impl Linear {
 }
 
 /// The activation named by `model.hidden_act`.
-fn activation_kind(cfg: &ModelConfig) -> Result<Activation> {
+pub(crate) fn activation_kind(cfg: &ModelConfig) -> Result<Activation> {
     Activation::from_name(&cfg.hidden_act).ok_or_else(|| {
         Error::Config(format!(
             "`model.hidden_act`: unknown activation {:?}",
@@ -74,7 +74,7 @@ fn runs_fused(cfg: &ModelConfig, group: &Group) -> bool {
 
 /// The reference path's activation: candle's ops for each [`Activation`]
 /// (candle's `gelu` is the tanh form, HF's `"gelu"` the erf form).
-fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
         Activation::GeluErf => x.gelu_erf()?,
         Activation::GeluTanh => x.gelu()?,

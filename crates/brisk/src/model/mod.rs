@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod discriminator;
 pub mod fused;
 pub mod norm;
 pub mod params;
