@@ -350,6 +350,9 @@ pub struct InputMix {
 #[derive(Debug, Clone)]
 pub struct Bert {
     embeddings: Embeddings,
+    /// A generator sharing a wider model's embeddings: their projection to
+    /// this encoder's width (`{prefix}.embeddings_project`, as HF ELECTRA).
+    project: Option<Linear>,
     /// TUPE's position term (`model.position = "tupe-a" | "tupe-r"`).
     positions: Option<UntiedPositions>,
     pub layers: Vec<EncoderLayer>,
@@ -360,23 +363,67 @@ pub struct Bert {
 }
 
 impl Bert {
+    /// BERT with its own embeddings, tensors named `bert.*`.
     pub fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<Bert> {
         let embeddings = Embeddings::new(params, cfg, rng)?;
+        Bert::build(params, cfg, "bert", embeddings, rng)
+    }
+
+    /// An encoder (`cfg`, tensors named `{prefix}.*`) that reads the
+    /// embeddings of `other`: the same tensors, so a step moves both
+    /// models' views. When the widths differ, the embeddings are projected
+    /// to `cfg.hidden_size`. With TUPE it has its own position projections
+    /// over the shared position table.
+    pub fn sharing_embeddings(
+        params: &mut Params,
+        cfg: &ModelConfig,
+        prefix: &str,
+        other: &Bert,
+        rng: &mut Rng,
+    ) -> Result<Bert> {
+        let mut bert = Bert::build(params, cfg, prefix, other.embeddings.clone(), rng)?;
+        let width = other.embeddings.word.dim(1)?;
+        if width != cfg.hidden_size {
+            let mut g = params.group(&format!("{prefix}.embeddings_project"));
+            g.normal(
+                "weight",
+                &[cfg.hidden_size, width],
+                cfg.initializer_range,
+                rng,
+            );
+            g.zeros("bias", &[cfg.hidden_size]);
+            let g = g.finish()?;
+            bert.project = Some(Linear {
+                weight: g.view("weight")?,
+                bias: g.view("bias")?,
+            });
+        }
+        Ok(bert)
+    }
+
+    fn build(
+        params: &mut Params,
+        cfg: &ModelConfig,
+        prefix: &str,
+        embeddings: Embeddings,
+        rng: &mut Rng,
+    ) -> Result<Bert> {
         let positions = match cfg.position {
             Position::Absolute => None,
             Position::TupeA | Position::TupeR => Some(UntiedPositions::new(
                 params,
                 cfg,
+                &format!("{prefix}.encoder.tupe"),
                 embeddings.position.clone(),
                 rng,
             )?),
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(params, &format!("bert.encoder.layer.{i}"), cfg, rng))
+            .map(|i| EncoderLayer::new(params, &format!("{prefix}.encoder.layer.{i}"), cfg, rng))
             .collect::<Result<_>>()?;
         let final_norm = match cfg.norm {
             Norm::Pre => {
-                let mut g = params.group("bert.encoder.LayerNorm");
+                let mut g = params.group(&format!("{prefix}.encoder.LayerNorm"));
                 g.ones("weight", &[cfg.hidden_size]);
                 g.zeros("bias", &[cfg.hidden_size]);
                 let g = g.finish()?;
@@ -390,6 +437,7 @@ impl Bert {
         };
         Ok(Bert {
             embeddings,
+            project: None,
             positions,
             layers,
             final_norm,
@@ -426,6 +474,9 @@ impl Bert {
         if let Some(mix) = mix {
             x = x.broadcast_mul(&mix.keep)?.add(&mix.add)?;
         }
+        if let Some(project) = &self.project {
+            x = project.forward(&x)?;
+        }
         // Computed once, shared by every layer and broadcast over the batch.
         let bias = self.position_bias(ids.dim(1)?)?;
         for layer in &self.layers {
@@ -460,20 +511,35 @@ impl MlmHead {
         bert: &Bert,
         rng: &mut Rng,
     ) -> Result<MlmHead> {
-        let h = cfg.hidden_size;
-        let mut g = params.group("cls.predictions");
+        MlmHead::named(params, "cls.predictions", cfg, bert, rng)
+    }
+
+    /// The head as group `prefix`, for an encoder of `cfg`'s width whose
+    /// (possibly wider, shared) word embeddings its decoder is tied to: the
+    /// transform maps the encoder's width to the embeddings' (ELECTRA's
+    /// generator).
+    pub fn named(
+        params: &mut Params,
+        prefix: &str,
+        cfg: &ModelConfig,
+        bert: &Bert,
+        rng: &mut Rng,
+    ) -> Result<MlmHead> {
+        let (h, e) = (cfg.hidden_size, bert.embeddings.word.dim(1)?);
+        let mut g = params.group(prefix);
         Linear::add(
             &mut g,
             "transform.dense",
-            (h, h),
+            (h, e),
             cfg.initializer_range,
             rng,
         );
-        LayerNorm::add(&mut g, "transform.LayerNorm", h);
+        LayerNorm::add(&mut g, "transform.LayerNorm", e);
         g.zeros("bias", &[cfg.vocab_size]);
         let g = g.finish()?;
         let act = activation_kind(cfg)?;
-        let fused = match (&bert.embeddings.fused, runs_fused(cfg, g)) {
+        // The fused head is square (encoder width = embedding width).
+        let fused = match (&bert.embeddings.fused, runs_fused(cfg, g) && h == e) {
             (Some(embeddings), true) => Some(HeadSpec::of(g, embeddings, act, cfg.layer_norm_eps)?),
             _ => None,
         };

@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod bert;
 pub mod discriminator;
+pub mod electra;
 pub mod fused;
 pub mod norm;
 pub mod params;

@@ -89,20 +89,24 @@ pub struct UntiedPositions {
 }
 
 impl UntiedPositions {
-    /// Creates the group `bert.encoder.tupe`; `positions` is the position
-    /// table of the embeddings.
+    /// Creates the group `name` (`bert.encoder.tupe` for BERT);
+    /// `positions` is the position table of the embeddings.
     pub fn new(
         params: &mut Params,
         cfg: &ModelConfig,
+        name: &str,
         positions: Tensor,
         rng: &mut Rng,
     ) -> Result<UntiedPositions> {
-        let (h, std) = (cfg.hidden_size, cfg.initializer_range);
-        let mut g = params.group("bert.encoder.tupe");
-        g.normal("cls_theta", &[2, h], std, rng);
-        LayerNorm::add(&mut g, "LayerNorm", h);
-        Linear::add(&mut g, "query", (h, h), std, rng);
-        Linear::add(&mut g, "key", (h, h), std, rng);
+        // The positions may be wider than this encoder (a generator sharing
+        // a discriminator's table): the projections map to its width.
+        let (p, h) = (positions.dim(1)?, cfg.hidden_size);
+        let std = cfg.initializer_range;
+        let mut g = params.group(name);
+        g.normal("cls_theta", &[2, p], std, rng);
+        LayerNorm::add(&mut g, "LayerNorm", p);
+        Linear::add(&mut g, "query", (p, h), std, rng);
+        Linear::add(&mut g, "key", (p, h), std, rng);
         let relative = cfg.position == Position::TupeR;
         if relative {
             g.normal(
@@ -129,7 +133,7 @@ impl UntiedPositions {
     /// The position term for sequences of `len` tokens, `[heads, len, len]`,
     /// with `[CLS]` at position 0.
     pub fn bias(&self, len: usize) -> Result<Tensor> {
-        let h = self.cls_theta.dim(1)?;
+        let h = self.query.bias.dim(0)?;
         let (heads, d) = (self.heads, h / self.heads);
         let dev = self.positions.device();
         // Rows 0 and 1 are p_θ1 and p_θ2, then the positions 0..len.

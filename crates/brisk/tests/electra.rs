@@ -1,0 +1,216 @@
+//! ELECTRA's generator and discriminator: sizes, one shared set of
+//! embeddings, gradients everywhere, and a loss that falls.
+
+use brisk::config::{Kernels, ModelConfig, Position, Preset};
+use brisk::corpus::generated::Rng;
+use brisk::corpus::tokenizer::SpecialIds;
+use brisk::model::electra::{generator_config, Electra};
+use brisk::model::{Ctx, Params};
+use brisk::pretrain::mlm::{mask_tokens, MaskedBatch};
+use brisk::train::optim::{gradients, AdamW};
+use candle_core::{DType, Device, Tensor};
+
+const SPECIAL: SpecialIds = SpecialIds {
+    pad: 0,
+    unk: 1,
+    cls: 2,
+    sep: 3,
+    mask: 4,
+};
+
+fn config(position: Position, kernels: Kernels) -> ModelConfig {
+    let mut cfg = Preset::Tiny.config().model;
+    cfg.vocab_size = 40;
+    cfg.hidden_size = 16;
+    cfg.num_attention_heads = 4;
+    cfg.intermediate_size = 32;
+    cfg.num_hidden_layers = 2;
+    cfg.max_position_embeddings = 16;
+    cfg.position = position;
+    cfg.kernels = kernels;
+    cfg
+}
+
+/// Two sequences of 12 with `[CLS]`/`[SEP]`, masked ELECTRA's way (85%
+/// `[MASK]`, 15% kept).
+fn batch(seed: u64) -> (Vec<u32>, MaskedBatch) {
+    let mut rng = Rng::new(seed);
+    let mut tokens: Vec<u32> = (0..24).map(|_| 5 + rng.below(35) as u32).collect();
+    for s in [0, 12] {
+        (tokens[s], tokens[s + 11]) = (SPECIAL.cls, SPECIAL.sep);
+    }
+    let mut objective = Preset::Tiny.config().objective;
+    (objective.mask_token_prob, objective.random_token_prob) = (0.85, 0.0);
+    objective.mask_prob = 0.25;
+    let masked = mask_tokens(&tokens, &SPECIAL, 40, &objective, &mut rng);
+    (tokens, masked)
+}
+
+#[test]
+fn the_generator_is_a_fraction_of_the_discriminator() {
+    let mini = generator_config(&Preset::Mini.config().model, 0.25).unwrap();
+    assert_eq!(
+        (
+            mini.hidden_size,
+            mini.num_attention_heads,
+            mini.intermediate_size
+        ),
+        (64, 1, 256)
+    );
+    let base = generator_config(&Preset::Base.config().model, 0.25).unwrap();
+    assert_eq!(
+        (
+            base.hidden_size,
+            base.num_attention_heads,
+            base.intermediate_size
+        ),
+        (192, 3, 768)
+    );
+    assert_eq!(base.num_hidden_layers, 12);
+    assert!(generator_config(&Preset::Mini.config().model, 0.0).is_err());
+}
+
+#[test]
+fn both_models_share_one_set_of_embeddings() {
+    let cfg = config(Position::Absolute, Kernels::Fused);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = Electra::new(&cfg, 0.5, &mut params, 1).unwrap();
+    let names: Vec<&str> = params.iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"bert.embeddings.word_embeddings.weight"));
+    assert!(names.contains(&"generator.embeddings_project.weight"));
+    assert!(
+        !names.iter().any(|n| n.starts_with("generator.embeddings.")),
+        "the generator has no embeddings of its own: {names:?}"
+    );
+
+    // A step on the generator's loss alone moves the embeddings, and so the
+    // discriminator's output, though no discriminator weight is touched.
+    let (tokens, masked) = batch(3);
+    let dev = Device::Cpu;
+    let ids = Tensor::from_vec(tokens.clone(), (2, 12), &dev).unwrap();
+    let before: Vec<f32> = model
+        .discriminator
+        .forward(&ids, None, None, None, &mut Ctx::eval())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let losses = model
+        .losses(
+            &tokens,
+            &masked,
+            (2, 12),
+            50.0,
+            &mut Rng::new(4),
+            &mut Ctx::eval(),
+        )
+        .unwrap();
+    let store = losses.generator.backward().unwrap();
+    let mut grads = Vec::new();
+    for group in params.groups() {
+        let g = store.get(group.var.as_tensor());
+        let name = group.name.as_str();
+        if name == "bert.embeddings" || name.starts_with("generator") {
+            let size = g.unwrap().abs().unwrap().sum_all().unwrap();
+            assert!(
+                size.to_scalar::<f32>().unwrap() > 0.0,
+                "{name} gets the generator's gradient"
+            );
+        }
+        if name.starts_with("bert.encoder") || name.starts_with("discriminator") {
+            assert!(g.is_none(), "{name} gets no gradient from the generator");
+        }
+        grads.push(
+            g.cloned()
+                .unwrap_or_else(|| group.var.zeros_like().unwrap()),
+        );
+    }
+    let mut train = Preset::Tiny.config().train;
+    train.weight_decay = 0.0;
+    let mut opt = AdamW::new(&params, &train).unwrap();
+    opt.update(&grads, 1e-2, 1.0).unwrap();
+    let after: Vec<f32> = model
+        .discriminator
+        .forward(&ids, None, None, None, &mut Ctx::eval())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_ne!(
+        before, after,
+        "the shared embeddings moved under the discriminator too"
+    );
+}
+
+#[test]
+fn every_parameter_gets_a_gradient() {
+    for (position, kernels) in [
+        (Position::Absolute, Kernels::Fused),
+        (Position::TupeR, Kernels::Fused),
+        (Position::Absolute, Kernels::Reference),
+    ] {
+        let cfg = config(position, kernels);
+        let mut params = Params::new(Device::Cpu, DType::F32);
+        let model = Electra::new(&cfg, 0.5, &mut params, 2).unwrap();
+        let (tokens, masked) = batch(5);
+        let mut rng = Rng::new(6);
+        let losses = model
+            .losses(
+                &tokens,
+                &masked,
+                (2, 12),
+                50.0,
+                &mut Rng::new(7),
+                &mut Ctx::train(&mut rng),
+            )
+            .unwrap();
+        let total = losses.total.to_scalar::<f32>().unwrap();
+        assert!(total.is_finite());
+        let grads = gradients(&params, &losses.total.backward().unwrap()).unwrap();
+        for (name, g) in params.split(&grads).unwrap() {
+            let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "{position:?} {kernels:?} {name}"
+            );
+            assert!(
+                g.iter().any(|v| *v != 0.0),
+                "{position:?} {kernels:?}: {name} has a zero gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_loss_falls_on_a_tiny_model() {
+    let cfg = config(Position::Absolute, Kernels::Fused);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = Electra::new(&cfg, 0.5, &mut params, 3).unwrap();
+    let mut train = Preset::Tiny.config().train;
+    train.weight_decay = 0.0;
+    let mut opt = AdamW::new(&params, &train).unwrap();
+    let mut totals = Vec::new();
+    for step in 0..60 {
+        let (tokens, masked) = batch(100 + step % 4);
+        let losses = model
+            .losses(
+                &tokens,
+                &masked,
+                (2, 12),
+                50.0,
+                &mut Rng::new(step),
+                &mut Ctx::eval(),
+            )
+            .unwrap();
+        let total = losses.total.to_scalar::<f32>().unwrap();
+        assert!(total.is_finite(), "step {step}: {total}");
+        totals.push(total);
+        let grads = gradients(&params, &losses.total.backward().unwrap()).unwrap();
+        opt.update(&grads, 3e-3, 1.0).unwrap();
+    }
+    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
+    let (first, last) = (mean(&totals[..8]), mean(&totals[52..]));
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+}
