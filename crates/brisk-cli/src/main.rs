@@ -298,6 +298,10 @@ pub(crate) fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path
     println!("  checkpoint       {}", s.checkpoint.display());
     println!("  loss curve       {}", s.loss_plot.display());
     match s.ending {
+        Ending::Finished if s.objective == "electra" => println!(
+            "try it:  brisk finetune --model {} --task rte   (the discriminator is the encoder)",
+            run.display()
+        ),
         Ending::Finished => println!(
             "try it:  brisk fill-mask --model {} \"text with a [MASK] in it\"",
             run.display()

@@ -1,5 +1,8 @@
 //! ELECTRA's generator and discriminator: sizes, one shared set of
-//! embeddings, gradients everywhere, and a loss that falls.
+//! embeddings, gradients everywhere, a loss that falls, and pre-training
+//! with `objective.kind = "electra"`.
+
+mod support;
 
 use brisk::config::{Kernels, ModelConfig, Position, Preset};
 use brisk::corpus::generated::Rng;
@@ -103,6 +106,7 @@ fn both_models_share_one_set_of_embeddings() {
             (2, 12),
             50.0,
             &mut Rng::new(4),
+            None,
             &mut Ctx::eval(),
         )
         .unwrap();
@@ -163,6 +167,7 @@ fn every_parameter_gets_a_gradient() {
                 (2, 12),
                 50.0,
                 &mut Rng::new(7),
+                None,
                 &mut Ctx::train(&mut rng),
             )
             .unwrap();
@@ -201,6 +206,7 @@ fn the_loss_falls_on_a_tiny_model() {
                 (2, 12),
                 50.0,
                 &mut Rng::new(step),
+                None,
                 &mut Ctx::eval(),
             )
             .unwrap();
@@ -213,4 +219,44 @@ fn the_loss_falls_on_a_tiny_model() {
     let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
     let (first, last) = (mean(&totals[..8]), mean(&totals[52..]));
     assert!(last < 0.7 * first, "loss {first} -> {last}");
+}
+
+#[test]
+fn pretraining_runs_electra_and_logs_both_losses() {
+    let mut config = Preset::Tiny.config();
+    config.data.generated_words = 20_000;
+    config.data.seq_len = 32;
+    config.model.vocab_size = 600;
+    config.train.batch_size = 8;
+    config.train.steps = 40;
+    config.eval.batches = 2;
+    config.objective.kind = "electra".into();
+    (
+        config.objective.mask_token_prob,
+        config.objective.random_token_prob,
+    ) = (0.85, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let (run, summary) = support::pretrain_generated(dir.path(), "run", &mut config);
+    assert_eq!(summary.objective, "electra");
+    assert!(summary.final_loss.is_finite() && summary.final_val_loss.unwrap().is_finite());
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = &rows[0];
+    let last = rows.last().unwrap();
+    for row in [first, last] {
+        let (g, d) = (
+            row["generator_loss"].as_f64().unwrap(),
+            row["discriminator_loss"].as_f64().unwrap(),
+        );
+        // total = generator + 50 × discriminator
+        assert!((row["loss"].as_f64().unwrap() - (g + 50.0 * d)).abs() < 1e-3 * (g + 50.0 * d));
+        assert!((0.0..=0.3).contains(&row["replaced"].as_f64().unwrap()));
+    }
+    assert!(last["loss"].as_f64().unwrap() < first["loss"].as_f64().unwrap());
+    // The discriminator loads as a BERT encoder for fine-tuning.
+    let encoder = brisk::encoder::Encoder::load(&run).unwrap();
+    assert_eq!(encoder.config.hidden_size, config.model.hidden_size);
 }

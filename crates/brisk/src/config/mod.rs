@@ -127,7 +127,7 @@ pub struct DataConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectiveConfig {
-    /// `"mlm"`.
+    /// `"mlm"` (BERT) or `"electra"` (replaced-token detection).
     pub kind: String,
     /// Fraction of (non-special) tokens selected for prediction.
     pub mask_prob: f64,
@@ -135,6 +135,11 @@ pub struct ObjectiveConfig {
     pub mask_token_prob: f64,
     /// Of the selected tokens, the fraction replaced by a random token.
     pub random_token_prob: f64,
+    /// ELECTRA: the generator's hidden size, heads and feed-forward as a
+    /// fraction of the discriminator's.
+    pub generator_size: f64,
+    /// ELECTRA's λ: the weight of the discriminator's loss.
+    pub discriminator_weight: f64,
 }
 
 /// Optimiser, schedule and budget.
@@ -327,9 +332,31 @@ impl Config {
         })?;
 
         let o = &self.objective;
-        check(o.kind == "mlm", "objective.kind", || {
-            format!("unknown objective {:?} (expected \"mlm\")", o.kind)
-        })?;
+        check(
+            ["mlm", "electra"].contains(&o.kind.as_str()),
+            "objective.kind",
+            || {
+                format!(
+                    "unknown objective {:?} (expected \"mlm\" or \"electra\")",
+                    o.kind
+                )
+            },
+        )?;
+        check(
+            o.generator_size > 0.0 && o.generator_size <= 1.0,
+            "objective.generator_size",
+            || {
+                format!(
+                    "{} is out of range (expected above 0, at most 1)",
+                    o.generator_size
+                )
+            },
+        )?;
+        check(
+            o.discriminator_weight > 0.0,
+            "objective.discriminator_weight",
+            || "must be positive".into(),
+        )?;
         check(
             o.mask_prob > 0.0 && o.mask_prob < 1.0,
             "objective.mask_prob",

@@ -160,6 +160,8 @@ impl Preset {
                 mask_prob: 0.15,
                 mask_token_prob: 0.8,
                 random_token_prob: 0.1,
+                generator_size: 0.25,
+                discriminator_weight: 50.0,
             },
             train: TrainConfig {
                 batch_size: s.batch,

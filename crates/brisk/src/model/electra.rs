@@ -8,6 +8,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::bert::InputMix;
 use super::bert::{Bert, MlmHead};
 use super::discriminator::{replaced_token_loss, DiscriminatorHead};
 use super::params::{Ctx, Params};
@@ -54,6 +55,8 @@ pub struct ElectraLosses {
     pub discriminator: Tensor,
     /// Share of the discriminator's inputs that differ from the text.
     pub replaced: f64,
+    /// The discriminator's last hidden states (TNF takes notes from them).
+    pub hidden: Tensor,
 }
 
 impl Electra {
@@ -90,6 +93,9 @@ impl Electra {
     /// tokens), then its samples (drawn from `sample_rng`, no gradient)
     /// replace the masked tokens and the discriminator labels every token
     /// (binary cross-entropy, mean over tokens). `weight` is ELECTRA's λ (50).
+    /// `mix` changes the discriminator's input embeddings (TNF's notes
+    /// belong to the main encoder).
+    #[allow(clippy::too_many_arguments)]
     pub fn losses(
         &self,
         tokens: &[u32],
@@ -97,8 +103,37 @@ impl Electra {
         (batch, len): (usize, usize),
         weight: f64,
         sample_rng: &mut Rng,
+        mix: Option<&InputMix>,
         ctx: &mut Ctx,
     ) -> Result<ElectraLosses> {
+        let dev = Device::Cpu;
+        let (generator, logits) = self.generator_loss(masked, (batch, len), ctx)?;
+        let samples = sample_rows(&logits, sample_rng)?;
+        let replaced = replace_tokens(tokens, masked, &samples);
+        let share = replaced.labels.iter().sum::<f32>() as f64 / replaced.labels.len() as f64;
+        let ids = Tensor::from_vec(replaced.inputs, (batch, len), &dev)?;
+        let labels = Tensor::from_vec(replaced.labels, (batch, len), &dev)?;
+        let hidden = self.discriminator.forward(&ids, None, None, mix, ctx)?;
+        let discriminator =
+            replaced_token_loss(&self.discriminator_head.forward(&hidden)?, &labels, None)?;
+        let total = (&generator + (&discriminator * weight)?)?;
+        Ok(ElectraLosses {
+            total,
+            generator,
+            discriminator,
+            replaced: share,
+            hidden,
+        })
+    }
+
+    /// The generator's masked-LM loss (mean over the masked tokens) and its
+    /// logits at the masked rows.
+    pub fn generator_loss(
+        &self,
+        masked: &MaskedBatch,
+        (batch, len): (usize, usize),
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, Tensor)> {
         let dev = Device::Cpu;
         let n = masked.rows.len();
         let ids = Tensor::from_vec(masked.inputs.clone(), (batch, len), &dev)?;
@@ -108,21 +143,13 @@ impl Electra {
         let logits =
             self.generator_head
                 .forward(&hidden, &rows, self.discriminator.word_embeddings())?;
-        let generator = candle_nn::loss::cross_entropy(&logits, &targets)?;
-        let samples = sample_rows(&logits, sample_rng)?;
-        let replaced = replace_tokens(tokens, masked, &samples);
-        let share = replaced.labels.iter().sum::<f32>() as f64 / replaced.labels.len() as f64;
-        let ids = Tensor::from_vec(replaced.inputs, (batch, len), &dev)?;
-        let labels = Tensor::from_vec(replaced.labels, (batch, len), &dev)?;
-        let hidden = self.discriminator.forward(&ids, None, None, None, ctx)?;
-        let discriminator =
-            replaced_token_loss(&self.discriminator_head.forward(&hidden)?, &labels, None)?;
-        let total = (&generator + (&discriminator * weight)?)?;
-        Ok(ElectraLosses {
-            total,
-            generator,
-            discriminator,
-            replaced: share,
-        })
+        let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+        Ok((loss, logits))
+    }
+
+    /// True when every encoder layer runs on the fused kernels.
+    pub fn is_fused(&self) -> bool {
+        self.discriminator.layers.iter().all(|l| l.is_fused())
+            && self.generator.layers.iter().all(|l| l.is_fused())
     }
 }

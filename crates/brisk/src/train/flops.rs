@@ -70,6 +70,32 @@ pub fn mlm_training_per_token(cfg: &ModelConfig, seq_len: usize, mask_prob: f64)
         + mask_prob * mlm_head_forward_per_prediction(cfg))
 }
 
+/// Training FLOPs per token of ELECTRA, counted as its
+/// `flops_computation.py` does, generator included: the generator's
+/// encoder (over the embeddings projected to its width), its MLM head at the
+/// masked fraction (mapping back to the embedding width for the tied
+/// decoder), and the discriminator's encoder and head on every token.
+pub fn electra_training_per_token(
+    cfg: &ModelConfig,
+    generator: &ModelConfig,
+    seq_len: usize,
+    mask_prob: f64,
+) -> f64 {
+    let (d, g, v) = (
+        cfg.hidden_size as f64,
+        generator.hidden_size as f64,
+        cfg.vocab_size as f64,
+    );
+    let project = if g != d { 2.0 * d * g + g } else { 0.0 };
+    let generator_head = 2.0 * g * d + d + (GELU + LAYER_NORM) * d + 2.0 * d * v + v + SOFTMAX * v;
+    let discriminator_head = 2.0 * d * d + d + GELU * d + 2.0 * d + 1.0;
+    2.0 * (encoder_forward_per_token(generator, seq_len)
+        + project
+        + mask_prob * generator_head
+        + encoder_forward_per_token(cfg, seq_len)
+        + discriminator_head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +127,25 @@ mod tests {
             (encoder_forward_per_token(&bigger, 128) - embeddings - 24.0 * per_layer).abs() < 1.0
         );
         assert!(mlm_training_per_token(&cfg, 128, 0.15) > 2.0 * forward);
+    }
+
+    #[test]
+    fn electra_counts_the_generator_too() {
+        let cfg = Preset::Base.config().model;
+        let quarter = ModelConfig {
+            hidden_size: 192,
+            num_attention_heads: 3,
+            intermediate_size: 768,
+            ..cfg.clone()
+        };
+        let electra = electra_training_per_token(&cfg, &quarter, 128, 0.15);
+        let bert = mlm_training_per_token(&cfg, 128, 0.15);
+        // The discriminator's encoder alone is most of BERT; the quarter-size
+        // generator adds a few percent more.
+        assert!(
+            electra > 0.9 * bert && electra < 1.3 * bert,
+            "{electra} vs {bert}"
+        );
     }
 
     #[test]

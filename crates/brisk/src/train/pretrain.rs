@@ -18,13 +18,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
-use super::flops::{mlm_training_per_token, position_term_forward};
+use super::flops::{electra_training_per_token, mlm_training_per_token, position_term_forward};
 use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
 use super::schedule::Budget;
 use crate::config::{Config, ObjectiveConfig};
 use crate::corpus::generated::Rng;
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::error::{Error, Result};
+use crate::model::electra::{generator_config, Electra};
 use crate::model::{BertForMaskedLm, Ctx, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
 use crate::pretrain::mlm::mask_tokens;
@@ -48,6 +49,62 @@ pub struct Metrics {
     /// TNF: share of rare-word occurrences so far whose word had a note.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notes_read: Option<f64>,
+    /// ELECTRA: the generator's MLM loss, the discriminator's loss and the
+    /// share of tokens it saw replaced, over the step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discriminator_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<f64>,
+}
+
+/// What pre-training trains: BERT with its MLM head, or ELECTRA's pair.
+pub enum Trainee {
+    Mlm(Box<BertForMaskedLm>),
+    Electra(Box<Electra>),
+}
+
+impl Trainee {
+    /// A fresh model for `config.objective.kind`.
+    pub fn new(config: &Config, params: &mut Params) -> Result<Trainee> {
+        let (model, seed) = (&config.model, config.train.seed);
+        Ok(match config.objective.kind.as_str() {
+            "electra" => Trainee::Electra(Box::new(Electra::new(
+                model,
+                config.objective.generator_size,
+                params,
+                seed,
+            )?)),
+            _ => Trainee::Mlm(Box::new(BertForMaskedLm::new(model, params, seed)?)),
+        })
+    }
+
+    pub fn is_fused(&self) -> bool {
+        match self {
+            Trainee::Mlm(m) => m.is_fused(),
+            Trainee::Electra(e) => e.is_fused(),
+        }
+    }
+}
+
+/// Training FLOPs of one optimiser step.
+fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Result<f64> {
+    let (m, o) = (&config.model, &config.objective);
+    // TUPE's position term is computed once per forward pass (micro-batch),
+    // by each encoder.
+    let passes = 2.0 * config.train.grad_accum_steps as f64;
+    Ok(match o.kind.as_str() {
+        "electra" => {
+            let g = generator_config(m, o.generator_size)?;
+            tokens_per_step as f64 * electra_training_per_token(m, &g, seq_len, o.mask_prob)
+                + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
+        }
+        _ => {
+            tokens_per_step as f64 * mlm_training_per_token(m, seq_len, o.mask_prob)
+                + passes * position_term_forward(m, seq_len)
+        }
+    })
 }
 
 /// TNF's figures in `summary.json`.
@@ -93,6 +150,8 @@ pub enum Ending {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub ending: Ending,
+    /// `objective.kind`: what the run trained.
+    pub objective: String,
     pub steps: u64,
     pub tokens: u64,
     pub flops: f64,
@@ -194,16 +253,14 @@ pub const VALIDATION_MASKING: ObjectiveConfig = ObjectiveConfig {
     mask_prob: 0.15,
     mask_token_prob: 0.8,
     random_token_prob: 0.1,
+    generator_size: 0.25,
+    discriminator_weight: 50.0,
 };
 
 /// Mean MLM loss over the first `eval.batches` validation batches, each with
 /// a mask fixed by its index (so every evaluation sees the same masks), at
 /// [`VALIDATION_MASKING`].
-pub fn validation_loss(
-    model: &BertForMaskedLm,
-    corpus: &PreparedCorpus,
-    config: &Config,
-) -> Result<f64> {
+pub fn validation_loss(model: &Trainee, corpus: &PreparedCorpus, config: &Config) -> Result<f64> {
     let n = corpus.num_sequences(Split::Validation);
     if n == 0 {
         return Err(Error::Usage(
@@ -217,16 +274,36 @@ pub fn validation_loss(
         let indices = (i * b..(i + 1) * b).map(|j| j % n);
         let tokens = gather(corpus, Split::Validation, indices);
         let mut rng = Rng::new(0x7a1 ^ splitmix64(i as u64));
-        let (loss, _) = batch_loss(
-            model,
-            corpus,
-            &VALIDATION_MASKING,
-            &tokens,
-            b,
-            None,
-            &mut rng,
-            &mut Ctx::eval(),
-        )?;
+        let loss = match model {
+            Trainee::Mlm(model) => {
+                let (loss, _) = batch_loss(
+                    model,
+                    corpus,
+                    &VALIDATION_MASKING,
+                    &tokens,
+                    b,
+                    None,
+                    &mut rng,
+                    &mut Ctx::eval(),
+                )?;
+                loss
+            }
+            // ELECTRA: its generator's masked-LM loss.
+            Trainee::Electra(model) => {
+                let m = &corpus.manifest;
+                let vocab = m.tokenizer.vocab_size;
+                let masked = mask_tokens(
+                    &tokens,
+                    &m.special_ids,
+                    vocab,
+                    &VALIDATION_MASKING,
+                    &mut rng,
+                );
+                model
+                    .generator_loss(&masked, (b, m.seq_len), &mut Ctx::eval())?
+                    .0
+            }
+        };
         total += loss.to_scalar::<f32>()? as f64;
     }
     Ok(total / batches as f64)
@@ -272,6 +349,43 @@ fn batch_loss(
     let (loss, hidden) = model.loss_and_hidden(&ids, None, mix.as_ref(), &rows, &targets, ctx)?;
     // Detached: the notes read values, and the graph is freed with the loss.
     Ok((loss, found.map(|f| (f, hidden.detach()))))
+}
+
+/// ELECTRA's counterpart of [`batch_loss`]: the total loss, the notes to
+/// take (from the discriminator) and `(generator loss, discriminator loss,
+/// replaced share)`.
+#[allow(clippy::too_many_arguments)]
+fn electra_batch_loss(
+    model: &Electra,
+    corpus: &PreparedCorpus,
+    objective: &ObjectiveConfig,
+    tokens: &[u32],
+    batch: usize,
+    notes: Option<(&mut NoteBook, &[u32])>,
+    rng: &mut Rng,
+    ctx: &mut Ctx,
+) -> Result<(Tensor, Option<PendingNotes>, [f64; 3])> {
+    let m = &corpus.manifest;
+    let vocab = m.tokenizer.vocab_size;
+    let masked = mask_tokens(tokens, &m.special_ids, vocab, objective, rng);
+    let shape = (batch, m.seq_len);
+    let (found, mix) = match notes {
+        Some((book, words)) => {
+            let found = book.occurrences(words, m.seq_len);
+            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &Device::Cpu)?;
+            (Some(found), mix)
+        }
+        None => (None, None),
+    };
+    let weight = objective.discriminator_weight;
+    let losses = model.losses(tokens, &masked, shape, weight, rng, mix.as_ref(), ctx)?;
+    let parts = [
+        losses.generator.to_scalar::<f32>()? as f64,
+        losses.discriminator.to_scalar::<f32>()? as f64,
+        losses.replaced,
+    ];
+    let pending = found.map(|f| (f, losses.hidden.detach()));
+    Ok((losses.total, pending, parts))
 }
 
 /// The note book of a TNF run: the rare band from the word counts and the
@@ -360,9 +474,9 @@ pub fn check_options(config: &Config) -> Result<()> {
     if n.enabled && !n.absolute_band() && t.steps == 0 && t.tokens == 0 {
         return Err(Error::Config(NOTES_NEED_A_BUDGET.into()));
     }
-    if config.objective.kind != "mlm" {
+    if !["mlm", "electra"].contains(&config.objective.kind.as_str()) {
         return Err(Error::Config(format!(
-            "`objective.kind`: {:?} is not available in pretrain (expected \"mlm\")",
+            "`objective.kind`: {:?} is not available in pretrain (expected \"mlm\" or \"electra\")",
             config.objective.kind
         )));
     }
@@ -540,12 +654,10 @@ pub fn pretrain(
     let tokens_per_step = (train.batch_size * m.seq_len) as u64;
     let budget = Budget::from_config(train, tokens_per_step)?;
     // TUPE's position term is computed once per forward pass (micro-batch).
-    let flops_per_step = tokens_per_step as f64
-        * mlm_training_per_token(&config.model, m.seq_len, config.objective.mask_prob)
-        + 2.0 * position_term_forward(&config.model, m.seq_len) * train.grad_accum_steps as f64;
+    let flops_per_step = step_flops(config, m.seq_len, tokens_per_step)?;
 
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = BertForMaskedLm::new(&config.model, &mut params, train.seed)?;
+    let model = Trainee::new(config, &mut params)?;
     let mut opt = AdamW::new(&params, train)?;
     let mut state = TrainState {
         format_version: FORMAT_VERSION,
@@ -656,21 +768,43 @@ pub fn pretrain(
         // TNF: notes taken this step are written once the step is good, so
         // a checkpoint always pairs weights and notes of the same step.
         let mut pending = Vec::new();
+        // ELECTRA's generator loss, discriminator loss and replaced share.
+        let mut parts = [0.0; 3];
         for k in 0..accum {
             let seed = micro_seed(train.seed, step, k);
             let (mut mask_rng, mut dropout_rng) = (Rng::new(seed), Rng::new(!seed));
             let indices: Vec<usize> = (0..micro).map(|_| order.take()).collect();
             let (ids, words) = gather_with_words(corpus, Split::Train, &indices);
-            let (loss, taken) = batch_loss(
-                &model,
-                corpus,
-                &config.objective,
-                &ids,
-                micro,
-                notes.as_mut().map(|book| (book, words.as_slice())),
-                &mut mask_rng,
-                &mut Ctx::train(&mut dropout_rng),
-            )?;
+            let book = notes.as_mut().map(|book| (book, words.as_slice()));
+            let mut ctx = Ctx::train(&mut dropout_rng);
+            let (loss, taken) = match &model {
+                Trainee::Mlm(model) => batch_loss(
+                    model,
+                    corpus,
+                    &config.objective,
+                    &ids,
+                    micro,
+                    book,
+                    &mut mask_rng,
+                    &mut ctx,
+                )?,
+                Trainee::Electra(model) => {
+                    let (loss, taken, p) = electra_batch_loss(
+                        model,
+                        corpus,
+                        &config.objective,
+                        &ids,
+                        micro,
+                        book,
+                        &mut mask_rng,
+                        &mut ctx,
+                    )?;
+                    for (sum, v) in parts.iter_mut().zip(p) {
+                        *sum += v / accum as f64;
+                    }
+                    (loss, taken)
+                }
+            };
             pending.extend(taken);
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
@@ -726,6 +860,18 @@ pub fn pretrain(
             wall_s: state.wall_s,
             tokens_per_s: (state.tokens - tokens_before) as f64 / session.elapsed().as_secs_f64(),
             notes_read: notes.as_ref().map(|book| book.stats.read_share()),
+            generator_loss: None,
+            discriminator_loss: None,
+            replaced: None,
+        };
+        let row = match model {
+            Trainee::Electra(_) => Metrics {
+                generator_loss: Some(parts[0]),
+                discriminator_loss: Some(parts[1]),
+                replaced: Some(parts[2]),
+                ..row
+            },
+            Trainee::Mlm(_) => row,
         };
         if logged {
             let line = serde_json::to_string(&row).expect("serialisable");
@@ -759,6 +905,7 @@ pub fn pretrain(
     let loss_plot = plot_losses(run_dir, m.unigram_entropy_nats)?;
     let summary = Summary {
         ending,
+        objective: config.objective.kind.clone(),
         steps: state.step,
         tokens: state.tokens,
         flops: state.flops,
