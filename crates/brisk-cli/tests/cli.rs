@@ -451,14 +451,16 @@ fn loss_trace(run: &Path) -> Vec<(u64, u64, Option<u64>)> {
 fn resume_continues_bitwise_exactly() {
     let dir = tempfile::tempdir().unwrap();
     // A constant schedule does not depend on the budget, so a 10-step run
-    // extended to 20 must match 20 uninterrupted steps exactly. TUPE-R and
-    // TNF's notes (an absolute rare band, which does not depend on the
-    // budget either) are on, so their state resumes exactly too.
+    // extended to 20 must match 20 uninterrupted steps exactly. ELECTRA,
+    // TUPE-R and TNF's notes (an absolute rare band, which does not depend
+    // on the budget either) are on, so their state resumes exactly too.
     let constant = [
         "--set",
         "train.schedule=constant",
         "--set",
         "train.warmup_fraction=0",
+        "--set",
+        "objective.kind=electra",
         "--set",
         "model.position=tupe-r",
         "--set",

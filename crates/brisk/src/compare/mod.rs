@@ -25,8 +25,16 @@ pub struct Variant {
 }
 
 /// The named building blocks of variants; `a+b` combines blocks.
-const BLOCKS: [(&str, &[&str]); 5] = [
+const BLOCKS: [(&str, &[&str]); 6] = [
     ("baseline", &[]),
+    (
+        "electra",
+        &[
+            "objective.kind=electra",
+            "objective.mask_token_prob=0.85",
+            "objective.random_token_prob=0",
+        ],
+    ),
     ("tupe-a", &["model.position=tupe-a"]),
     ("tupe-r", &["model.position=tupe-r"]),
     ("tnf", &["notes.enabled=true"]),
