@@ -16,6 +16,7 @@ pub mod bert;
 pub mod discriminator;
 pub mod electra;
 pub mod fused;
+pub mod mcbert;
 pub mod norm;
 pub mod params;
 pub mod untied_positions;

@@ -1,0 +1,127 @@
+//! MC-BERT's controller and main model: the multi-choice head's scores,
+//! gradients everywhere, one shared set of embeddings, and a loss that
+//! falls.
+
+use brisk::config::{Kernels, ModelConfig, Position, Preset};
+use brisk::corpus::generated::Rng;
+use brisk::corpus::tokenizer::SpecialIds;
+use brisk::model::mcbert::McBert;
+use brisk::model::{Ctx, Params};
+use brisk::pretrain::mlm::{mask_tokens, MaskedBatch};
+use brisk::train::optim::{gradients, AdamW};
+use candle_core::{DType, Device};
+
+const SPECIAL: SpecialIds = SpecialIds {
+    pad: 0,
+    unk: 1,
+    cls: 2,
+    sep: 3,
+    mask: 4,
+};
+
+fn config(position: Position, kernels: Kernels) -> ModelConfig {
+    let mut cfg = Preset::Tiny.config().model;
+    cfg.vocab_size = 40;
+    cfg.hidden_size = 16;
+    cfg.num_attention_heads = 4;
+    cfg.intermediate_size = 32;
+    cfg.num_hidden_layers = 2;
+    cfg.max_position_embeddings = 16;
+    cfg.position = position;
+    cfg.kernels = kernels;
+    cfg
+}
+
+/// Two sequences of 12, 25% masked with `[MASK]` only (MC-BERT's masking).
+fn batch(seed: u64) -> (Vec<u32>, MaskedBatch) {
+    let mut rng = Rng::new(seed);
+    let mut tokens: Vec<u32> = (0..24).map(|_| 5 + rng.below(35) as u32).collect();
+    for s in [0, 12] {
+        (tokens[s], tokens[s + 11]) = (SPECIAL.cls, SPECIAL.sep);
+    }
+    let mut objective = Preset::Tiny.config().objective;
+    (objective.mask_token_prob, objective.random_token_prob) = (1.0, 0.0);
+    objective.mask_prob = 0.25;
+    let masked = mask_tokens(&tokens, &SPECIAL, 40, &objective, &mut rng);
+    (tokens, masked)
+}
+
+#[test]
+fn every_parameter_gets_a_gradient_and_embeddings_are_shared() {
+    for (position, kernels) in [
+        (Position::Absolute, Kernels::Fused),
+        (Position::TupeR, Kernels::Reference),
+    ] {
+        let cfg = config(position, kernels);
+        let mut params = Params::new(Device::Cpu, DType::F32);
+        let model = McBert::new(&cfg, 0.5, &mut params, 2).unwrap();
+        assert!(
+            !params
+                .iter()
+                .any(|(n, _)| n.starts_with("generator.embeddings.")),
+            "the controller reads the main model's embeddings"
+        );
+        let (tokens, masked) = batch(5);
+        let mut rng = Rng::new(6);
+        let losses = model
+            .losses(
+                &tokens,
+                &masked,
+                (2, 12),
+                50.0,
+                &SPECIAL,
+                &mut Rng::new(7),
+                None,
+                &mut Ctx::train(&mut rng),
+            )
+            .unwrap();
+        let total = losses.total.to_scalar::<f32>().unwrap();
+        // An untrained main model is close to uniform over the 10 slots.
+        let choice = losses.choice.to_scalar::<f32>().unwrap();
+        assert!((choice - 10f32.ln()).abs() < 0.5, "{choice}");
+        assert!(total.is_finite());
+        let grads = gradients(&params, &losses.total.backward().unwrap()).unwrap();
+        for (name, g) in params.split(&grads).unwrap() {
+            let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(g.iter().all(|v| v.is_finite()), "{position:?} {name}");
+            assert!(
+                g.iter().any(|v| *v != 0.0),
+                "{position:?} {kernels:?}: {name} has a zero gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_loss_falls_on_a_tiny_model() {
+    let cfg = config(Position::Absolute, Kernels::Fused);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+    let mut train = Preset::Tiny.config().train;
+    train.weight_decay = 0.0;
+    let mut opt = AdamW::new(&params, &train).unwrap();
+    let mut totals = Vec::new();
+    for step in 0..60 {
+        let (tokens, masked) = batch(100 + step % 4);
+        let losses = model
+            .losses(
+                &tokens,
+                &masked,
+                (2, 12),
+                50.0,
+                &SPECIAL,
+                &mut Rng::new(step),
+                None,
+                &mut Ctx::eval(),
+            )
+            .unwrap();
+        let total = losses.total.to_scalar::<f32>().unwrap();
+        assert!(total.is_finite(), "step {step}: {total}");
+        totals.push(total);
+        let grads = gradients(&params, &losses.total.backward().unwrap()).unwrap();
+        opt.update(&grads, 3e-3, 1.0).unwrap();
+    }
+    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
+    let (first, last) = (mean(&totals[..8]), mean(&totals[52..]));
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+}
