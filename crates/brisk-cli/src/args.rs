@@ -139,7 +139,7 @@ pub struct PretrainArgs {
 #[derive(Debug, Args)]
 pub struct CompareArgs {
     /// Variants, comma-separated; the first is the baseline. Each is one of
-    /// baseline, electra, tupe-a, tupe-r, tnf, pre-ln, or several joined by +.
+    /// baseline, electra, mcbert, tupe-a, tupe-r, tnf, pre-ln, or several joined by +.
     #[arg(long, value_name = "LIST", default_value = brisk::compare::DEFAULT_VARIANTS)]
     pub variants: String,
     #[command(flatten)]

@@ -298,8 +298,8 @@ pub(crate) fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path
     println!("  checkpoint       {}", s.checkpoint.display());
     println!("  loss curve       {}", s.loss_plot.display());
     match s.ending {
-        Ending::Finished if s.objective == "electra" => println!(
-            "try it:  brisk finetune --model {} --task rte   (the discriminator is the encoder)",
+        Ending::Finished if s.objective != "mlm" => println!(
+            "try it:  brisk finetune --model {} --task rte   (its main model is the encoder)",
             run.display()
         ),
         Ending::Finished => println!(

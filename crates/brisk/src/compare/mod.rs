@@ -25,13 +25,21 @@ pub struct Variant {
 }
 
 /// The named building blocks of variants; `a+b` combines blocks.
-const BLOCKS: [(&str, &[&str]); 6] = [
+const BLOCKS: [(&str, &[&str]); 7] = [
     ("baseline", &[]),
     (
         "electra",
         &[
             "objective.kind=electra",
             "objective.mask_token_prob=0.85",
+            "objective.random_token_prob=0",
+        ],
+    ),
+    (
+        "mcbert",
+        &[
+            "objective.kind=mcbert",
+            "objective.mask_token_prob=1",
             "objective.random_token_prob=0",
         ],
     ),

@@ -127,7 +127,8 @@ pub struct DataConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectiveConfig {
-    /// `"mlm"` (BERT) or `"electra"` (replaced-token detection).
+    /// `"mlm"` (BERT), `"electra"` (replaced-token detection) or `"mcbert"`
+    /// (multi-choice cloze with a meta controller).
     pub kind: String,
     /// Fraction of (non-special) tokens selected for prediction.
     pub mask_prob: f64,
@@ -135,10 +136,11 @@ pub struct ObjectiveConfig {
     pub mask_token_prob: f64,
     /// Of the selected tokens, the fraction replaced by a random token.
     pub random_token_prob: f64,
-    /// ELECTRA: the generator's hidden size, heads and feed-forward as a
-    /// fraction of the discriminator's.
+    /// ELECTRA and MC-BERT: the generator's (meta controller's) hidden
+    /// size, heads and feed-forward as a fraction of the main model's.
     pub generator_size: f64,
-    /// ELECTRA's λ: the weight of the discriminator's loss.
+    /// λ: the weight of the main model's loss (ELECTRA's discriminator,
+    /// MC-BERT's multi-choice).
     pub discriminator_weight: f64,
 }
 
@@ -333,11 +335,11 @@ impl Config {
 
         let o = &self.objective;
         check(
-            ["mlm", "electra"].contains(&o.kind.as_str()),
+            ["mlm", "electra", "mcbert"].contains(&o.kind.as_str()),
             "objective.kind",
             || {
                 format!(
-                    "unknown objective {:?} (expected \"mlm\" or \"electra\")",
+                    "unknown objective {:?} (expected \"mlm\", \"electra\" or \"mcbert\")",
                     o.kind
                 )
             },

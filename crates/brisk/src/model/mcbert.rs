@@ -180,6 +180,24 @@ impl McBert {
         })
     }
 
+    /// The controller's masked-LM loss alone (validation).
+    pub fn controller_loss(
+        &self,
+        masked: &MaskedBatch,
+        (batch, len): (usize, usize),
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let dev = Device::Cpu;
+        let ids = Tensor::from_vec(masked.inputs.clone(), (batch, len), &dev)?;
+        let rows = Tensor::from_vec(masked.rows.clone(), masked.rows.len(), &dev)?;
+        let targets = Tensor::from_vec(masked.targets.clone(), masked.targets.len(), &dev)?;
+        let hidden = self.controller.forward(&ids, None, None, None, ctx)?;
+        let logits = self
+            .controller_head
+            .forward(&hidden, &rows, self.main.word_embeddings())?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    }
+
     pub fn is_fused(&self) -> bool {
         self.main.layers.iter().all(|l| l.is_fused())
             && self.controller.layers.iter().all(|l| l.is_fused())

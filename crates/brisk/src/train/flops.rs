@@ -96,6 +96,32 @@ pub fn electra_training_per_token(
         + discriminator_head)
 }
 
+/// Training FLOPs per token of MC-BERT: the meta controller (its encoder,
+/// and its MLM head at every position, since it proposes candidates
+/// everywhere) and the main model (its encoder and the multi-choice head:
+/// the transform and `K` candidate scores).
+pub fn mcbert_training_per_token(
+    cfg: &ModelConfig,
+    controller: &ModelConfig,
+    seq_len: usize,
+    candidates: usize,
+) -> f64 {
+    let (d, g, v, k) = (
+        cfg.hidden_size as f64,
+        controller.hidden_size as f64,
+        cfg.vocab_size as f64,
+        candidates as f64,
+    );
+    let project = if g != d { 2.0 * d * g + g } else { 0.0 };
+    let controller_head = 2.0 * g * d + d + (GELU + LAYER_NORM) * d + 2.0 * d * v + v + SOFTMAX * v;
+    let choice_head = 2.0 * d * d + d + (GELU + LAYER_NORM) * d + k * (2.0 * d + 1.0) + SOFTMAX * k;
+    2.0 * (encoder_forward_per_token(controller, seq_len)
+        + project
+        + controller_head
+        + encoder_forward_per_token(cfg, seq_len)
+        + choice_head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
-use super::flops::{electra_training_per_token, mlm_training_per_token, position_term_forward};
+use super::flops::{
+    electra_training_per_token, mcbert_training_per_token, mlm_training_per_token,
+    position_term_forward,
+};
 use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
 use super::schedule::Budget;
 use crate::config::{Config, ObjectiveConfig};
@@ -26,6 +29,7 @@ use crate::corpus::generated::Rng;
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::error::{Error, Result};
 use crate::model::electra::{generator_config, Electra};
+use crate::model::mcbert::McBert;
 use crate::model::{BertForMaskedLm, Ctx, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
 use crate::pretrain::mlm::mask_tokens;
@@ -57,12 +61,17 @@ pub struct Metrics {
     pub discriminator_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaced: Option<f64>,
+    /// MC-BERT: the main model's multi-choice loss (its controller's MLM
+    /// loss is `generator_loss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub choice_loss: Option<f64>,
 }
 
 /// What pre-training trains: BERT with its MLM head, or ELECTRA's pair.
 pub enum Trainee {
     Mlm(Box<BertForMaskedLm>),
     Electra(Box<Electra>),
+    McBert(Box<McBert>),
 }
 
 impl Trainee {
@@ -76,6 +85,12 @@ impl Trainee {
                 params,
                 seed,
             )?)),
+            "mcbert" => Trainee::McBert(Box::new(McBert::new(
+                model,
+                config.objective.generator_size,
+                params,
+                seed,
+            )?)),
             _ => Trainee::Mlm(Box::new(BertForMaskedLm::new(model, params, seed)?)),
         })
     }
@@ -84,6 +99,7 @@ impl Trainee {
         match self {
             Trainee::Mlm(m) => m.is_fused(),
             Trainee::Electra(e) => e.is_fused(),
+            Trainee::McBert(m) => m.is_fused(),
         }
     }
 }
@@ -98,6 +114,12 @@ fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Result<f
         "electra" => {
             let g = generator_config(m, o.generator_size)?;
             tokens_per_step as f64 * electra_training_per_token(m, &g, seq_len, o.mask_prob)
+                + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
+        }
+        "mcbert" => {
+            let g = generator_config(m, o.generator_size)?;
+            let k = crate::pretrain::mcbert::CANDIDATES;
+            tokens_per_step as f64 * mcbert_training_per_token(m, &g, seq_len, k)
                 + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
         }
         _ => {
@@ -303,6 +325,19 @@ pub fn validation_loss(model: &Trainee, corpus: &PreparedCorpus, config: &Config
                     .generator_loss(&masked, (b, m.seq_len), &mut Ctx::eval())?
                     .0
             }
+            // MC-BERT: its controller's masked-LM loss.
+            Trainee::McBert(model) => {
+                let m = &corpus.manifest;
+                let vocab = m.tokenizer.vocab_size;
+                let masked = mask_tokens(
+                    &tokens,
+                    &m.special_ids,
+                    vocab,
+                    &VALIDATION_MASKING,
+                    &mut rng,
+                );
+                model.controller_loss(&masked, (b, m.seq_len), &mut Ctx::eval())?
+            }
         };
         total += loss.to_scalar::<f32>()? as f64;
     }
@@ -382,6 +417,53 @@ fn electra_batch_loss(
     let parts = [
         losses.generator.to_scalar::<f32>()? as f64,
         losses.discriminator.to_scalar::<f32>()? as f64,
+        losses.replaced,
+    ];
+    let pending = found.map(|f| (f, losses.hidden.detach()));
+    Ok((losses.total, pending, parts))
+}
+
+/// MC-BERT's counterpart of [`batch_loss`]: the total loss, the notes to
+/// take (from the main model) and `(controller loss, multi-choice loss,
+/// replaced share)`.
+#[allow(clippy::too_many_arguments)]
+fn mcbert_batch_loss(
+    model: &McBert,
+    corpus: &PreparedCorpus,
+    objective: &ObjectiveConfig,
+    tokens: &[u32],
+    batch: usize,
+    notes: Option<(&mut NoteBook, &[u32])>,
+    rng: &mut Rng,
+    ctx: &mut Ctx,
+) -> Result<(Tensor, Option<PendingNotes>, [f64; 3])> {
+    let m = &corpus.manifest;
+    let vocab = m.tokenizer.vocab_size;
+    let masked = mask_tokens(tokens, &m.special_ids, vocab, objective, rng);
+    let shape = (batch, m.seq_len);
+    let (found, mix) = match notes {
+        Some((book, words)) => {
+            let found = book.occurrences(words, m.seq_len);
+            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &Device::Cpu)?;
+            (Some(found), mix)
+        }
+        None => (None, None),
+    };
+    let weight = objective.discriminator_weight;
+    let special = &m.special_ids;
+    let losses = model.losses(
+        tokens,
+        &masked,
+        shape,
+        weight,
+        special,
+        rng,
+        mix.as_ref(),
+        ctx,
+    )?;
+    let parts = [
+        losses.controller.to_scalar::<f32>()? as f64,
+        losses.choice.to_scalar::<f32>()? as f64,
         losses.replaced,
     ];
     let pending = found.map(|f| (f, losses.hidden.detach()));
@@ -474,9 +556,9 @@ pub fn check_options(config: &Config) -> Result<()> {
     if n.enabled && !n.absolute_band() && t.steps == 0 && t.tokens == 0 {
         return Err(Error::Config(NOTES_NEED_A_BUDGET.into()));
     }
-    if !["mlm", "electra"].contains(&config.objective.kind.as_str()) {
+    if !["mlm", "electra", "mcbert"].contains(&config.objective.kind.as_str()) {
         return Err(Error::Config(format!(
-            "`objective.kind`: {:?} is not available in pretrain (expected \"mlm\" or \"electra\")",
+            "`objective.kind`: {:?} is not available in pretrain (expected \"mlm\", \"electra\" or \"mcbert\")",
             config.objective.kind
         )));
     }
@@ -788,6 +870,22 @@ pub fn pretrain(
                     &mut mask_rng,
                     &mut ctx,
                 )?,
+                Trainee::McBert(model) => {
+                    let (loss, taken, p) = mcbert_batch_loss(
+                        model,
+                        corpus,
+                        &config.objective,
+                        &ids,
+                        micro,
+                        book,
+                        &mut mask_rng,
+                        &mut ctx,
+                    )?;
+                    for (sum, v) in parts.iter_mut().zip(p) {
+                        *sum += v / accum as f64;
+                    }
+                    (loss, taken)
+                }
                 Trainee::Electra(model) => {
                     let (loss, taken, p) = electra_batch_loss(
                         model,
@@ -863,11 +961,18 @@ pub fn pretrain(
             generator_loss: None,
             discriminator_loss: None,
             replaced: None,
+            choice_loss: None,
         };
         let row = match model {
             Trainee::Electra(_) => Metrics {
                 generator_loss: Some(parts[0]),
                 discriminator_loss: Some(parts[1]),
+                replaced: Some(parts[2]),
+                ..row
+            },
+            Trainee::McBert(_) => Metrics {
+                generator_loss: Some(parts[0]),
+                choice_loss: Some(parts[1]),
                 replaced: Some(parts[2]),
                 ..row
             },
