@@ -142,6 +142,10 @@ pub struct CompareArgs {
     /// baseline, electra, mcbert, tupe-a, tupe-r, tnf, pre-ln, or several joined by +.
     #[arg(long, value_name = "LIST", default_value = brisk::compare::DEFAULT_VARIANTS)]
     pub variants: String,
+    /// Give every variant the training FLOPs of the first one's step
+    /// budget (ELECTRA's counting): costlier steps get fewer of them.
+    #[arg(long)]
+    pub equal_flops: bool,
     #[command(flatten)]
     pub train: PretrainArgs,
 }

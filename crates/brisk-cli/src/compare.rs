@@ -7,13 +7,13 @@ use anyhow::Context;
 use brisk::compare::{parse_variants, report, Comparison, RunRecord, Variant};
 use brisk::config::{self, Config, ConfigSource};
 use brisk::run::{Existing, RunDir};
-use brisk::train::pretrain::{check_options, pretrain, Ending, Options};
+use brisk::train::pretrain::{check_options, pretrain, step_flops, Ending, Options};
 use brisk::train::schedule::Budget;
 
 use crate::args::{CompareArgs, ReportArgs};
 use crate::{
     create_run, init_threads, install_stop_handler, open_corpus, pretrain_flag_sets, print_summary,
-    resolve_config, resume_config, STOP,
+    resolve_config, resume_config, usage, STOP,
 };
 
 /// Where a variant's run stands.
@@ -60,6 +60,27 @@ fn variant_config(dir: &Path, variant: &Variant) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Sets each variant's step budget so that it trains for the FLOPs of the
+/// first variant's budget.
+fn equalise_flops(configs: &mut [Config], seq_len: usize) -> anyhow::Result<()> {
+    let flops = |c: &Config| {
+        let tokens_per_step = (c.train.batch_size * seq_len) as u64;
+        step_flops(c, seq_len, tokens_per_step)
+    };
+    let base = &configs[0];
+    if base.train.steps == 0 {
+        return Err(usage(
+            "--equal-flops needs a step budget (--steps) for the first variant",
+        ));
+    }
+    let total = base.train.steps as f64 * flops(base)?;
+    for c in configs.iter_mut().skip(1) {
+        c.train.steps = (total / flops(c)?).round().max(1.0) as u64;
+        c.train.tokens = 0;
+    }
+    Ok(())
+}
+
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let train = &args.train;
     init_threads(train.job.threads)?;
@@ -88,10 +109,13 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         dir.write_provenance()?;
     }
     // Every variant's config is checked before any training starts.
-    let configs = variants
+    let mut configs = variants
         .iter()
         .map(|v| variant_config(&dir.path, v))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.equal_flops {
+        equalise_flops(&mut configs, prepared.manifest.seq_len)?;
+    }
     install_stop_handler()?;
     for (variant, config) in variants.iter().zip(&configs) {
         let path = dir.path.join(&variant.name);

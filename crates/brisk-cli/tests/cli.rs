@@ -1069,3 +1069,29 @@ fn compare_trains_variants_resumes_and_reports() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
 }
+
+#[test]
+fn compare_at_equal_flops_gives_costlier_steps_fewer_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = quick_pretrain("eq", &["--steps", "10"]);
+    args[0] = "compare".into();
+    args.extend(["--variants", "baseline,electra", "--equal-flops"].map(String::from));
+    let out = run_brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = |run: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("eq").join(run).join("summary.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let (base, electra) = (summary("baseline"), summary("electra"));
+    assert_eq!(base["steps"], 10);
+    let steps = electra["steps"].as_u64().unwrap();
+    assert!(steps < 10, "an ELECTRA step costs more: {steps} steps");
+    let (fb, fe) = (
+        base["flops"].as_f64().unwrap(),
+        electra["flops"].as_f64().unwrap(),
+    );
+    let per_step = fe / steps as f64;
+    assert!((fb - fe).abs() <= 0.5 * per_step, "{fb} vs {fe}");
+}

@@ -104,8 +104,9 @@ impl Trainee {
     }
 }
 
-/// Training FLOPs of one optimiser step.
-fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Result<f64> {
+/// Training FLOPs of one optimiser step (`tokens_per_step` tokens of
+/// `seq_len`-token sequences).
+pub fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Result<f64> {
     let (m, o) = (&config.model, &config.objective);
     // TUPE's position term is computed once per forward pass (micro-batch),
     // by each encoder.
