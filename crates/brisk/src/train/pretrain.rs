@@ -30,9 +30,9 @@ use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::error::{Error, Result};
 use crate::model::electra::{generator_config, Electra};
 use crate::model::mcbert::McBert;
-use crate::model::{BertForMaskedLm, Ctx, Params};
+use crate::model::{BertForMaskedLm, Ctx, InputMix, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
-use crate::pretrain::mlm::mask_tokens;
+use crate::pretrain::mlm::{mask_tokens, MaskedBatch};
 use crate::pretrain::notes::{
     rare_band, saved_band, NoteBook, NoteStats, Occurrence, RareBand, NOTES_FILE,
 };
@@ -265,6 +265,37 @@ fn gather_with_words(
     (gather(corpus, split, indices.iter().copied()), words)
 }
 
+/// A batch masked by `objective` and, with TNF, the rare-word occurrences
+/// and the notes mixed into the (main) encoder's input.
+struct Prepared {
+    masked: MaskedBatch,
+    found: Option<Vec<Occurrence>>,
+    mix: Option<InputMix>,
+}
+
+fn mask_and_mix(
+    corpus: &PreparedCorpus,
+    objective: &ObjectiveConfig,
+    tokens: &[u32],
+    batch: usize,
+    notes: Option<(&mut NoteBook, &[u32])>,
+    rng: &mut Rng,
+) -> Result<Prepared> {
+    let m = &corpus.manifest;
+    let vocab = m.tokenizer.vocab_size;
+    let masked = mask_tokens(tokens, &m.special_ids, vocab, objective, rng);
+    let (found, mix) = match notes {
+        Some((book, words)) => {
+            let found = book.occurrences(words, m.seq_len);
+            let shape = (batch, m.seq_len);
+            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &Device::Cpu)?;
+            (Some(found), mix)
+        }
+        None => (None, None),
+    };
+    Ok(Prepared { masked, found, mix })
+}
+
 /// Notes to take after a step: the occurrences and the last hidden states.
 type PendingNotes = (Vec<Occurrence>, Tensor);
 
@@ -360,25 +391,10 @@ fn batch_loss(
     mask_rng: &mut Rng,
     ctx: &mut Ctx,
 ) -> Result<(Tensor, Option<PendingNotes>)> {
-    let m = &corpus.manifest;
-    let masked = mask_tokens(
-        tokens,
-        &m.special_ids,
-        m.tokenizer.vocab_size,
-        objective,
-        mask_rng,
-    );
+    let Prepared { masked, found, mix } =
+        mask_and_mix(corpus, objective, tokens, batch, notes, mask_rng)?;
     let dev = Device::Cpu;
-    let (found, mix) = match notes {
-        Some((book, words)) => {
-            let found = book.occurrences(words, m.seq_len);
-            let shape = (batch, m.seq_len);
-            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &dev)?;
-            (Some(found), mix)
-        }
-        None => (None, None),
-    };
-    let ids = Tensor::from_vec(masked.inputs, (batch, m.seq_len), &dev)?;
+    let ids = Tensor::from_vec(masked.inputs, (batch, corpus.manifest.seq_len), &dev)?;
     let n = masked.rows.len();
     let rows = Tensor::from_vec(masked.rows, n, &dev)?;
     let targets = Tensor::from_vec(masked.targets, n, &dev)?;
@@ -401,26 +417,16 @@ fn electra_batch_loss(
     rng: &mut Rng,
     ctx: &mut Ctx,
 ) -> Result<(Tensor, Option<PendingNotes>, [f64; 3])> {
-    let m = &corpus.manifest;
-    let vocab = m.tokenizer.vocab_size;
-    let masked = mask_tokens(tokens, &m.special_ids, vocab, objective, rng);
-    let shape = (batch, m.seq_len);
-    let (found, mix) = match notes {
-        Some((book, words)) => {
-            let found = book.occurrences(words, m.seq_len);
-            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &Device::Cpu)?;
-            (Some(found), mix)
-        }
-        None => (None, None),
-    };
+    let p = mask_and_mix(corpus, objective, tokens, batch, notes, rng)?;
+    let shape = (batch, corpus.manifest.seq_len);
     let weight = objective.discriminator_weight;
-    let losses = model.losses(tokens, &masked, shape, weight, rng, mix.as_ref(), ctx)?;
+    let losses = model.losses(tokens, &p.masked, shape, weight, rng, p.mix.as_ref(), ctx)?;
     let parts = [
         losses.generator.to_scalar::<f32>()? as f64,
         losses.discriminator.to_scalar::<f32>()? as f64,
         losses.replaced,
     ];
-    let pending = found.map(|f| (f, losses.hidden.detach()));
+    let pending = p.found.map(|f| (f, losses.hidden.detach()));
     Ok((losses.total, pending, parts))
 }
 
@@ -438,36 +444,18 @@ fn mcbert_batch_loss(
     rng: &mut Rng,
     ctx: &mut Ctx,
 ) -> Result<(Tensor, Option<PendingNotes>, [f64; 3])> {
+    let p = mask_and_mix(corpus, objective, tokens, batch, notes, rng)?;
     let m = &corpus.manifest;
-    let vocab = m.tokenizer.vocab_size;
-    let masked = mask_tokens(tokens, &m.special_ids, vocab, objective, rng);
-    let shape = (batch, m.seq_len);
-    let (found, mix) = match notes {
-        Some((book, words)) => {
-            let found = book.occurrences(words, m.seq_len);
-            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &Device::Cpu)?;
-            (Some(found), mix)
-        }
-        None => (None, None),
-    };
-    let weight = objective.discriminator_weight;
+    let (shape, weight) = ((batch, m.seq_len), objective.discriminator_weight);
     let special = &m.special_ids;
-    let losses = model.losses(
-        tokens,
-        &masked,
-        shape,
-        weight,
-        special,
-        rng,
-        mix.as_ref(),
-        ctx,
-    )?;
+    let mix = p.mix.as_ref();
+    let losses = model.losses(tokens, &p.masked, shape, weight, special, rng, mix, ctx)?;
     let parts = [
         losses.controller.to_scalar::<f32>()? as f64,
         losses.choice.to_scalar::<f32>()? as f64,
         losses.replaced,
     ];
-    let pending = found.map(|f| (f, losses.hidden.detach()));
+    let pending = p.found.map(|f| (f, losses.hidden.detach()));
     Ok((losses.total, pending, parts))
 }
 
