@@ -403,16 +403,16 @@ fn batch_loss(
     Ok((loss, found.map(|f| (f, hidden.detach()))))
 }
 
+/// The corpus, objective, token ids and batch size of one micro-batch.
+type BatchArgs<'a> = (&'a PreparedCorpus, &'a ObjectiveConfig, &'a [u32], usize);
+
 /// ELECTRA's counterpart of [`batch_loss`]: the total loss, the notes to
 /// take (from the discriminator) and `(generator loss, discriminator loss,
 /// replaced share)`.
 #[allow(clippy::too_many_arguments)]
 fn electra_batch_loss(
     model: &Electra,
-    corpus: &PreparedCorpus,
-    objective: &ObjectiveConfig,
-    tokens: &[u32],
-    batch: usize,
+    (corpus, objective, tokens, batch): BatchArgs,
     notes: Option<(&mut NoteBook, &[u32])>,
     rng: &mut Rng,
     ctx: &mut Ctx,
@@ -436,10 +436,7 @@ fn electra_batch_loss(
 #[allow(clippy::too_many_arguments)]
 fn mcbert_batch_loss(
     model: &McBert,
-    corpus: &PreparedCorpus,
-    objective: &ObjectiveConfig,
-    tokens: &[u32],
-    batch: usize,
+    (corpus, objective, tokens, batch): BatchArgs,
     notes: Option<(&mut NoteBook, &[u32])>,
     rng: &mut Rng,
     ctx: &mut Ctx,
@@ -859,33 +856,17 @@ pub fn pretrain(
                     &mut mask_rng,
                     &mut ctx,
                 )?,
-                Trainee::McBert(model) => {
-                    let (loss, taken, p) = mcbert_batch_loss(
-                        model,
-                        corpus,
-                        &config.objective,
-                        &ids,
-                        micro,
-                        book,
-                        &mut mask_rng,
-                        &mut ctx,
-                    )?;
-                    for (sum, v) in parts.iter_mut().zip(p) {
-                        *sum += v / accum as f64;
-                    }
-                    (loss, taken)
-                }
-                Trainee::Electra(model) => {
-                    let (loss, taken, p) = electra_batch_loss(
-                        model,
-                        corpus,
-                        &config.objective,
-                        &ids,
-                        micro,
-                        book,
-                        &mut mask_rng,
-                        &mut ctx,
-                    )?;
+                Trainee::McBert(_) | Trainee::Electra(_) => {
+                    let args = (corpus, &config.objective, ids.as_slice(), micro);
+                    let (loss, taken, p) = match &model {
+                        Trainee::McBert(m) => {
+                            mcbert_batch_loss(m, args, book, &mut mask_rng, &mut ctx)?
+                        }
+                        Trainee::Electra(m) => {
+                            electra_batch_loss(m, args, book, &mut mask_rng, &mut ctx)?
+                        }
+                        Trainee::Mlm(_) => unreachable!("matched above"),
+                    };
                     for (sum, v) in parts.iter_mut().zip(p) {
                         *sum += v / accum as f64;
                     }
