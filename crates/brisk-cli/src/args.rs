@@ -21,6 +21,9 @@ pub enum Command {
     Pretrain(PretrainArgs),
     /// Show the tokens a pre-trained model predicts at each [MASK].
     FillMask(FillMaskArgs),
+    /// Show how likely an ELECTRA run's discriminator finds each token of a
+    /// text to be a replacement.
+    Detect(DetectArgs),
     /// Encode text with a pre-trained model (a HF BERT checkpoint or a
     /// brisk run): one vector per text, as JSON lines.
     Embed(EmbedArgs),
@@ -33,7 +36,9 @@ pub enum Command {
     /// results.json and a markdown table.
     Eval(EvalArgs),
     /// Write a pre-training run's newest checkpoint as a HuggingFace
-    /// BertForMaskedLM directory (config.json, model.safetensors, tokenizer).
+    /// directory (config.json, model.safetensors, tokenizer): masked-LM runs
+    /// as BertForMaskedLM, ELECTRA runs as ElectraForPreTraining (the
+    /// discriminator), MC-BERT runs as BertModel (the main encoder).
     Export(ExportArgs),
     /// Pre-train variants of one config (baseline, TUPE, TNF, ...) on the
     /// same corpus, seed, data order and budget; writes each run, a table of
@@ -171,6 +176,16 @@ pub struct FillMaskArgs {
     /// How many candidates to show per [MASK].
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub top_k: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// A run directory made by `brisk pretrain` with objective.kind = "electra".
+    #[arg(long, value_name = "RUN")]
+    pub model: PathBuf,
+    /// The text to read, possibly with replaced words.
+    #[arg(value_name = "TEXT")]
+    pub text: String,
 }
 
 #[derive(Debug, Args)]

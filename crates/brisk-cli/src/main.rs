@@ -11,8 +11,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use args::{
-    Cli, Command, CorpusCommand, EmbedArgs, EvalArgs, ExportArgs, FillMaskArgs, FinetuneArgs,
-    GenerateArgs, JobArgs, PredictArgs, PrepareArgs, PretrainArgs, TuningArgs,
+    Cli, Command, CorpusCommand, DetectArgs, EmbedArgs, EvalArgs, ExportArgs, FillMaskArgs,
+    FinetuneArgs, GenerateArgs, JobArgs, PredictArgs, PrepareArgs, PretrainArgs, TuningArgs,
 };
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::shards::PreparedCorpus;
@@ -39,6 +39,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pretrain(args) => pretrain(args),
         Command::FillMask(args) => fill_mask(args),
+        Command::Detect(args) => detect(args),
         Command::Embed(args) => embed(args),
         Command::Export(args) => export(args),
         Command::Finetune(args) => finetune(args),
@@ -386,6 +387,14 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<()> {
         file: Some(run.join("config.toml")),
         ..Default::default()
     })?;
+    if config.objective.kind != "mlm" {
+        return Err(usage(&format!(
+            "{} was pre-trained with objective.kind = {:?} and has no masked-LM head on its \
+             main model (brisk detect reads an ELECTRA run)",
+            run.display(),
+            config.objective.kind
+        )));
+    }
     let tokenizer =
         corpus::tokenizer::load_tokenizer(&run.join("tokenizer.json"), config.data.lowercase)?;
     let mut params = brisk::model::Params::new(candle_core::Device::Cpu, candle_core::DType::F32);
@@ -399,6 +408,40 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<()> {
         for (token, p) in candidates {
             println!("  {p:>6.3}  {token}");
         }
+    }
+    Ok(())
+}
+
+fn detect(args: DetectArgs) -> anyhow::Result<()> {
+    let run = &args.model;
+    let config = config::resolve(&ConfigSource {
+        file: Some(run.join("config.toml")),
+        ..Default::default()
+    })?;
+    if config.objective.kind != "electra" {
+        return Err(usage(&format!(
+            "{} was pre-trained with objective.kind = {:?}; only ELECTRA runs have a \
+             replaced-token detector",
+            run.display(),
+            config.objective.kind
+        )));
+    }
+    let tokenizer =
+        corpus::tokenizer::load_tokenizer(&run.join("tokenizer.json"), config.data.lowercase)?;
+    let mut params = brisk::model::Params::new(candle_core::Device::Cpu, candle_core::DType::F32);
+    let model = brisk::model::electra::Electra::new(
+        &config.model,
+        config.objective.generator_size,
+        &mut params,
+        0,
+    )?;
+    params.load(&brisk::train::checkpoint::latest_weights(run)?)?;
+    let max_len = config.model.max_position_embeddings;
+    let read =
+        brisk::pretrain::electra::replaced_probabilities(&model, &tokenizer, max_len, &args.text)?;
+    println!("p(replaced)  token");
+    for (token, p) in read {
+        println!("  {p:>6.3}  {token}");
     }
     Ok(())
 }
@@ -671,9 +714,9 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {
-    brisk::hf::export_run(&args.run, &args.hf, args.force)?;
+    let class = brisk::hf::export_run(&args.run, &args.hf, args.force)?;
     println!(
-        "wrote {} (load it with transformers.AutoModelForMaskedLM.from_pretrained)",
+        "wrote {} (load it with transformers.{class}.from_pretrained)",
         args.hf.display()
     );
     Ok(())

@@ -394,6 +394,67 @@ fn export_refuses_models_hf_bert_cannot_hold() {
     assert!(!dir.path().join("exported").exists());
 }
 
+#[test]
+fn an_electra_run_detects_replacements_and_exports_its_discriminator() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = quick_pretrain(
+        "electra",
+        &["--steps", "2", "--set", "objective.kind=electra"],
+    );
+    let out = run_brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // One probability in [0, 1] per token, [CLS] and [SEP] included.
+    let out = brisk(&["detect", "--model", "electra", "a b c"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let probs: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(probs.len() >= 5, "{text}");
+    assert!(probs.iter().all(|p| (0.0..=1.0).contains(p)), "{text}");
+    let fill = brisk(&["fill-mask", "--model", "electra", "a [MASK]"], dir.path());
+    assert_eq!(fill.status.code(), Some(2), "fill-mask needs an MLM head");
+
+    // The export is an ElectraForPreTraining without the generator, and it
+    // loads back into brisk with the run's vectors.
+    let out = brisk(&["export", "electra", "--hf", "exported"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("ElectraForPreTraining"), "{said}");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("exported/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["model_type"], "electra");
+    assert_eq!(config["embedding_size"], config["hidden_size"]);
+    let names = safetensors_names(&dir.path().join("exported/model.safetensors"));
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("electra.") || n.starts_with("discriminator_predictions.")));
+    assert!(names.contains(&"discriminator_predictions.dense_prediction.weight".to_string()));
+    let embed = |model: &str| brisk(&["embed", "--model", model, "one text"], dir.path());
+    let (ours, theirs) = (embed("electra"), embed("exported"));
+    assert!(theirs.status.success(), "{}", stderr(&theirs));
+    assert_eq!(ours.stdout, theirs.stdout);
+}
+
+/// The tensor names of a safetensors file.
+fn safetensors_names(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect()
+}
+
 /// A pre-training run small enough for tests: tiny model, 32-token
 /// sequences, batch 4, a 600-entry vocabulary, two threads.
 fn quick_pretrain(out: &str, extra: &[&str]) -> Vec<String> {

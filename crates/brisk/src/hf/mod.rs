@@ -78,6 +78,9 @@ impl Checkpoint {
 struct HfBertConfig {
     #[serde(default)]
     model_type: Option<String>,
+    /// ELECTRA's embedding width (HF's default 128 when absent).
+    #[serde(default)]
+    embedding_size: Option<usize>,
     vocab_size: usize,
     #[serde(default = "defaults::hidden_size")]
     hidden_size: usize,
@@ -149,12 +152,31 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let hf: HfBertConfig = serde_json::from_str(&text)
         .map_err(|e| Error::data(path, format!("not a BERT config.json: {e}")))?;
-    if let Some(kind) = &hf.model_type {
-        if kind != "bert" {
+    match hf.model_type.as_deref() {
+        None | Some("bert") => {}
+        // An ELECTRA discriminator is a BERT encoder; with embeddings as
+        // wide as its layers it needs no projection.
+        Some("electra") => {
+            let width = hf.embedding_size.unwrap_or(128);
+            if width != hf.hidden_size {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "embedding_size {width} differs from hidden_size {}: brisk reads ELECTRA \
+                         checkpoints whose embeddings are as wide as their layers",
+                        hf.hidden_size
+                    ),
+                ));
+            }
+        }
+        Some(kind) => {
             return Err(Error::data(
                 path,
-                format!("model_type {kind:?}: brisk reads BERT checkpoints (\"bert\")"),
-            ));
+                format!(
+                    "model_type {kind:?}: brisk reads BERT and ELECTRA checkpoints (\"bert\", \
+                     \"electra\")"
+                ),
+            ))
         }
     }
     if hf.position_embedding_type != "absolute" {
@@ -216,8 +238,9 @@ fn read_lowercase(path: &Path) -> Result<bool> {
         .unwrap_or(true))
 }
 
-/// Loads the weights of `file` into `params`, by HF name. A file without
-/// the `bert.` prefix (a bare `BertModel`) is read as if it had it. A
+/// Loads the weights of `file` into `params`, by HF name. An ELECTRA file
+/// (`electra.` names) is read as if its encoder were `bert.`; a file
+/// without either prefix (a bare `BertModel`) as if it had it. A
 /// missing tensor or a shape mismatch is an error naming the tensor, as the
 /// file names it, and both shapes; parameters whose names start with one
 /// of `optional` may be missing (they keep their initial values). Other
@@ -225,11 +248,18 @@ fn read_lowercase(path: &Path) -> Result<bool> {
 pub fn load_weights(params: &Params, file: &Path, optional: &[&str]) -> Result<()> {
     let tensors = candle_core::safetensors::load(file, &Device::Cpu)
         .map_err(|e| Error::data(file, format!("not a readable safetensors file: {e}")))?;
-    let bare = !tensors.keys().any(|k| k.starts_with("bert."));
+    let has_prefix = |p: &str| tensors.keys().any(|k| k.starts_with(p));
+    let prefix = if has_prefix("bert.") {
+        "bert."
+    } else if has_prefix("electra.") {
+        "electra."
+    } else {
+        ""
+    };
     let file_name = |name: &str| -> String {
         match name.strip_prefix("bert.") {
-            Some(rest) if bare => rest.to_string(),
-            _ => name.to_string(),
+            Some(rest) => format!("{prefix}{rest}"),
+            None => name.to_string(),
         }
     };
     let may_miss = |name: &str| optional.iter().any(|p| name.starts_with(p));

@@ -9,10 +9,13 @@
 //! labelled original, as in the paper: the discriminator is asked whether
 //! a token differs from the text, not whether it was sampled.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use tokenizers::Tokenizer;
 
 use crate::corpus::generated::Rng;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::electra::Electra;
+use crate::model::Ctx;
 use crate::pretrain::mlm::MaskedBatch;
 
 /// One draw from each row's softmax over `logits` (`[rows, vocab]`) by the
@@ -59,6 +62,33 @@ pub fn replace_tokens(tokens: &[u32], masked: &MaskedBatch, samples: &[u32]) -> 
         .map(|(a, b)| if a != b { 1.0 } else { 0.0 })
         .collect();
     Replaced { inputs, labels }
+}
+
+/// The discriminator's reading of `text`: each token (specials included)
+/// with its probability of having been replaced. What `brisk detect`
+/// prints, and what the HF export is checked against.
+pub fn replaced_probabilities(
+    model: &Electra,
+    tokenizer: &Tokenizer,
+    max_len: usize,
+    text: &str,
+) -> Result<Vec<(String, f32)>> {
+    let encoding = tokenizer.encode(text, true)?;
+    let ids = encoding.get_ids();
+    if ids.len() > max_len {
+        return Err(Error::Usage(format!(
+            "the text is {} tokens long; the model takes at most {max_len}",
+            ids.len()
+        )));
+    }
+    let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
+    let ctx = &mut Ctx::eval();
+    let hidden = model.discriminator.forward(&input, None, None, None, ctx)?;
+    let logits = model.discriminator_head.forward(&hidden)?;
+    let probs: Vec<f32> = candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?
+        .squeeze(0)?
+        .to_vec1()?;
+    Ok(encoding.get_tokens().iter().cloned().zip(probs).collect())
 }
 
 #[cfg(test)]
