@@ -202,9 +202,16 @@ pub struct FinetuneArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A HF BERT checkpoint directory or a run directory made by `brisk pretrain`.
-    #[arg(long, value_name = "MODEL")]
-    pub model: PathBuf,
+    /// HF BERT checkpoint directories or run directories made by `brisk
+    /// pretrain`, comma-separated; several models are tuned alike and
+    /// tabulated side by side.
+    #[arg(
+        long,
+        value_name = "MODEL[,MODEL...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub model: Vec<PathBuf>,
     /// Comma-separated tasks: built-in names or TOML task files.
     #[arg(long, default_value = "sst2,cola,rte,stsb", value_name = "T[,T...]")]
     pub tasks: String,

@@ -662,38 +662,177 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .map(|name| Task::resolve(name.trim(), &glue))
         .collect::<brisk::Result<Vec<_>>>()?;
     let plan = recipes(t)?;
-    brisk::encoder::Pretrained::open(&args.model)?;
+    // Every model is checked before any tuning starts.
+    for model in &args.model {
+        brisk::encoder::Pretrained::open(model)?;
+    }
     let run = tuning_run("eval", "glue", t)?;
+    if let [model] = &args.model[..] {
+        // One model keeps the task folders at the top of the run.
+        let scores = eval_model(model, &tasks, &plan, &run.path, t.quiet)?;
+        write_eval(
+            &run.path,
+            &results_json(model, &scores),
+            &task_table(&scores),
+        )?;
+        return Ok(());
+    }
     let mut all = serde_json::Map::new();
-    let mut table = String::from("| task | metric | dev (mean ± std) | seeds | learning rate |\n");
-    table.push_str("| --- | --- | ---: | ---: | ---: |\n");
-    for task in &tasks {
-        let dir = run.path.join(&task.spec.name);
-        let results = tune_task(&args.model, task, &plan, &dir, t.quiet)?;
-        let (lr, seeds, scores) = summary_line(task, &results);
-        let mut dev = serde_json::Map::new();
-        for (metric, mean, std) in scores {
-            table.push_str(&format!(
-                "| {} | {metric} | {:.2} ± {:.2} | {seeds} | {lr:e} |\n",
-                task.spec.name,
-                100.0 * mean,
-                100.0 * std
-            ));
-            dev.insert(metric, serde_json::json!({ "mean": mean, "std": std }));
-        }
-        all.insert(
-            task.spec.name.clone(),
-            serde_json::json!({ "dev": dev, "seeds": seeds, "best_learning_rate": lr }),
+    let mut rows = Vec::new();
+    for (model, label) in args.model.iter().zip(model_labels(&args.model)) {
+        let dir = run.path.join(&label);
+        let scores = eval_model(model, &tasks, &plan, &dir, t.quiet)?;
+        let (results, table) = (results_json(model, &scores), task_table(&scores));
+        run::write_json(&dir.join("results.json"), &results)?;
+        run::write_atomic(&dir.join("results.md"), table.as_bytes())?;
+        println!("{label}:\n{table}");
+        all.insert(label.clone(), results);
+        rows.push((label, scores));
+    }
+    write_eval(
+        &run.path,
+        &serde_json::json!({ "models": all }),
+        &joint_table(&rows),
+    )
+}
+
+/// Writes an eval run's `results.json` and `results.md` and prints the table.
+fn write_eval(
+    dir: &std::path::Path,
+    results: &serde_json::Value,
+    table: &str,
+) -> anyhow::Result<()> {
+    run::write_json(&dir.join("results.json"), results)?;
+    run::write_atomic(&dir.join("results.md"), table.as_bytes())?;
+    print!("{table}");
+    println!("results: {}", dir.join("results.json").display());
+    Ok(())
+}
+
+/// One task's dev scores at its best learning rate: (metric, mean, std),
+/// the task's leading metric (the one the learning rate is chosen by) first.
+struct TaskScores {
+    task: String,
+    learning_rate: f64,
+    seeds: usize,
+    scores: Vec<(String, f64, f64)>,
+}
+
+/// A short, unique folder name per model: its directory's name, with the
+/// position appended where two share one.
+fn model_labels(models: &[std::path::PathBuf]) -> Vec<String> {
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| {
+            m.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        })
+        .collect();
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if names.iter().filter(|m| *m == n).count() > 1 {
+                format!("{n}-{}", i + 1)
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
+}
+
+/// Tunes `model` on every task, each in its folder of `dir`.
+fn eval_model(
+    model: &std::path::Path,
+    tasks: &[Task],
+    plan: &(Vec<Recipe>, Vec<u64>),
+    dir: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<Vec<TaskScores>> {
+    let mut all = Vec::new();
+    for task in tasks {
+        let results = tune_task(model, task, plan, &dir.join(&task.spec.name), quiet)?;
+        let (learning_rate, seeds, mut scores) = summary_line(task, &results);
+        let first = &task.spec.metrics[0];
+        scores.sort_by_key(|(m, _, _)| m != first);
+        all.push(TaskScores {
+            task: task.spec.name.clone(),
+            learning_rate,
+            seeds,
+            scores,
+        });
+    }
+    Ok(all)
+}
+
+fn results_json(model: &std::path::Path, scores: &[TaskScores]) -> serde_json::Value {
+    let mut tasks = serde_json::Map::new();
+    for t in scores {
+        let dev: serde_json::Map<String, serde_json::Value> = t
+            .scores
+            .iter()
+            .map(|(m, mean, std)| (m.clone(), serde_json::json!({ "mean": mean, "std": std })))
+            .collect();
+        tasks.insert(
+            t.task.clone(),
+            serde_json::json!({ "dev": dev, "seeds": t.seeds, "best_learning_rate": t.learning_rate }),
         );
     }
-    run::write_json(
-        &run.path.join("results.json"),
-        &serde_json::json!({ "model": args.model, "tasks": all }),
-    )?;
-    run::write_atomic(&run.path.join("results.md"), table.as_bytes())?;
-    print!("{table}");
-    println!("results: {}", run.path.join("results.json").display());
-    Ok(())
+    serde_json::json!({ "model": model, "tasks": tasks })
+}
+
+/// One model's scores: a row per task and metric (dev, ×100).
+fn task_table(scores: &[TaskScores]) -> String {
+    let mut table = String::from("| task | metric | dev (mean ± std) | seeds | learning rate |\n");
+    table.push_str("| --- | --- | ---: | ---: | ---: |\n");
+    for t in scores {
+        for (metric, mean, std) in &t.scores {
+            table.push_str(&format!(
+                "| {} | {metric} | {:.2} ± {:.2} | {} | {:e} |\n",
+                t.task,
+                100.0 * mean,
+                100.0 * std,
+                t.seeds,
+                t.learning_rate
+            ));
+        }
+    }
+    table
+}
+
+/// Models as rows, each task's leading metric as a column (dev, mean ± std
+/// over the seeds, ×100), and the mean of those task means.
+fn joint_table(rows: &[(String, Vec<TaskScores>)]) -> String {
+    let Some((_, first)) = rows.first() else {
+        return String::new();
+    };
+    let headers: Vec<String> = first
+        .iter()
+        .map(|t| format!("{} {}", t.task, t.scores.first().map_or("", |s| &s.0)))
+        .collect();
+    let mut table = format!("| model | {} | mean |\n", headers.join(" | "));
+    table.push_str(&format!(
+        "| --- |{} ---: |\n",
+        " ---: |".repeat(headers.len())
+    ));
+    for (label, scores) in rows {
+        let leading: Vec<(f64, f64)> = scores
+            .iter()
+            .filter_map(|t| t.scores.first().map(|(_, m, s)| (*m, *s)))
+            .collect();
+        let cells: Vec<String> = leading
+            .iter()
+            .map(|(m, s)| format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s))
+            .collect();
+        let mean = leading.iter().map(|(m, _)| m).sum::<f64>() / leading.len().max(1) as f64;
+        table.push_str(&format!(
+            "| {label} | {} | {:.2} |\n",
+            cells.join(" | "),
+            100.0 * mean
+        ));
+    }
+    table
 }
 
 fn predict(args: PredictArgs) -> anyhow::Result<()> {

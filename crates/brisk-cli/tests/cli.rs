@@ -509,6 +509,49 @@ fn loss_trace(run: &Path) -> Vec<(u64, u64, Option<u64>)> {
 }
 
 #[test]
+fn mcbert_resumes_bitwise_exactly_with_tupe_and_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    let same = [
+        "--set",
+        "train.schedule=constant",
+        "--set",
+        "train.warmup_fraction=0",
+        "--set",
+        "objective.kind=mcbert",
+        "--set",
+        "model.position=tupe-a",
+        "--set",
+        "notes.enabled=true",
+        "--set",
+        "notes.min_count=3",
+        "--set",
+        "notes.max_count=60",
+    ];
+    let full = quick_pretrain("full", &[&["--steps", "12"][..], &same].concat());
+    let out = run_brisk(&full, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = quick_pretrain("parts", &[&["--steps", "6"][..], &same].concat());
+    let out = run_brisk(&first, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resume = [
+        "pretrain",
+        "--out",
+        "parts",
+        "--resume",
+        "--steps",
+        "12",
+        "-q",
+        "--threads",
+        "2",
+    ];
+    let out = brisk(&resume, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = loss_trace(&dir.path().join("full"));
+    assert_eq!(expected.len(), 12);
+    assert_eq!(loss_trace(&dir.path().join("parts")), expected);
+}
+
+#[test]
 fn resume_continues_bitwise_exactly() {
     let dir = tempfile::tempdir().unwrap();
     // A constant schedule does not depend on the budget, so a 10-step run
@@ -995,6 +1038,36 @@ dev = "dev.tsv"
     assert!(dir
         .path()
         .join("ev/toy/lr-1e-4-seed-1/best/model.safetensors")
+        .exists());
+    // Several models are tuned alike and set side by side: one row each,
+    // the task's leading metric as the column. Two copies of one model get
+    // numbered folders.
+    let twice = format!("{0},{0}", model.to_str().unwrap());
+    let out = brisk(
+        &[
+            "eval", "--model", &twice, "--tasks", "toy.toml", "--epochs", "1", "--lr", "1e-4",
+            "--out", "ev2", "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = std::fs::read_to_string(dir.path().join("ev2/results.md")).unwrap();
+    assert!(
+        table.starts_with("| model | toy accuracy | mean |"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 4, "{table}");
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("ev2/results.json")).unwrap(),
+    )
+    .unwrap();
+    let label = format!("{}-2", model.file_name().unwrap().to_str().unwrap());
+    assert!(results["models"][&label]["tasks"]["toy"]["dev"]["accuracy"]["mean"].is_f64());
+    assert!(dir
+        .path()
+        .join("ev2")
+        .join(&label)
+        .join("results.md")
         .exists());
     // `predict` applies the best seed to new rows (no label column needed).
     std::fs::write(

@@ -166,6 +166,18 @@ fn unusable_checkpoints_are_refused_with_the_reason() {
         "{e}"
     );
 
+    // An ELECTRA discriminator with embeddings narrower than its layers
+    // (HF's default 128) would need the projection brisk does not run.
+    let electra = text.replace("\"model_type\": \"bert\"", "\"model_type\": \"electra\"");
+    assert_ne!(electra, text, "the MiniLM config names its model_type");
+    std::fs::write(&config, &electra).unwrap();
+    let e = err(&dir);
+    assert!(e.contains("embedding_size 128"), "{e}");
+    // With embeddings as wide as its layers it is a BERT encoder.
+    let wide = electra.replacen('{', "{\"embedding_size\": 384, ", 1);
+    std::fs::write(&config, wide).unwrap();
+    assert!(Encoder::load(&dir).is_ok());
+
     // No tokenizer at all.
     std::fs::write(&config, &text).unwrap();
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();

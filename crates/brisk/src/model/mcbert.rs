@@ -17,7 +17,7 @@ use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
 use crate::error::Result;
-use crate::pretrain::mcbert::{choices, cumulative, CANDIDATES};
+use crate::pretrain::mcbert::{choices, CANDIDATES};
 use crate::pretrain::mlm::MaskedBatch;
 
 /// The multi-choice head (`mcbert_predictions.*`).
@@ -151,15 +151,22 @@ impl McBert {
         let ids = Tensor::from_vec(masked.inputs.clone(), (batch, len), &dev)?;
         let every = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
         let hidden = self.controller.forward(&ids, None, None, None, ctx)?;
-        let logits = self
-            .controller_head
-            .forward(&hidden, &every, self.main.word_embeddings())?;
+        let words = self.main.word_embeddings();
         let rows = Tensor::from_vec(masked.rows.clone(), masked.rows.len(), &dev)?;
         let targets = Tensor::from_vec(masked.targets.clone(), masked.targets.len(), &dev)?;
-        let controller = candle_nn::loss::cross_entropy(&logits.index_select(&rows, 0)?, &targets)?;
-        let values: Vec<Vec<f32>> = logits.detach().to_vec2()?;
-        let cdfs: Vec<Vec<f32>> = values.iter().map(|row| cumulative(row)).collect();
-        let c = choices(tokens, masked, &cdfs, special, rng);
+        let logits = self.controller_head.forward(&hidden, &rows, words)?;
+        let controller = candle_nn::loss::cross_entropy(&logits, &targets)?;
+        // The candidates need the controller's distribution at every
+        // position, but no gradient flows through sampling: those logits
+        // are computed from detached inputs, so the backward pass stays at
+        // the masked rows (a full-vocabulary backward at every position
+        // would cost more than the rest of the step).
+        let everywhere = self
+            .controller_head
+            .forward(&hidden.detach(), &every, &words.detach())?
+            .detach();
+        let flat: Vec<f32> = everywhere.flatten_all()?.to_vec1()?;
+        let c = choices(tokens, masked, &flat, special, rng);
         let replaced = c.labels.iter().sum::<u32>() as f64 / n as f64;
         let ids = Tensor::from_vec(c.inputs, (batch, len), &dev)?;
         let hidden = self.main.forward(&ids, None, None, mix, ctx)?;

@@ -16,10 +16,18 @@
 //!   authors' code lets samples repeat it, which makes the label ambiguous:
 //!   at a position that was not replaced, the original among the
 //!   candidates is as right as "reject", and at a replaced one a second copy
-//!   of the answer competes with slot 1. A sample equal to the original is
-//!   drawn again (a few times, then replaced by the next non-special token),
-//!   so every label has exactly one right answer. Repeats among the wrong
-//!   candidates are harmless and kept.
+//!   of the answer competes with slot 1. So the wrong candidates are drawn
+//!   from the controller's distribution with the original's mass taken out
+//!   (the rest renormalised), and every label has exactly one right answer.
+//!   Removing the mass rather than redrawing matters where the controller is
+//!   sure of the original: redraws would almost never escape it. Repeats
+//!   among the wrong candidates are harmless and kept.
+//!
+//! Positions are independent, so they are built in parallel, each from its
+//! own random stream (seeded by one draw of the batch's generator): the
+//! result does not depend on the thread count.
+
+use rayon::prelude::*;
 
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
@@ -27,10 +35,6 @@ use crate::pretrain::mlm::MaskedBatch;
 
 /// Candidates per position, the reject slot included (the paper's K).
 pub const CANDIDATES: usize = 10;
-
-/// How often a sample equal to the original is drawn again before a
-/// deterministic stand-in is used.
-const REDRAWS: usize = 8;
 
 /// One draw from a probability row by its cumulative sums (`cdf`, ending at
 /// the row's total).
@@ -54,6 +58,36 @@ pub fn cumulative(logits: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// [`cumulative`] with token `excluded` given no mass; `None` when no other
+/// token has any. The scale is set by the largest remaining logit, so the
+/// others keep their precision however sure the row is of `excluded`.
+pub fn cumulative_without(logits: &[f32], excluded: u32) -> Option<Vec<f32>> {
+    let e = excluded as usize;
+    let others = || {
+        logits
+            .iter()
+            .enumerate()
+            .filter(move |&(t, _)| t != e)
+            .map(|(_, &l)| l)
+    };
+    let max = others().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return None;
+    }
+    let mut sum = 0.0;
+    let cdf: Vec<f32> = logits
+        .iter()
+        .enumerate()
+        .map(|(t, &l)| {
+            if t != e {
+                sum += (l - max).exp();
+            }
+            sum
+        })
+        .collect();
+    (sum > 0.0).then_some(cdf)
+}
+
 /// The main model's task for one batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choices {
@@ -69,53 +103,73 @@ pub struct Choices {
 }
 
 /// Builds the slots of every position of `tokens` from the controller's
-/// cumulative distributions `cdfs` (one row per position, see
-/// [`cumulative`]); masked positions (`masked.rows`) take the first sample
-/// as their input.
+/// `logits` (`[positions, vocab]`, row-major); masked positions
+/// (`masked.rows`) take a sample as their input.
 pub fn choices(
     tokens: &[u32],
     masked: &MaskedBatch,
-    cdfs: &[Vec<f32>],
+    logits: &[f32],
     special: &SpecialIds,
     rng: &mut Rng,
 ) -> Choices {
-    let mut inputs = tokens.to_vec();
+    let vocab = logits.len() / tokens.len().max(1);
+    let mut is_masked = vec![false; tokens.len()];
     for &r in &masked.rows {
-        inputs[r as usize] = draw(&cdfs[r as usize], rng);
+        is_masked[r as usize] = true;
     }
-    let vocab = cdfs.first().map_or(0, Vec::len) as u32;
-    let mut candidates = Vec::with_capacity(tokens.len() * (CANDIDATES - 1));
-    let mut labels = Vec::with_capacity(tokens.len());
-    for (i, (&original, cdf)) in tokens.iter().zip(cdfs).enumerate() {
-        let replaced = inputs[i] != original;
-        labels.push(replaced as u32);
-        let wrong = if replaced {
-            CANDIDATES - 2
-        } else {
-            CANDIDATES - 1
-        };
-        if replaced {
-            candidates.push(original);
-        }
-        for _ in 0..wrong {
-            let mut t = draw(cdf, rng);
-            for _ in 0..REDRAWS {
-                if t != original {
-                    break;
-                }
-                t = draw(cdf, rng);
-            }
-            if t == original {
-                t = next_other(original, vocab, special);
-            }
-            candidates.push(t);
-        }
+    let base = rng.next_u64();
+    let slots: Vec<(u32, Vec<u32>)> = (0..tokens.len())
+        .into_par_iter()
+        .map(|i| {
+            let mut stream = Rng::new(base ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            position_slots(tokens[i], is_masked[i], row, special, &mut stream)
+        })
+        .collect();
+    let mut c = Choices {
+        inputs: Vec::with_capacity(tokens.len()),
+        candidates: Vec::with_capacity(tokens.len() * (CANDIDATES - 1)),
+        labels: Vec::with_capacity(tokens.len()),
+    };
+    for (&original, (input, candidates)) in tokens.iter().zip(slots) {
+        c.inputs.push(input);
+        c.labels.push((input != original) as u32);
+        c.candidates.extend(candidates);
     }
-    Choices {
-        inputs,
-        candidates,
-        labels,
+    c
+}
+
+/// One position: its input (a sample from `row` where masked, else the
+/// original) and slots 1..K: the original first where the input differs,
+/// then samples from `row` without the original.
+fn position_slots(
+    original: u32,
+    masked: bool,
+    row: &[f32],
+    special: &SpecialIds,
+    rng: &mut Rng,
+) -> (u32, Vec<u32>) {
+    let input = if masked {
+        draw(&cumulative(row), rng)
+    } else {
+        original
+    };
+    let mut candidates = Vec::with_capacity(CANDIDATES - 1);
+    if input != original {
+        candidates.push(original);
     }
+    let others = cumulative_without(row, original);
+    while candidates.len() < CANDIDATES - 1 {
+        let t = others.as_ref().map(|cdf| draw(cdf, rng));
+        // Without other mass, or in the rounding case of a draw at the
+        // very end of the row, a deterministic stand-in keeps the slot
+        // wrong.
+        candidates.push(match t {
+            Some(t) if t != original => t,
+            _ => next_other(original, row.len() as u32, special),
+        });
+    }
+    (input, candidates)
 }
 
 /// The next non-special token after `token` (wrapping).
@@ -142,12 +196,11 @@ mod tests {
         mask: 4,
     };
 
-    /// A controller that puts most of its mass on token `peak`.
+    /// A controller's logits that put most of the mass on token `peak`.
     fn peaked(vocab: usize, peak: usize) -> Vec<f32> {
-        let logits: Vec<f32> = (0..vocab)
+        (0..vocab)
             .map(|t| if t == peak { 3.0 } else { 0.0 })
-            .collect();
-        cumulative(&logits)
+            .collect()
     }
 
     #[test]
@@ -161,12 +214,13 @@ mod tests {
             rows: vec![1, 2],
             targets: vec![10, 11],
         };
-        let mut cdfs: Vec<Vec<f32>> = (0..5).map(|_| peaked(30, 25)).collect();
-        cdfs[1] = peaked(30, 20);
+        let mut rows: Vec<Vec<f32>> = (0..5).map(|_| peaked(30, 25)).collect();
+        rows[1] = peaked(30, 20);
         let mut sure = vec![-1e9f32; 30];
         sure[11] = 0.0;
-        cdfs[2] = cumulative(&sure);
-        let c = choices(&tokens, &masked, &cdfs, &SPECIAL, &mut Rng::new(1));
+        rows[2] = sure;
+        let logits = rows.concat();
+        let c = choices(&tokens, &masked, &logits, &SPECIAL, &mut Rng::new(1));
         let k = CANDIDATES - 1;
         assert_eq!(c.candidates.len(), 5 * k);
         assert_eq!(c.inputs[2], 11, "a sampled original stays the original");
@@ -185,6 +239,28 @@ mod tests {
             );
         }
         assert_eq!(c.labels, [0, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn candidates_without_the_original_follow_the_rest_renormalised() {
+        // The original (token 1) has almost all the mass; the others keep
+        // their 2 : 1 : 1 proportions.
+        let logits = [1.0f32.ln(), 40.0, 0.5f32.ln(), 0.25f32.ln(), 0.25f32.ln()];
+        let cdf = cumulative_without(&logits, 1).unwrap();
+        let mut rng = Rng::new(5);
+        let n = 20_000;
+        let mut counts = [0usize; 5];
+        for _ in 0..n {
+            counts[draw(&cdf, &mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[1], 0, "{counts:?}");
+        for (t, p) in [(0, 0.5), (2, 0.25), (3, 0.125), (4, 0.125)] {
+            assert!(
+                (counts[t] as f64 / n as f64 - p).abs() < 0.015,
+                "{counts:?}"
+            );
+        }
+        assert!(cumulative_without(&[f32::NEG_INFINITY, 0.0], 1).is_none());
     }
 
     #[test]

@@ -97,14 +97,16 @@ pub fn electra_training_per_token(
 }
 
 /// Training FLOPs per token of MC-BERT: the meta controller (its encoder,
-/// and its MLM head at every position, since it proposes candidates
-/// everywhere) and the main model (its encoder and the multi-choice head:
-/// the transform and `K` candidate scores).
+/// and its MLM head: forward at every position, since it proposes
+/// candidates everywhere, backward at the masked fraction only, where its
+/// loss is) and the main model (its encoder and the multi-choice head: the
+/// transform and `K` candidate scores).
 pub fn mcbert_training_per_token(
     cfg: &ModelConfig,
     controller: &ModelConfig,
     seq_len: usize,
     candidates: usize,
+    mask_prob: f64,
 ) -> f64 {
     let (d, g, v, k) = (
         cfg.hidden_size as f64,
@@ -117,9 +119,9 @@ pub fn mcbert_training_per_token(
     let choice_head = 2.0 * d * d + d + (GELU + LAYER_NORM) * d + k * (2.0 * d + 1.0) + SOFTMAX * k;
     2.0 * (encoder_forward_per_token(controller, seq_len)
         + project
-        + controller_head
         + encoder_forward_per_token(cfg, seq_len)
         + choice_head)
+        + (1.0 + mask_prob) * controller_head
 }
 
 #[cfg(test)]
@@ -172,6 +174,25 @@ mod tests {
             electra > 0.9 * bert && electra < 1.3 * bert,
             "{electra} vs {bert}"
         );
+    }
+
+    #[test]
+    fn mcbert_counts_the_controller_head_forward_everywhere_backward_where_masked() {
+        let cfg = Preset::Base.config().model;
+        let quarter = ModelConfig {
+            hidden_size: 192,
+            num_attention_heads: 3,
+            intermediate_size: 768,
+            ..cfg.clone()
+        };
+        let at = |p: f64| mcbert_training_per_token(&cfg, &quarter, 128, 10, p);
+        // The head's cost per position, from the difference of mask rates.
+        let head = at(1.0) - at(0.0);
+        assert!((at(0.15) - at(0.0) - 0.15 * head).abs() < 1e-3 * head);
+        // Forward at every position: more than ELECTRA, whose generator head
+        // works at the masked positions only.
+        let electra = electra_training_per_token(&cfg, &quarter, 128, 0.15);
+        assert!(at(0.15) - electra > 0.8 * head, "{} vs {electra}", at(0.15));
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Resu
         "mcbert" => {
             let g = generator_config(m, o.generator_size)?;
             let k = crate::pretrain::mcbert::CANDIDATES;
-            tokens_per_step as f64 * mcbert_training_per_token(m, &g, seq_len, k)
+            tokens_per_step as f64 * mcbert_training_per_token(m, &g, seq_len, k, o.mask_prob)
                 + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
         }
         _ => {
