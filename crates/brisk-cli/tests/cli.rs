@@ -527,10 +527,10 @@ fn mcbert_resumes_bitwise_exactly_with_tupe_and_notes() {
         "--set",
         "notes.max_count=60",
     ];
-    let full = quick_pretrain("full", &[&["--steps", "12"][..], &same].concat());
+    let full = quick_pretrain("full", &[&["--steps", "10"][..], &same].concat());
     let out = run_brisk(&full, dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
-    let first = quick_pretrain("parts", &[&["--steps", "6"][..], &same].concat());
+    let first = quick_pretrain("parts", &[&["--steps", "5"][..], &same].concat());
     let out = run_brisk(&first, dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let resume = [
@@ -539,7 +539,7 @@ fn mcbert_resumes_bitwise_exactly_with_tupe_and_notes() {
         "parts",
         "--resume",
         "--steps",
-        "12",
+        "10",
         "-q",
         "--threads",
         "2",
@@ -547,7 +547,7 @@ fn mcbert_resumes_bitwise_exactly_with_tupe_and_notes() {
     let out = brisk(&resume, dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let expected = loss_trace(&dir.path().join("full"));
-    assert_eq!(expected.len(), 12);
+    assert_eq!(expected.len(), 10);
     assert_eq!(loss_trace(&dir.path().join("parts")), expected);
 }
 
