@@ -342,33 +342,22 @@ pub fn validation_loss(model: &Trainee, corpus: &PreparedCorpus, config: &Config
                 )?;
                 loss
             }
-            // ELECTRA: its generator's masked-LM loss.
-            Trainee::Electra(model) => {
+            // ELECTRA and MC-BERT: their generator's (controller's) MLM loss.
+            Trainee::Electra(_) | Trainee::McBert(_) => {
                 let m = &corpus.manifest;
-                let vocab = m.tokenizer.vocab_size;
                 let masked = mask_tokens(
                     &tokens,
                     &m.special_ids,
-                    vocab,
+                    m.tokenizer.vocab_size,
                     &VALIDATION_MASKING,
                     &mut rng,
                 );
-                model
-                    .generator_loss(&masked, (b, m.seq_len), &mut Ctx::eval())?
-                    .0
-            }
-            // MC-BERT: its controller's masked-LM loss.
-            Trainee::McBert(model) => {
-                let m = &corpus.manifest;
-                let vocab = m.tokenizer.vocab_size;
-                let masked = mask_tokens(
-                    &tokens,
-                    &m.special_ids,
-                    vocab,
-                    &VALIDATION_MASKING,
-                    &mut rng,
-                );
-                model.controller_loss(&masked, (b, m.seq_len), &mut Ctx::eval())?
+                let (shape, ctx) = ((b, m.seq_len), &mut Ctx::eval());
+                match model {
+                    Trainee::Electra(model) => model.generator_loss(&masked, shape, ctx)?.0,
+                    Trainee::McBert(model) => model.controller_loss(&masked, shape, ctx)?,
+                    Trainee::Mlm(_) => unreachable!("handled above"),
+                }
             }
         };
         total += loss.to_scalar::<f32>()? as f64;
