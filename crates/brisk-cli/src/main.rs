@@ -27,6 +27,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            // A command that failed before doing any work leaves nothing
+            // behind, so the corrected command can reuse its --out.
+            for dir in run::discard_unfinished() {
+                eprintln!("removed the unfinished run directory {}", dir.display());
+            }
             let usage = err
                 .downcast_ref::<brisk::Error>()
                 .is_some_and(brisk::Error::is_usage);
@@ -454,13 +459,7 @@ fn embed_texts(args: &EmbedArgs) -> anyhow::Result<Vec<(String, Option<String>)>
             if !args.text.is_empty() {
                 return Err(usage("give texts as arguments or --input FILE, not both"));
             }
-            let bytes = std::fs::read(path).map_err(|e| brisk::Error::io(path, e))?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                brisk::Error::data(
-                    path,
-                    format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-                )
-            })?;
+            let text = run::read_text(path)?;
             text.lines().map(str::to_string).collect()
         }
         None => args.text.clone(),

@@ -918,6 +918,88 @@ fn toy_sentiment() -> (String, String) {
     (train, dev)
 }
 
+/// Writes the toy task (header `text<TAB>verdict`) into `dir`: its data
+/// files as given, and `toy.toml`.
+fn write_toy_task(dir: &Path, train: &str, dev: &str) {
+    std::fs::write(dir.join("train.tsv"), train).unwrap();
+    std::fs::write(dir.join("dev.tsv"), dev).unwrap();
+    std::fs::write(
+        dir.join("toy.toml"),
+        "name = \"toy\"\nkind = \"classification\"\nlabels = [\"no\", \"yes\"]\n\
+         metrics = [\"accuracy\"]\nheader = true\ntext_a = \"text\"\nlabel = \"verdict\"\n\
+         train = \"train.tsv\"\ndev = \"dev.tsv\"\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn failed_runs_leave_nothing_and_long_ones_report_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, dev) = toy_sentiment();
+    // A byte-order mark before the header (as the MSR release of MRPC has)
+    // is not part of the first column's name.
+    let train = format!("\u{feff}{train}");
+    // A dev label outside the task's set fails inside the run, after its
+    // directory was made.
+    write_toy_task(
+        dir.path(),
+        &train,
+        &format!("{dev}the end was fine .\tmaybe\n"),
+    );
+    let model = minilm_dir();
+    let args = [
+        "finetune",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "toy.toml",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--seeds",
+        "1",
+        "--out",
+        "ft",
+    ];
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_brisk"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("BRISK_PROGRESS_SECS", "0")
+            .output()
+            .unwrap()
+    };
+    let failed = run(&args);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(stderr(&failed).contains("maybe"), "{}", stderr(&failed));
+    assert!(
+        !dir.path().join("ft").exists(),
+        "the failed run left its directory: {}",
+        stderr(&failed)
+    );
+    // The corrected run reuses --out without --force, and without a
+    // terminal prints a progress line within the epoch.
+    write_toy_task(dir.path(), &train, &dev);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("batch 1/"), "{}", stderr(&out));
+    // Named columns are checked before a run directory exists.
+    let task = std::fs::read_to_string(dir.path().join("toy.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("toy.toml"),
+        task.replace("\"verdict\"", "\"Quality\""),
+    )
+    .unwrap();
+    let mut bad = args.to_vec();
+    let last = bad.len() - 1;
+    bad[last] = "ft2";
+    let failed = run(&bad);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(stderr(&failed).contains("Quality"), "{}", stderr(&failed));
+    assert!(!dir.path().join("ft2").exists());
+}
+
 #[test]
 fn finetune_learns_a_task_defined_in_toml() {
     let dir = tempfile::tempdir().unwrap();
@@ -1132,16 +1214,33 @@ fn compare_trains_variants_resumes_and_reports() {
         "{table}"
     );
     let page = std::fs::read_to_string(cmp.join("report.html")).unwrap();
-    for class in ["comparison", "config-diff", "final"] {
+    for class in ["comparison", "context", "config-diff", "final"] {
         assert!(
             page.contains(&format!("<table class=\"{class}\">")),
             "{class}"
         );
     }
     // One chart per view: validation loss against steps, wall-clock and
-    // FLOPs, and training loss against steps.
-    assert_eq!(page.matches("<figure class=\"chart\"").count(), 4);
-    assert_eq!(page.matches("<svg").count(), 4);
+    // FLOPs, training loss against steps, masked-token accuracy and the
+    // three probes of the built-in corpus.
+    assert_eq!(page.matches("<figure class=\"chart\"").count(), 8);
+    assert_eq!(page.matches("<svg").count(), 8);
+    for probe in ["agreement", "employer", "home"] {
+        assert!(
+            page.contains(&format!("data-y=\"probe_{probe}\"")),
+            "{probe}"
+        );
+    }
+    // Tick labels are short: no `200000000000000.0` or `200.0`.
+    let ticks: Vec<&str> = page
+        .split("</text>")
+        .filter_map(|t| t.rsplit('>').next().map(str::trim))
+        .filter(|t| t.parse::<f64>().is_ok())
+        .collect();
+    assert!(!ticks.is_empty());
+    for t in &ticks {
+        assert!(t.len() <= 7 && !t.ends_with(".0"), "tick label {t:?}");
+    }
     assert!(!page.contains("<script"), "self-contained, no scripts");
     // The config diff lists exactly the keys that differ.
     let diff = &page[page.find("<table class=\"config-diff\">").unwrap()..];

@@ -14,7 +14,8 @@
 //! - [`compare`]: comparisons of runs, their table and HTML report;
 //! - [`run`]: run directories, provenance and atomic writes;
 //! - [`runtime`]: process set-up (thread pool, allocator tuning);
-//! - [`plot`]: SVG charts.
+//! - [`plot`]: SVG charts;
+//! - [`progress`]: plain progress lines for logs.
 
 pub mod compare;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod hf;
 pub mod model;
 pub mod plot;
 pub mod pretrain;
+pub mod progress;
 pub mod run;
 pub mod runtime;
 pub mod tasks;

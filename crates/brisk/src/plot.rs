@@ -91,6 +91,10 @@ fn draw<DB: DrawingBackend>(
         x1 = x0 + 1.0;
     }
 
+    let (x_span, y_span) = (x1 - x0, y1 - y0 + 2.0 * pad);
+    let x_tick = move |v: &f64| tick_label(*v, x_span);
+    let y_tick = move |v: &f64| tick_label(*v, y_span);
+
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -103,17 +107,19 @@ fn draw<DB: DrawingBackend>(
         .x_desc(x_label)
         .y_desc(y_label)
         .light_line_style(RGBColor(235, 235, 235))
+        .x_label_formatter(&x_tick)
+        .y_label_formatter(&y_tick)
         .draw()?;
-    for s in series {
-        let color = s.color;
+    for (i, s) in series.iter().enumerate() {
+        let (color, width) = (s.color, stroke_width(i, series.len()));
         chart
             .draw_series(LineSeries::new(
                 s.points.iter().copied(),
-                color.stroke_width(2),
+                color.stroke_width(width),
             ))?
             .label(s.name)
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width))
             });
     }
     if let Some(r) = reference {
@@ -137,9 +143,67 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Line width of series `i` of `n`: each is drawn 2 px wider than the one
+/// after it (which is drawn on top), so that curves that coincide still
+/// show as a coloured edge around a thinner line.
+fn stroke_width(i: usize, n: usize) -> u32 {
+    (2 + 2 * (n - 1 - i) as u32).min(12)
+}
+
+/// A tick label a reader can take in: integers as integers (`200`, not
+/// `200.0`), large and tiny magnitudes in short scientific form (`2e14`,
+/// `2.5e14`), and otherwise just the decimals the axis `span` needs.
+pub fn tick_label(value: f64, span: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return if value == 0.0 {
+            "0".into()
+        } else {
+            value.to_string()
+        };
+    }
+    let magnitude = value.abs();
+    if !(1e-3..1e5).contains(&magnitude) {
+        // Three significant digits, then Rust's shortest form of that.
+        let rounded: f64 = format!("{value:.2e}").parse().unwrap_or(value);
+        return format!("{rounded:e}");
+    }
+    let step = if span.is_finite() && span > 0.0 {
+        span / 10.0
+    } else {
+        magnitude
+    };
+    let decimals = (-step.log10().floor()).clamp(0.0, 6.0) as usize;
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(tick_label(2e14, 3e14), "2e14");
+        assert_eq!(tick_label(2.5e14, 3e14), "2.5e14");
+        assert_eq!(tick_label(200.0, 2000.0), "200");
+        assert_eq!(tick_label(1500.0, 2000.0), "1500");
+        assert_eq!(tick_label(5.2, 2.0), "5.2");
+        assert_eq!(tick_label(5.0, 2.0), "5");
+        assert_eq!(tick_label(0.25, 0.5), "0.25");
+        assert_eq!(tick_label(0.0, 10.0), "0");
+        assert_eq!(tick_label(-3.0, 10.0), "-3");
+    }
+
+    #[test]
+    fn earlier_series_are_drawn_wider() {
+        let widths: Vec<u32> = (0..3).map(|i| stroke_width(i, 3)).collect();
+        assert_eq!(widths, [6, 4, 2]);
+        assert_eq!(stroke_width(0, 1), 2);
+    }
 
     #[test]
     fn writes_an_svg_with_labels() {

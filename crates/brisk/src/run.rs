@@ -70,6 +70,12 @@ impl RunDir {
             )));
         }
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        if existing != Existing::Resume {
+            CREATED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(path.to_path_buf());
+        }
         Ok(RunDir {
             path: path.to_path_buf(),
         })
@@ -109,6 +115,46 @@ impl RunDir {
         }
         write_json(&path, &record)
     }
+}
+
+/// Run directories this process created (not reopened with `--resume`),
+/// for [`discard_unfinished`].
+static CREATED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Files that mean a run directory holds work worth keeping: training
+/// metrics, checkpoints, results and summaries anywhere in it, or a
+/// prepared corpus at its top.
+const WORK_FILES: [&str; 4] = [
+    "metrics.jsonl",
+    "checkpoints",
+    "results.json",
+    "summary.json",
+];
+
+fn holds_work(dir: &Path, top: bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        WORK_FILES.contains(&name.as_ref())
+            || (top && name == "manifest.json")
+            || (entry.path().is_dir() && holds_work(&entry.path(), false))
+    })
+}
+
+/// After a command failed: removes the run directories it created that
+/// hold no work yet (only its config, provenance, a prepared built-in
+/// corpus or empty folders), so that the corrected command can run with
+/// the same `--out` without `--force`. Returns the directories removed.
+pub fn discard_unfinished() -> Vec<PathBuf> {
+    let created = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+    created
+        .into_iter()
+        .filter(|dir| dir.is_dir() && !holds_work(dir, true))
+        .filter(|dir| std::fs::remove_dir_all(dir).is_ok())
+        .collect()
 }
 
 /// Where and how a run was made.
@@ -204,9 +250,35 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp"))
 }
 
+/// Drops a leading UTF-8 byte-order mark: editors on Windows and some
+/// data releases (MRPC's) write one, and it is invisible in error messages,
+/// so a header column `\u{feff}Quality` would not match `Quality`.
+pub fn strip_bom(mut text: String) -> String {
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    text
+}
+
+/// Reads a UTF-8 text file without its byte-order mark (if any); every
+/// text reader (TSV, TOML, JSON, word lists) goes through here.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::data(
+            path,
+            format!(
+                "invalid UTF-8 at byte offset {}",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    Ok(strip_bom(text))
+}
+
 /// Reads a JSON file into `T`; errors name the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not readable: {e}")))
 }
 

@@ -278,10 +278,18 @@ fn the_discriminator_learns_to_spot_an_odd_token_out() {
     let (batch, len) = (8, 12);
     let mut rng = Rng::new(9);
     let mut losses = Vec::new();
-    // Like a BERT on text, it first sits on the prior's plateau (about 400
-    // steps here) before it learns to compare tokens.
-    let steps = 600;
-    for _ in 0..steps {
+    let p = 1.0 / len as f32;
+    let prior = -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
+    // Like a BERT on text, it first sits on the prior's plateau before it
+    // learns to compare tokens. When it leaves is chaotic: about step 400
+    // on the AVX-512 path, later on the AVX2 path, whose matrix products
+    // round differently. What the method guarantees is that it does leave,
+    // so train until the loss is clearly below the prior, with a cap far
+    // above either path's exit.
+    let (cap, window) = (3000, 20);
+    let recent =
+        |losses: &[f32]| losses[losses.len() - window..].iter().sum::<f32>() / window as f32;
+    while losses.len() < cap && (losses.len() < window || recent(&losses) >= 0.5 * prior) {
         let mut ids = Vec::with_capacity(batch * len);
         let mut labels = Vec::with_capacity(batch * len);
         for _ in 0..batch {
@@ -303,8 +311,10 @@ fn the_discriminator_learns_to_spot_an_odd_token_out() {
         let grads = gradients(&params, &loss.backward().unwrap()).unwrap();
         opt.update(&grads, 3e-3, 1.0).unwrap();
     }
-    let p = 1.0 / len as f32;
-    let prior = -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
-    let last = losses[steps - 10..].iter().sum::<f32>() / 10.0;
-    assert!(last < 0.5 * prior, "loss {last}, prior entropy {prior}");
+    let last = recent(&losses);
+    assert!(
+        last < 0.5 * prior,
+        "loss {last} after {} steps, prior entropy {prior}",
+        losses.len()
+    );
 }

@@ -323,6 +323,7 @@ fn the_fused_model_equals_the_reference_model() {
         (0.1, Position::Absolute),
         (0.1, Position::TupeA),
         (0.0, Position::TupeR),
+        (0.1, Position::Rope),
     ];
     for (dropout, position) in cases {
         let batch = model_batch();
@@ -364,10 +365,11 @@ fn the_fused_model_equals_the_reference_model() {
 
 /// Central finite differences of the whole fused model (embeddings with
 /// token types, layers, head and loss) in f64, for every parameter, with
-/// absolute positions and with TUPE-R (its position term included).
+/// absolute positions, TUPE-R (its position term included) and rotary
+/// positions.
 #[test]
 fn the_fused_model_matches_finite_differences() {
-    for position in [Position::Absolute, Position::TupeR] {
+    for position in [Position::Absolute, Position::TupeR, Position::Rope] {
         fused_model_matches_finite_differences(position);
     }
 }

@@ -42,7 +42,7 @@ fn batch() -> (Tensor, Tensor, Tensor, Tensor) {
 
 #[test]
 fn every_parameter_gets_a_finite_non_zero_gradient() {
-    use Position::{Absolute, TupeA, TupeR};
+    use Position::{Absolute, Rope, TupeA, TupeR};
     for (norm, kernels, position) in [
         (Norm::Post, Kernels::Fused, Absolute),
         (Norm::Pre, Kernels::Fused, Absolute),
@@ -51,6 +51,8 @@ fn every_parameter_gets_a_finite_non_zero_gradient() {
         (Norm::Post, Kernels::Fused, TupeA),
         (Norm::Pre, Kernels::Fused, TupeR),
         (Norm::Post, Kernels::Reference, TupeR),
+        (Norm::Post, Kernels::Fused, Rope),
+        (Norm::Pre, Kernels::Reference, Rope),
     ] {
         let mut cfg = tiny_config(norm);
         cfg.kernels = kernels;

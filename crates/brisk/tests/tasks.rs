@@ -20,13 +20,14 @@ fn built_in_tasks_read_the_glue_files() {
         ("cola", 8_551, 527, 2),
         ("rte", 2_490, 277, 2),
         ("stsb", 5_749, 1_500, 1),
+        ("mrpc", 4_076, 1_725, 2),
     ] {
         let task = Task::resolve(name, &glue()).unwrap();
         assert_eq!(task.num_outputs(), outputs, "{name}");
         let t = read_split(&task.spec, &task.train).unwrap();
         let d = read_split(&task.spec, &task.dev).unwrap();
         assert_eq!((t.len(), d.len()), (train, dev), "{name}");
-        if name == "rte" || name == "stsb" {
+        if ["rte", "stsb", "mrpc"].contains(&name) {
             assert!(t.iter().all(|e| e.b.is_some()), "{name} is a pair task");
         }
     }
@@ -40,6 +41,32 @@ fn built_in_tasks_read_the_glue_files() {
     )
     .unwrap();
     assert!(rte.iter().any(|e| e.label == 1.0) && rte.iter().any(|e| e.label == 0.0));
+    // 2,753 of MRPC's training pairs are paraphrases (data/README.md).
+    let mrpc = Task::resolve("mrpc", &glue()).unwrap();
+    let train = read_split(&mrpc.spec, &mrpc.train).unwrap();
+    assert_eq!(train.iter().filter(|e| e.label == 1.0).count(), 2_753);
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("train.tsv"),
+        "\u{feff}Quality\tText\n1\ta fine film\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("dev.tsv"), "Quality\tText\n0\ta dull film\n").unwrap();
+    std::fs::write(
+        dir.join("task.toml"),
+        "\u{feff}name = \"bom\"\nkind = \"classification\"\nlabels = [\"0\", \"1\"]\n\
+         metrics = [\"accuracy\"]\nheader = true\ntext_a = \"Text\"\nlabel = \"Quality\"\n\
+         train = \"train.tsv\"\ndev = \"dev.tsv\"\n",
+    )
+    .unwrap();
+    let task = Task::resolve(dir.join("task.toml").to_str().unwrap(), Path::new("/")).unwrap();
+    let train = read_split(&task.spec, &task.train).unwrap();
+    assert_eq!((train[0].a.as_str(), train[0].label), ("a fine film", 1.0));
 }
 
 /// Writes a task file and its data into `dir`.

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::train::pretrain::PLATEAU_MARGIN;
 
 /// A variant of the base config: a name and the `--set` overrides it adds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,7 +26,7 @@ pub struct Variant {
 }
 
 /// The named building blocks of variants; `a+b` combines blocks.
-const BLOCKS: [(&str, &[&str]); 7] = [
+const BLOCKS: [(&str, &[&str]); 9] = [
     ("baseline", &[]),
     (
         "electra",
@@ -45,8 +46,16 @@ const BLOCKS: [(&str, &[&str]); 7] = [
     ),
     ("tupe-a", &["model.position=tupe-a"]),
     ("tupe-r", &["model.position=tupe-r"]),
+    ("rope", &["model.position=rope"]),
     ("tnf", &["notes.enabled=true"]),
     ("pre-ln", &["model.norm=pre"]),
+    (
+        "no-dropout",
+        &[
+            "model.hidden_dropout_prob=0",
+            "model.attention_probs_dropout_prob=0",
+        ],
+    ),
 ];
 
 /// The comparison of issue "speed-ups for any objective": the baseline,
@@ -54,16 +63,23 @@ const BLOCKS: [(&str, &[&str]); 7] = [
 pub const DEFAULT_VARIANTS: &str = "baseline,tupe-r,tnf,tupe-r+tnf";
 
 /// Parses `baseline,tupe-r,tnf,tupe-r+tnf`: each variant is a block or
-/// blocks joined by `+`. The first variant is the baseline of the table.
+/// blocks joined by `+`, where a block is a name above or a `key=value`
+/// override of its own (`rope+train.learning_rate=4e-3`), for studies of
+/// any setting. The first variant is the baseline of the table.
 pub fn parse_variants(text: &str) -> Result<Vec<Variant>> {
     let mut variants: Vec<Variant> = Vec::new();
     for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let mut sets = Vec::new();
         for block in name.split('+') {
+            if block.contains('=') {
+                sets.push(block.to_string());
+                continue;
+            }
             let Some((_, block_sets)) = BLOCKS.iter().find(|(b, _)| *b == block) else {
                 let known: Vec<&str> = BLOCKS.iter().map(|(b, _)| *b).collect();
                 return Err(Error::Usage(format!(
-                    "--variants: unknown variant {block:?} in {name:?} (known: {}; combine with +)",
+                    "--variants: unknown variant {block:?} in {name:?} (known: {}; combine with +; \
+                     any key=value overrides a config field)",
                     known.join(", ")
                 )));
             };
@@ -116,7 +132,7 @@ impl RunRecord {
     /// Reads `config.toml` and `metrics.jsonl` of a run directory.
     pub fn open(dir: &Path) -> Result<RunRecord> {
         let config_path = dir.join("config.toml");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        let text = crate::run::read_text(&config_path).map_err(|e| {
             Error::data(
                 &config_path,
                 format!("cannot read it ({e}); is {} a brisk run?", dir.display()),
@@ -177,6 +193,35 @@ impl RunRecord {
                     val_loss: row.get("val_loss")?.as_f64()?,
                 })
             })
+            .collect()
+    }
+
+    /// Where validation first reached [`PLATEAU_MARGIN`] below the unigram
+    /// entropy (interpolated between evaluations), as a step.
+    pub fn plateau_exit(&self) -> Option<f64> {
+        let entropy = self.metrics.iter().find_map(|row| {
+            Some(row.get("val_loss")?.as_f64()? + row.get("val_margin")?.as_f64()?)
+        })?;
+        reach(&self.evaluations(), entropy - PLATEAU_MARGIN).map(|r| r.step)
+    }
+
+    /// The `probe_<kind>` keys of the last evaluation, in order.
+    pub fn final_probes(&self) -> Vec<(String, f64)> {
+        let Some(row) = self
+            .metrics
+            .iter()
+            .rev()
+            .find(|r| r.get("val_loss").is_some())
+        else {
+            return Vec::new();
+        };
+        let Some(object) = row.as_object() else {
+            return Vec::new();
+        };
+        object
+            .iter()
+            .filter(|(k, _)| k.starts_with("probe_"))
+            .filter_map(|(k, v)| Some((k["probe_".len()..].to_string(), v.as_f64()?)))
             .collect()
     }
 
@@ -277,6 +322,14 @@ pub struct Row {
     pub reach: Option<Reach>,
     /// `reach` as fractions of the baseline's own cost (steps, wall, FLOPs).
     pub ratios: Option<Reach>,
+    /// The step at which validation left the plateau ([`RunRecord::plateau_exit`]).
+    pub plateau_exit: Option<f64>,
+    /// Unigram entropy minus the final validation loss.
+    pub final_margin: Option<f64>,
+    /// Masked-token accuracy at the last evaluation.
+    pub final_accuracy: Option<f64>,
+    /// Cloze probe accuracies at the last evaluation (built-in corpus).
+    pub probes: Vec<(String, f64)>,
 }
 
 /// The comparison: the first run is the baseline, and its final validation
@@ -318,6 +371,10 @@ impl Comparison {
                         wall_s: x.wall_s / base_cost.wall_s,
                         flops: x.flops / base_cost.flops,
                     }),
+                    plateau_exit: r.plateau_exit(),
+                    final_margin: r.last("val_margin"),
+                    final_accuracy: r.last("val_accuracy"),
+                    probes: r.final_probes(),
                 }
             })
             .collect();
@@ -363,6 +420,53 @@ impl Comparison {
                 100.0 * row.step_overhead
             ));
         }
+        out.push('\n');
+        out.push_str(&self.context_markdown());
+        out
+    }
+
+    /// Probe kinds present in any row, in order.
+    pub fn probe_kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = Vec::new();
+        for (k, _) in self.rows.iter().flat_map(|r| &r.probes) {
+            if !kinds.contains(k) {
+                kinds.push(k.clone());
+            }
+        }
+        kinds
+    }
+
+    /// The table of context use: when each run left the plateau, its final
+    /// margin below the unigram entropy, masked-token accuracy and probes.
+    pub fn context_markdown(&self) -> String {
+        let kinds = self.probe_kinds();
+        let mut out = format!(
+            "Context use: the step at which validation first reached {PLATEAU_MARGIN} nats below the unigram entropy (off the plateau), and the final margin, masked-token accuracy and cloze probes:\n\n| variant | left the plateau at step | final margin (nats) | masked-token accuracy |"
+        );
+        for k in &kinds {
+            out.push_str(&format!(" probe: {k} |"));
+        }
+        out.push_str("\n| --- | ---: | ---: | ---: |");
+        out.push_str(&" ---: |".repeat(kinds.len()));
+        out.push('\n');
+        for row in &self.rows {
+            let opt = |v: Option<f64>, digits: usize| {
+                v.map_or("–".to_string(), |v| format!("{v:.digits$}"))
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |",
+                row.name,
+                row.plateau_exit
+                    .map_or("not left".to_string(), |s| format!("{s:.0}")),
+                opt(row.final_margin, 3),
+                opt(row.final_accuracy, 3),
+            ));
+            for k in &kinds {
+                let v = row.probes.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+                out.push_str(&format!(" {} |", opt(v, 3)));
+            }
+            out.push('\n');
+        }
         out
     }
 }
@@ -381,6 +485,11 @@ mod tests {
         let err = parse_variants("baseline,fast").unwrap_err().to_string();
         assert!(err.contains("\"fast\"") && err.contains("tupe-r"), "{err}");
         assert!(parse_variants("tnf,tnf").is_err());
+        let v = parse_variants("rope+train.learning_rate=4e-3").unwrap();
+        assert_eq!(
+            v[0].sets,
+            ["model.position=rope", "train.learning_rate=4e-3"]
+        );
         assert!(parse_variants("tupe-a+tupe-r").is_err());
     }
 

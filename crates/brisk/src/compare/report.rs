@@ -10,6 +10,7 @@ use std::path::Path;
 use super::{differing_keys, Comparison, RunRecord};
 use crate::error::Result;
 use crate::plot::{line_chart_svg, Series, PALETTE};
+use crate::train::pretrain::PLATEAU_MARGIN;
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px}\
@@ -17,10 +18,12 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}
 figure{margin:1em 0}svg{max-width:100%;height:auto}";
 
 /// The final numbers shown per run: `(metrics.jsonl key, column title)`.
-pub const FINAL_KEYS: [(&str, &str); 6] = [
+pub const FINAL_KEYS: [(&str, &str); 8] = [
     ("step", "steps"),
     ("loss", "training loss"),
     ("val_loss", "validation loss"),
+    ("val_margin", "margin below unigram entropy"),
+    ("val_accuracy", "masked-token accuracy"),
     ("tokens", "tokens"),
     ("flops", "training FLOPs"),
     ("wall_s", "wall-clock s"),
@@ -55,8 +58,10 @@ pub fn html(runs: &[RunRecord]) -> Result<String> {
         names.join(", "),
         names.join(", ")
     );
-    comparison_table(&mut page, &Comparison::of(runs));
-    charts(&mut page, runs)?;
+    let comparison = Comparison::of(runs);
+    comparison_table(&mut page, &comparison);
+    context_table(&mut page, &comparison);
+    charts(&mut page, runs, &comparison.probe_kinds())?;
     config_diff(&mut page, runs);
     final_numbers(&mut page, runs);
     page.push_str("</body></html>\n");
@@ -108,9 +113,47 @@ fn comparison_table(page: &mut String, c: &Comparison) {
     page.push_str("</table>\n");
 }
 
-fn charts(page: &mut String, runs: &[RunRecord]) -> Result<()> {
+fn context_table(page: &mut String, c: &Comparison) {
+    let kinds = c.probe_kinds();
+    let _ = write!(
+        page,
+        "<h2>Context use</h2>\n<p>A model that ignores context reaches the unigram entropy and no \
+         lower (the plateau). <i>Left the plateau</i>: the step at which validation loss first \
+         reached {PLATEAU_MARGIN} nats below it (interpolated); then the final margin below it, \
+         masked-token accuracy, and (built-in corpus) the cloze probes' accuracy.</p>\n\
+         <table class=\"context\"><tr><th>run</th><th>left the plateau at step</th>\
+         <th>final margin (nats)</th><th>masked-token accuracy</th>"
+    );
+    for k in &kinds {
+        let _ = write!(page, "<th>probe: {}</th>", escape(k));
+    }
+    page.push_str("</tr>\n");
+    let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.3}"));
+    for row in &c.rows {
+        let exit = row
+            .plateau_exit
+            .map_or("not left".to_string(), |s| format!("{s:.0}"));
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td class=\"num\">{exit}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td>",
+            escape(&row.name),
+            cell(row.final_margin),
+            cell(row.final_accuracy)
+        );
+        for k in &kinds {
+            let v = row.probes.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+            let _ = write!(page, "<td class=\"num\">{}</td>", cell(v));
+        }
+        page.push_str("</tr>\n");
+    }
+    page.push_str("</table>\n");
+}
+
+fn charts(page: &mut String, runs: &[RunRecord], probe_kinds: &[String]) -> Result<()> {
     page.push_str("<h2>Loss</h2>\n");
-    let views = [
+    let nats = "cross-entropy (nats)";
+    let mut views: Vec<(String, &str, String, &str, &str)> = [
         ("val_loss", "step", "Validation loss against steps", "step"),
         (
             "val_loss",
@@ -125,8 +168,28 @@ fn charts(page: &mut String, runs: &[RunRecord]) -> Result<()> {
             "FLOPs",
         ),
         ("loss", "step", "Training loss against steps", "step"),
-    ];
-    for (y, x, title, x_label) in views {
+    ]
+    .into_iter()
+    .map(|(y, x, title, x_label)| (y.to_string(), x, title.to_string(), x_label, nats))
+    .collect();
+    views.push((
+        "val_accuracy".into(),
+        "step",
+        "Masked-token accuracy against steps".into(),
+        "step",
+        "accuracy",
+    ));
+    for kind in probe_kinds {
+        views.push((
+            format!("probe_{kind}"),
+            "step",
+            format!("Cloze probe \"{kind}\": accuracy against steps"),
+            "step",
+            "accuracy",
+        ));
+    }
+    for (y, x, title, x_label, y_label) in views {
+        let y = y.as_str();
         let series: Vec<Series> = runs
             .iter()
             .enumerate()
@@ -136,7 +199,10 @@ fn charts(page: &mut String, runs: &[RunRecord]) -> Result<()> {
                 color: PALETTE[i % PALETTE.len()],
             })
             .collect();
-        let svg = line_chart_svg(title, x_label, "cross-entropy (nats)", &series, None)?;
+        if series.iter().all(|s| s.points.is_empty()) {
+            continue;
+        }
+        let svg = line_chart_svg(&title, x_label, y_label, &series, None)?;
         let _ = writeln!(
             page,
             "<figure class=\"chart\" data-x=\"{x}\" data-y=\"{y}\">{svg}</figure>"

@@ -95,6 +95,10 @@ pub enum Position {
     /// TUPE-A plus a relative position bias.
     #[serde(rename = "tupe-r")]
     TupeR,
+    /// Rotary position embeddings: queries and keys rotated by their
+    /// position, so scores depend on relative offsets; no position table.
+    #[serde(rename = "rope")]
+    Rope,
 }
 
 /// Where the training text comes from and how it is cut into sequences.
@@ -279,6 +283,11 @@ impl Config {
                 )
             },
         )?;
+        if m.position == Position::Rope {
+            let head_dim = m.hidden_size / m.num_attention_heads;
+            crate::model::rotary::check_head_dim(head_dim)
+                .or_else(|why| check(false, "model.position", || why))?;
+        }
         check(
             ["gelu", "gelu_new", "relu"].contains(&m.hidden_act.as_str()),
             "model.hidden_act",

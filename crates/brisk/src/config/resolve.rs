@@ -62,6 +62,7 @@ pub fn resolve(source: &ConfigSource) -> Result<Config> {
 
 fn read_table(path: &Path) -> Result<Table> {
     let text = std::fs::read_to_string(path)
+        .map(crate::run::strip_bom)
         .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
     text.parse::<Table>()
         .map_err(|e| Error::Config(format!("{} is not valid TOML: {e}", path.display())))

@@ -835,12 +835,221 @@ pub fn generate(words: usize, seed: u64) -> String {
     text
 }
 
-/// The generated corpus as a text source for the corpus pipeline.
+/// The generated corpus as a text source for the corpus pipeline. Its
+/// path names the seed, so a prepared corpus records which language it
+/// holds ([`seed_of_source`]).
 pub fn generate_source(words: usize, seed: u64) -> TextSource {
     TextSource {
         path: PathBuf::from(format!("<generated: {words} words, seed {seed}>")),
         text: generate(words, seed),
     }
+}
+
+/// The seed of a [`generate_source`] path (as a manifest lists its
+/// inputs), or `None` for any other input.
+pub fn seed_of_source(path: &str) -> Option<u64> {
+    let inner = path.strip_prefix("<generated: ")?.strip_suffix('>')?;
+    inner.split(", seed ").nth(1)?.parse().ok()
+}
+
+/// What a cloze probe of the built-in language tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// The verb's number agrees with its subject across a noun of the other
+    /// number (in a prepositional phrase or an object relative clause).
+    Agreement,
+    /// A person's employer, named earlier in the document.
+    Employer,
+    /// A person's home town, named earlier in the document.
+    Home,
+}
+
+impl ProbeKind {
+    pub const ALL: [ProbeKind; 3] = [ProbeKind::Agreement, ProbeKind::Employer, ProbeKind::Home];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Agreement => "agreement",
+            ProbeKind::Employer => "employer",
+            ProbeKind::Home => "home",
+        }
+    }
+}
+
+/// A cloze item: a short document in the built-in language with one word
+/// replaced by `[MASK]`, the words that may fill it, and the one that does.
+/// Only the context decides between the candidates: the subject's number,
+/// or a name given earlier in the same document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClozeItem {
+    pub kind: ProbeKind,
+    /// Sentences (one per line) with exactly one `[MASK]`.
+    pub text: String,
+    /// Lowercase words; `candidates[answer]` fills the blank.
+    pub candidates: Vec<String>,
+    pub answer: usize,
+}
+
+/// The blank in a cloze item's text.
+pub const BLANK: &str = "[MASK]";
+
+/// `per_kind` cloze items of each [`ProbeKind`] for the language of `seed`,
+/// drawn from their own stream (`probe_seed`), so that a fixed set is
+/// scored at every evaluation.
+///
+/// The people in them are invented for the probe (a first name and a
+/// surname of the language, with an employer and home drawn at random, not
+/// the world's), so remembering the world cannot answer them: only reading
+/// the document can. Candidates are every name of the kind (organisations,
+/// places) or the verb's two forms.
+pub fn cloze_items(seed: u64, probe_seed: u64, per_kind: usize) -> Vec<ClozeItem> {
+    let lex = Lexicon::new(seed);
+    let world = World::new(&lex, seed);
+    let dist = Distributions::new(&lex);
+    let mut rng = Rng::new(probe_seed ^ 0xc10e);
+    let lower = |w: &str| w.to_lowercase();
+    let orgs: Vec<String> = lex.org_names.iter().map(|n| lower(n)).collect();
+    let places: Vec<String> = lex.places.iter().map(|n| lower(n)).collect();
+    let mut items = Vec::new();
+    for _ in 0..per_kind {
+        // Agreement: `the N1 PREP the N2s VERB the N3 .` or
+        // `the N1 , which the N2s V2 , VERB the N3 .`, N2 of the other number.
+        let n = if rng.chance(0.5) {
+            Number::Sg
+        } else {
+            Number::Pl
+        };
+        let other = match n {
+            Number::Sg => Number::Pl,
+            Number::Pl => Number::Sg,
+        };
+        let noun = |rng: &mut Rng, n: Number| lex.nouns[dist.noun.sample(rng)].form(n).to_string();
+        let verb = &lex.transitive[dist.transitive.sample(&mut rng)];
+        let mut words = vec!["the".to_string(), noun(&mut rng, n)];
+        if rng.chance(0.5) {
+            words.push(rng.pick(PREPOSITIONS).to_string());
+            words.extend(["the".to_string(), noun(&mut rng, other)]);
+        } else {
+            let inner = &lex.transitive[dist.transitive.sample(&mut rng)];
+            words.extend([",", "which", "the"].map(String::from));
+            words.extend([
+                noun(&mut rng, other),
+                inner.form(other).to_string(),
+                ",".into(),
+            ]);
+        }
+        words.push(BLANK.into());
+        words.extend(["the".to_string(), noun(&mut rng, Number::Sg), ".".into()]);
+        items.push(ClozeItem {
+            kind: ProbeKind::Agreement,
+            text: render(&words),
+            candidates: vec![lower(&verb.sg), lower(&verb.pl)],
+            answer: usize::from(n == Number::Pl),
+        });
+
+        // Employer and home: an invented person, introduced with the fact,
+        // one unrelated sentence, then the fact asked about.
+        let surname = rng.below(PEOPLE);
+        let name = [
+            lex.first_names[rng.below(lex.first_names.len())].clone(),
+            lex.surnames[surname].clone(),
+        ];
+        let occupation = lex.nouns[lex.occupations[rng.below(lex.occupations.len())]]
+            .sg
+            .clone();
+        let filler = |rng: &mut Rng| {
+            let (a, b) = (noun(rng, Number::Pl), noun(rng, Number::Sg));
+            let v = lex.transitive[dist.transitive.sample(rng)].pl.clone();
+            render(&["many".into(), a, v, "the".into(), b, ".".into()])
+        };
+        let employer = loop {
+            let o = rng.below(ORGS);
+            if o != world.people[surname].employer {
+                break o;
+            }
+        };
+        let kind = ORG_KINDS[world.orgs[employer].kind].to_string();
+        let seat = lex.places[world.orgs[employer].seat].clone();
+        let home = rng.below(PLACES);
+        let sentence =
+            |words: &[&str]| render(&words.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+        let intro = sentence(&[
+            &name[0],
+            &name[1],
+            "is",
+            "a",
+            &occupation,
+            "from",
+            &lex.places[home],
+            ".",
+        ]);
+        let employs = sentence(&[
+            "the",
+            &lex.org_names[employer],
+            &kind,
+            ",",
+            "which",
+            "employs",
+            &name[0],
+            &name[1],
+            ",",
+            "is",
+            "based",
+            "in",
+            &seat,
+            ".",
+        ]);
+        let asked = sentence(&[&name[0], &name[1], "works", "for", "the", BLANK, &kind, "."]);
+        items.push(ClozeItem {
+            kind: ProbeKind::Employer,
+            text: [intro, employs, filler(&mut rng), asked].join("\n"),
+            candidates: orgs.clone(),
+            answer: employer,
+        });
+
+        let country = &lex.countries[world.place_country[home]];
+        let lives = sentence(&[
+            &name[0],
+            &name[1],
+            "lives",
+            "in",
+            &lex.places[home],
+            ",",
+            "which",
+            "is",
+            "in",
+            country,
+            ".",
+        ]);
+        let works = sentence(&[
+            &name[0],
+            &name[1],
+            "works",
+            "for",
+            "the",
+            &lex.org_names[employer],
+            &kind,
+            ".",
+        ]);
+        let asked = sentence(&[
+            &name[0],
+            &name[1],
+            "is",
+            "a",
+            &occupation,
+            "from",
+            BLANK,
+            ".",
+        ]);
+        items.push(ClozeItem {
+            kind: ProbeKind::Home,
+            text: [lives, works, filler(&mut rng), asked].join("\n"),
+            candidates: places.clone(),
+            answer: home,
+        });
+    }
+    items
 }
 
 /// Words as the agreement check sees them: lowercase, punctuation split off.
@@ -1008,6 +1217,13 @@ mod tests {
         assert_eq!(a, generate(5_000, 9));
         assert_ne!(a, generate(5_000, 10));
         assert!(count_words(&a) >= 5_000);
+    }
+
+    #[test]
+    fn generated_sources_name_their_seed() {
+        let path = generate_source(1000, 77).path.display().to_string();
+        assert_eq!(seed_of_source(&path), Some(77));
+        assert_eq!(seed_of_source("../shared/data/wiki/wiki-00.txt.gz"), None);
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn read_text(path: &Path) -> Result<TextSource> {
     } else {
         raw
     };
-    let mut text = String::from_utf8(bytes).map_err(|e| {
+    let text = String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let whose = if gz { " of the decompressed text" } else { "" };
         Error::data(
@@ -134,9 +134,7 @@ pub fn read_text(path: &Path) -> Result<TextSource> {
             format!("invalid UTF-8 at byte offset {offset}{whose}"),
         )
     })?;
-    if text.starts_with('\u{feff}') {
-        text.drain(..3);
-    }
+    let text = crate::run::strip_bom(text);
     if text.trim().is_empty() {
         return Err(Error::data(path, "file is empty (no text to read)"));
     }

@@ -199,7 +199,7 @@ pub fn write_word_counts(path: &Path, words: &[(String, u64)]) -> Result<()> {
 
 /// Reads a word table written by [`write_word_counts`].
 pub fn read_word_counts(path: &Path) -> Result<Vec<(String, u64)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::run::read_text(path)?;
     text.lines()
         .enumerate()
         .map(|(i, line)| {

@@ -76,7 +76,7 @@ fn unrepresentable(config: &Config) -> Option<String> {
     if m.position != Position::Absolute {
         return Some(format!(
             "model.position = {:?}: HF BERT has absolute position embeddings only, not TUPE's \
-             untied positional attention",
+             untied positional attention or rotary positions",
             m.position
         ));
     }

@@ -149,7 +149,7 @@ mod defaults {
 /// cannot run the same way (another architecture, relative position
 /// embeddings, an unknown activation) are errors naming the field.
 pub fn read_config(path: &Path) -> Result<ModelConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::run::read_text(path)?;
     let hf: HfBertConfig = serde_json::from_str(&text)
         .map_err(|e| Error::data(path, format!("not a BERT config.json: {e}")))?;
     match hf.model_type.as_deref() {

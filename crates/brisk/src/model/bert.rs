@@ -7,6 +7,7 @@ use super::attention::{attention, Logits};
 use super::fused::{Activation, EmbeddingSpec, HeadSpec, LayerLayout, LayerSpec};
 use super::norm::LayerNorm;
 use super::params::{Ctx, Group, GroupBuilder, Params};
+use super::rotary;
 use super::untied_positions::{content_scale, UntiedPositions};
 use crate::config::{Kernels, ModelConfig, Norm, Position};
 use crate::corpus::generated::Rng;
@@ -86,10 +87,11 @@ pub(crate) fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 struct Embeddings {
     word: Tensor,
-    position: Tensor,
+    /// Absent with rotary positions.
+    position: Option<Tensor>,
     token_type: Tensor,
     norm: LayerNorm,
-    /// False with TUPE: positions enter the attention logits instead.
+    /// False with TUPE and rotary positions: positions enter attention instead.
     add_positions: bool,
     /// The flat group.
     group: Tensor,
@@ -102,12 +104,16 @@ impl Embeddings {
         let (h, std) = (cfg.hidden_size, cfg.initializer_range);
         let mut g = params.group("bert.embeddings");
         g.normal("word_embeddings.weight", &[cfg.vocab_size, h], std, rng);
-        g.normal(
-            "position_embeddings.weight",
-            &[cfg.max_position_embeddings, h],
-            std,
-            rng,
-        );
+        // Rotary positions need no table (and an unused one would get no
+        // gradient); TUPE reads this one in its position term.
+        if cfg.position != Position::Rope {
+            g.normal(
+                "position_embeddings.weight",
+                &[cfg.max_position_embeddings, h],
+                std,
+                rng,
+            );
+        }
         g.normal(
             "token_type_embeddings.weight",
             &[cfg.type_vocab_size, h],
@@ -124,12 +130,15 @@ impl Embeddings {
                     cfg.layer_norm_eps,
                     cfg.hidden_dropout_prob,
                     add_positions,
+                    cfg.max_position_embeddings,
                 )
             })
             .transpose()?;
         Ok(Embeddings {
             word: g.view("word_embeddings.weight")?,
-            position: g.view("position_embeddings.weight")?,
+            position: (cfg.position != Position::Rope)
+                .then(|| g.view("position_embeddings.weight"))
+                .transpose()?,
             token_type: g.view("token_type_embeddings.weight")?,
             norm: LayerNorm::view(g, "LayerNorm", cfg.layer_norm_eps)?,
             add_positions,
@@ -154,8 +163,8 @@ impl Embeddings {
             None => self.token_type.narrow(0, 0, 1)?.unsqueeze(0)?,
         };
         let mut sum = words.broadcast_add(&types)?;
-        if self.add_positions {
-            sum = sum.broadcast_add(&self.position.narrow(0, 0, l)?.unsqueeze(0)?)?;
+        if let Some(position) = self.position.as_ref().filter(|_| self.add_positions) {
+            sum = sum.broadcast_add(&position.narrow(0, 0, l)?.unsqueeze(0)?)?;
         }
         self.norm.forward(&sum)
     }
@@ -180,6 +189,8 @@ pub struct EncoderLayer {
     heads: usize,
     /// Multiplies `q kᵀ` ([`content_scale`]).
     scale: f64,
+    /// Rotary positions: queries and keys are rotated ([`rotary`]).
+    rotary: bool,
     norm: Norm,
     act: Activation,
     hidden_dropout: f64,
@@ -226,6 +237,7 @@ impl EncoderLayer {
                     hidden: h,
                     heads: cfg.num_attention_heads,
                     scale: content_scale(cfg),
+                    rotary: cfg.position == Position::Rope,
                     ffn: f,
                     norm: cfg.norm,
                     act,
@@ -247,6 +259,7 @@ impl EncoderLayer {
             ffn_norm: LayerNorm::view(g, "output.LayerNorm", eps)?,
             heads: cfg.num_attention_heads,
             scale: content_scale(cfg),
+            rotary: cfg.position == Position::Rope,
             norm: cfg.norm,
             act,
             hidden_dropout: cfg.hidden_dropout_prob,
@@ -280,8 +293,11 @@ impl EncoderLayer {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
+        let mut q = split(self.query.forward(x)?)?;
+        let mut k = split(self.key.forward(x)?)?;
+        if self.rotary {
+            (q, k) = (rotary::apply(&q)?, rotary::apply(&k)?);
+        }
         let v = split(self.value.forward(x)?)?;
         let logits = Logits {
             scale: self.scale,
@@ -409,12 +425,15 @@ impl Bert {
         rng: &mut Rng,
     ) -> Result<Bert> {
         let positions = match cfg.position {
-            Position::Absolute => None,
+            Position::Absolute | Position::Rope => None,
             Position::TupeA | Position::TupeR => Some(UntiedPositions::new(
                 params,
                 cfg,
                 &format!("{prefix}.encoder.tupe"),
-                embeddings.position.clone(),
+                embeddings
+                    .position
+                    .clone()
+                    .expect("TUPE models have a position table"),
                 rng,
             )?),
         };

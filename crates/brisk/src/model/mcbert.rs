@@ -193,7 +193,7 @@ impl McBert {
         masked: &MaskedBatch,
         (batch, len): (usize, usize),
         ctx: &mut Ctx,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor)> {
         let dev = Device::Cpu;
         let ids = Tensor::from_vec(masked.inputs.clone(), (batch, len), &dev)?;
         let rows = Tensor::from_vec(masked.rows.clone(), masked.rows.len(), &dev)?;
@@ -202,7 +202,7 @@ impl McBert {
         let logits = self
             .controller_head
             .forward(&hidden, &rows, self.main.word_embeddings())?;
-        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+        Ok((candle_nn::loss::cross_entropy(&logits, &targets)?, logits))
     }
 
     pub fn is_fused(&self) -> bool {

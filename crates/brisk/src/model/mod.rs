@@ -19,6 +19,7 @@ pub mod fused;
 pub mod mcbert;
 pub mod norm;
 pub mod params;
+pub mod rotary;
 pub mod untied_positions;
 
 pub use bert::{Bert, BertForMaskedLm, InputMix, MlmHead};

@@ -51,7 +51,7 @@ pub const RELATIVE_MAX_DISTANCE: usize = 128;
 pub fn content_scale(cfg: &ModelConfig) -> f64 {
     let d = (cfg.hidden_size / cfg.num_attention_heads) as f64;
     match cfg.position {
-        Position::Absolute => 1.0 / d.sqrt(),
+        Position::Absolute | Position::Rope => 1.0 / d.sqrt(),
         Position::TupeA | Position::TupeR => 1.0 / (2.0 * d).sqrt(),
     }
 }

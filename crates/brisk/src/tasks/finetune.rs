@@ -314,7 +314,8 @@ pub fn finetune(
         let order = shuffled(train.examples.len(), &mut rng);
         let mut loss_sum = 0.0;
         let started = std::time::Instant::now();
-        for idx in order.chunks(recipe.batch_size) {
+        let mut heartbeat = crate::progress::Heartbeat::new();
+        for (batch_index, idx) in order.chunks(recipe.batch_size).enumerate() {
             let batch = tokenize(&pre.tokenizer, max_len, &train.texts(idx))?;
             let (outputs, hidden, found) =
                 forward(&model, notes.as_mut(), &batch, &mut Ctx::train(&mut rng))?;
@@ -334,6 +335,18 @@ pub fn finetune(
                 n.take(&found, &hidden, &batch)?;
             }
             step += 1;
+            if heartbeat.due() {
+                let done = batch_index as f64 + 1.0;
+                let secs = started.elapsed().as_secs_f64();
+                progress(&format!(
+                    "epoch {epoch}/{}  batch {}/{per_epoch}  train loss {:.4}  {:.1} examples/s  epoch ends in {}",
+                    recipe.epochs,
+                    batch_index + 1,
+                    loss_sum / done,
+                    done * recipe.batch_size as f64 / secs,
+                    crate::progress::short_duration(secs / done * (per_epoch as f64 - done)),
+                ));
+            }
             if recipe.save_every > 0 && step.is_multiple_of(recipe.save_every) {
                 save_weights(&params, &step_dir(out, step))?;
             }

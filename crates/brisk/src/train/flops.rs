@@ -35,8 +35,10 @@ pub fn encoder_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
     let feed_forward =
         2.0 * h * i + i + GELU * i + 2.0 * i * h + h + (DROPOUT + 1.0 + LAYER_NORM) * h;
     // TUPE adds its position term to every layer's logits of every sequence.
+    // Rotary positions: 3 operations per rotated query and key component.
     let position_bias = match cfg.position {
         Position::Absolute => 0.0,
+        Position::Rope => 2.0 * 3.0 * h,
         Position::TupeA | Position::TupeR => cfg.num_attention_heads as f64 * l,
     };
     embeddings + cfg.num_hidden_layers as f64 * (attention + feed_forward + position_bias)
@@ -47,7 +49,7 @@ pub fn encoder_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
 /// (the positions and the two [CLS] vectors), the per-head products, the
 /// relative bias and the [CLS] reset. Absolute positions: nothing.
 pub fn position_term_forward(cfg: &ModelConfig, seq_len: usize) -> f64 {
-    if cfg.position == Position::Absolute {
+    if matches!(cfg.position, Position::Absolute | Position::Rope) {
         return 0.0;
     }
     let h = cfg.hidden_size as f64;

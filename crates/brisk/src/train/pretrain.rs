@@ -8,6 +8,7 @@
 //! only needs the weights, the optimiser moments and the data position to
 //! continue exactly as an uninterrupted run would, at a fixed thread count.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,9 @@ use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
 use super::schedule::Budget;
 use crate::config::{Config, ObjectiveConfig};
 use crate::corpus::generated::Rng;
+use crate::corpus::generated::{self, ProbeKind};
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
+use crate::corpus::tokenizer::load_tokenizer;
 use crate::error::{Error, Result};
 use crate::model::electra::{generator_config, Electra};
 use crate::model::mcbert::McBert;
@@ -36,6 +39,7 @@ use crate::pretrain::mlm::{mask_tokens, MaskedBatch};
 use crate::pretrain::notes::{
     rare_band, saved_band, NoteBook, NoteStats, Occurrence, RareBand, NOTES_FILE,
 };
+use crate::pretrain::probes::{frequency_bands, token_counts, ProbeSet, Tally};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +69,57 @@ pub struct Metrics {
     /// loss is `generator_loss`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub choice_loss: Option<f64>,
+    /// At evaluations: masked-token accuracy (of the MLM, or of ELECTRA's
+    /// generator and MC-BERT's controller) at the validation mask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+    /// The unigram entropy minus `val_loss` (nats): how far below the
+    /// plateau of a model that ignores context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_margin: Option<f64>,
+    /// At evaluations: `val_acc_<band>` (accuracy by the target's frequency
+    /// band) and, on the built-in corpus, `probe_<kind>` (cloze accuracy).
+    #[serde(flatten)]
+    pub context: BTreeMap<String, f64>,
+}
+
+/// The margin below the unigram entropy (nats) at which a run counts as
+/// off the plateau: well clear of the noise of a fixed validation set.
+pub const PLATEAU_MARGIN: f64 = 0.3;
+
+/// Each probe's accuracy in `validation` with the set's baselines.
+fn probe_scores(
+    validation: Option<&Validation>,
+    set: Option<&ProbeSet>,
+) -> BTreeMap<ProbeKind, ProbeScore> {
+    let (Some(v), Some(set)) = (validation, set) else {
+        return BTreeMap::new();
+    };
+    v.probes
+        .iter()
+        .filter_map(|(kind, &accuracy)| {
+            let b = set.baselines.get(kind)?;
+            Some((
+                *kind,
+                ProbeScore {
+                    accuracy,
+                    chance: b.chance,
+                    unigram: b.unigram,
+                    items: b.items,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The `val_acc_<band>` and `probe_<kind>` keys of an evaluation.
+fn context_keys(v: &Validation) -> BTreeMap<String, f64> {
+    let bands = v.bands.iter().map(|(b, a)| (format!("val_acc_{b}"), *a));
+    let probes = v
+        .probes
+        .iter()
+        .map(|(k, a)| (format!("probe_{}", k.name()), *a));
+    bands.chain(probes).collect()
 }
 
 /// What pre-training trains: BERT with its MLM head, or ELECTRA's pair.
@@ -194,6 +249,39 @@ pub struct Summary {
     /// TNF's note dictionary, when `notes.enabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notes: Option<NotesSummary>,
+    /// Masked-token accuracy at the last evaluation.
+    pub final_val_accuracy: Option<f64>,
+    /// `unigram_entropy_nats − final_val_loss`.
+    pub final_val_margin: Option<f64>,
+    /// The first evaluated step whose margin reached [`PLATEAU_MARGIN`].
+    pub plateau_exit_step: Option<u64>,
+    /// Accuracy by frequency band at the last evaluation.
+    pub final_val_accuracy_by_band: BTreeMap<String, f64>,
+    /// The cloze probes at the last evaluation, with their baselines
+    /// (built-in corpus, masked-LM runs).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<ProbeKind, ProbeScore>,
+}
+
+/// A probe's accuracy against its baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProbeScore {
+    pub accuracy: f64,
+    pub chance: f64,
+    pub unigram: f64,
+    pub items: usize,
+}
+
+/// The first step of `metrics.jsonl` whose `val_margin` reached
+/// [`PLATEAU_MARGIN`].
+pub fn plateau_exit_step(run_dir: &Path) -> Result<Option<u64>> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(text.lines().find_map(|line| {
+        let row: serde_json::Value = serde_json::from_str(line).ok()?;
+        let margin = row.get("val_margin")?.as_f64()?;
+        (margin >= PLATEAU_MARGIN).then(|| row.get("step")?.as_u64())?
+    }))
 }
 
 /// How to run the loop.
@@ -311,10 +399,58 @@ pub const VALIDATION_MASKING: ObjectiveConfig = ObjectiveConfig {
     discriminator_weight: 50.0,
 };
 
-/// Mean MLM loss over the first `eval.batches` validation batches, each with
-/// a mask fixed by its index (so every evaluation sees the same masks), at
-/// [`VALIDATION_MASKING`].
-pub fn validation_loss(model: &Trainee, corpus: &PreparedCorpus, config: &Config) -> Result<f64> {
+/// What one evaluation measured (see [`crate::pretrain::probes`]): the
+/// masked-LM loss and accuracy at [`VALIDATION_MASKING`], accuracy by the
+/// target's frequency band, and on the built-in corpus the cloze probes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub bands: Vec<(&'static str, f64)>,
+    pub probes: BTreeMap<ProbeKind, f64>,
+}
+
+/// What evaluations need of the corpus, computed once per run: each
+/// token's frequency band and, on the built-in corpus, the probe set.
+pub struct Evaluator {
+    pub bands: Vec<u8>,
+    pub probes: Option<ProbeSet>,
+}
+
+impl Evaluator {
+    pub fn new(corpus: &PreparedCorpus) -> Result<Evaluator> {
+        let counts = token_counts(corpus);
+        let seed = match &corpus.manifest.inputs[..] {
+            [only] => generated::seed_of_source(&only.path),
+            _ => None,
+        };
+        let probes = match seed {
+            Some(seed) => {
+                let m = &corpus.manifest;
+                let file = corpus.dir.join(&m.tokenizer.file);
+                let tokenizer = load_tokenizer(&file, m.tokenizer.lowercase)?;
+                Some(ProbeSet::generated(&tokenizer, seed, &counts)?)
+            }
+            None => None,
+        };
+        Ok(Evaluator {
+            bands: frequency_bands(&counts),
+            probes,
+        })
+    }
+}
+
+/// Evaluates on the first `eval.batches` validation batches, each with a
+/// mask fixed by its index (so every evaluation sees the same masks), at
+/// [`VALIDATION_MASKING`]. ELECTRA and MC-BERT are measured through their
+/// generator (controller), the part that is a masked LM; the probes need a
+/// masked LM and run on masked-LM models.
+pub fn validate(
+    model: &Trainee,
+    corpus: &PreparedCorpus,
+    config: &Config,
+    evaluator: &Evaluator,
+) -> Result<Validation> {
     let n = corpus.num_sequences(Split::Validation);
     if n == 0 {
         return Err(Error::Usage(
@@ -323,46 +459,55 @@ pub fn validation_loss(model: &Trainee, corpus: &PreparedCorpus, config: &Config
     }
     let b = micro_batch(config).min(n);
     let mut total = 0.0;
+    let mut tally = Tally::default();
     let batches = config.eval.batches.min(n.div_ceil(b)).max(1);
+    let m = &corpus.manifest;
     for i in 0..batches {
         let indices = (i * b..(i + 1) * b).map(|j| j % n);
         let tokens = gather(corpus, Split::Validation, indices);
         let mut rng = Rng::new(0x7a1 ^ splitmix64(i as u64));
-        let loss = match model {
+        let masked = mask_tokens(
+            &tokens,
+            &m.special_ids,
+            m.tokenizer.vocab_size,
+            &VALIDATION_MASKING,
+            &mut rng,
+        );
+        let (shape, ctx) = ((b, m.seq_len), &mut Ctx::eval());
+        let (loss, logits) = match model {
             Trainee::Mlm(model) => {
-                let (loss, _) = batch_loss(
-                    model,
-                    corpus,
-                    &VALIDATION_MASKING,
-                    &tokens,
-                    b,
+                let dev = Device::Cpu;
+                let rows = masked.rows.len();
+                let logits = model.forward(
+                    &Tensor::from_vec(masked.inputs.clone(), shape, &dev)?,
                     None,
-                    &mut rng,
-                    &mut Ctx::eval(),
+                    &Tensor::from_vec(masked.rows.clone(), rows, &dev)?,
+                    ctx,
                 )?;
-                loss
+                let targets = Tensor::from_vec(masked.targets.clone(), rows, &dev)?;
+                let logits = logits.to_dtype(DType::F32)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+                (loss, logits)
             }
-            // ELECTRA and MC-BERT: their generator's (controller's) MLM loss.
-            Trainee::Electra(_) | Trainee::McBert(_) => {
-                let m = &corpus.manifest;
-                let masked = mask_tokens(
-                    &tokens,
-                    &m.special_ids,
-                    m.tokenizer.vocab_size,
-                    &VALIDATION_MASKING,
-                    &mut rng,
-                );
-                let (shape, ctx) = ((b, m.seq_len), &mut Ctx::eval());
-                match model {
-                    Trainee::Electra(model) => model.generator_loss(&masked, shape, ctx)?.0,
-                    Trainee::McBert(model) => model.controller_loss(&masked, shape, ctx)?,
-                    Trainee::Mlm(_) => unreachable!("handled above"),
-                }
-            }
+            Trainee::Electra(model) => model.generator_loss(&masked, shape, ctx)?,
+            Trainee::McBert(model) => model.controller_loss(&masked, shape, ctx)?,
         };
         total += loss.to_scalar::<f32>()? as f64;
+        let predicted: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
+        for (p, t) in predicted.iter().zip(&masked.targets) {
+            tally.add(evaluator.bands[*t as usize], p == t);
+        }
     }
-    Ok(total / batches as f64)
+    let probes = match (model, &evaluator.probes) {
+        (Trainee::Mlm(model), Some(set)) => set.score(model, micro_batch(config))?,
+        _ => BTreeMap::new(),
+    };
+    Ok(Validation {
+        loss: total / batches as f64,
+        accuracy: tally.accuracy(),
+        bands: tally.band_accuracies(),
+        probes,
+    })
 }
 
 /// The MLM loss of one batch. With `notes` (the note book and the batch's
@@ -617,11 +762,13 @@ pub fn plot_losses(run_dir: &Path, unigram_entropy: f64) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Progress on standard error: a bar on a terminal, a line per logged step
-/// otherwise (logs, CI).
+/// Progress on standard error: a bar on a terminal; otherwise (logs, CI,
+/// cluster jobs) a plain line at each evaluation and at a steady interval
+/// ([`crate::progress::Heartbeat`]).
 struct Progress {
     bar: Option<ProgressBar>,
     verbose: bool,
+    heartbeat: crate::progress::Heartbeat,
 }
 
 impl Progress {
@@ -640,10 +787,14 @@ impl Progress {
             bar.set_position(done);
             bar
         });
-        Progress { bar, verbose }
+        Progress {
+            bar,
+            verbose,
+            heartbeat: crate::progress::Heartbeat::new(),
+        }
     }
 
-    fn step(&self, row: &Metrics, logged: bool, budget: &Budget) {
+    fn step(&mut self, row: &Metrics, last: bool, budget: &Budget) {
         let msg = format!(
             "loss {:.3}  lr {:.2e}  {:.0} tok/s",
             row.loss, row.lr, row.tokens_per_s
@@ -656,12 +807,17 @@ impl Progress {
                     bar.println(format!("step {:>6}  validation loss {v:.3}", row.step));
                 }
             }
-            None if self.verbose && logged => {
+            None if self.verbose && (row.val_loss.is_some() || last || self.heartbeat.due()) => {
                 let total = budget.steps.map_or(String::new(), |t| format!("/{t}"));
                 let val = row
                     .val_loss
                     .map_or(String::new(), |v| format!("  val {v:.3}"));
-                eprintln!("step {:>6}{total}  {msg}{val}", row.step);
+                let eta = budget.steps.map_or(String::new(), |t| {
+                    let left = t.saturating_sub(row.step) as f64;
+                    let per_step = row.wall_s / row.step.max(1) as f64;
+                    format!("  eta {}", crate::progress::short_duration(left * per_step))
+                });
+                eprintln!("step {:>6}{total}  {msg}{val}{eta}", row.step);
             }
             None => {}
         }
@@ -786,7 +942,9 @@ pub fn pretrain(
         .map_err(|e| Error::io(&metrics_path, e))?;
     let mut order = Order::at(train.seed, train_len, state.data);
 
-    let progress = Progress::new(options.verbose, &budget, state.step);
+    let evaluator = Evaluator::new(corpus)?;
+    let mut last_validation: Option<Validation> = None;
+    let mut progress = Progress::new(options.verbose, &budget, state.step);
     if options.resume && state.step > 0 {
         progress.println(format!("resuming at step {}", state.step));
     }
@@ -897,13 +1055,14 @@ pub fn pretrain(
         let done = state.step;
         let last = budget.exhausted(done, elapsed()) || options.stop.load(Ordering::SeqCst);
         let due = |every: u64| every > 0 && done.is_multiple_of(every);
-        let val_loss = if due(config.eval.every) || (last && budget.exhausted(done, elapsed())) {
-            let v = validation_loss(&model, corpus, config)?;
-            state.last_val_loss = Some(v);
+        let validation = if due(config.eval.every) || (last && budget.exhausted(done, elapsed())) {
+            let v = validate(&model, corpus, config, &evaluator)?;
+            state.last_val_loss = Some(v.loss);
             Some(v)
         } else {
             None
         };
+        let val_loss = validation.as_ref().map(|v| v.loss);
         let logged = val_loss.is_some() || due(train.log_every) || last;
         state.wall_s = elapsed();
         let row = Metrics {
@@ -921,7 +1080,13 @@ pub fn pretrain(
             discriminator_loss: None,
             replaced: None,
             choice_loss: None,
+            val_accuracy: validation.as_ref().map(|v| v.accuracy),
+            val_margin: val_loss.map(|v| m.unigram_entropy_nats - v),
+            context: validation.as_ref().map(context_keys).unwrap_or_default(),
         };
+        if validation.is_some() {
+            last_validation = validation;
+        }
         let row = match model {
             Trainee::Electra(_) => Metrics {
                 generator_loss: Some(parts[0]),
@@ -941,7 +1106,7 @@ pub fn pretrain(
             let line = serde_json::to_string(&row).expect("serialisable");
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         }
-        progress.step(&row, logged, &budget);
+        progress.step(&row, last, &budget);
         if due(train.save_every) {
             save_checkpoint(run_dir, &params, &opt, &state, notes.as_ref(), train)?;
             saved_step = Some(done);
@@ -988,6 +1153,14 @@ pub fn pretrain(
         checkpoint,
         loss_plot,
         notes: notes.as_ref().map(NotesSummary::of),
+        final_val_accuracy: last_validation.as_ref().map(|v| v.accuracy),
+        final_val_margin: state.last_val_loss.map(|v| m.unigram_entropy_nats - v),
+        plateau_exit_step: plateau_exit_step(run_dir)?,
+        final_val_accuracy_by_band: last_validation
+            .as_ref()
+            .map(|v| v.bands.iter().map(|(b, a)| (b.to_string(), *a)).collect())
+            .unwrap_or_default(),
+        probes: probe_scores(last_validation.as_ref(), evaluator.probes.as_ref()),
     };
     if ending == Ending::Finished {
         crate::run::write_json(&run_dir.join("summary.json"), &summary)?;

@@ -27,23 +27,34 @@ pub struct EmbeddingSpec {
     norm_b: usize,
     eps: f64,
     dropout: f64,
-    /// False with TUPE, whose positions enter the attention logits instead.
+    /// False with TUPE and rotary positions, which enter attention instead.
     add_positions: bool,
 }
 
 impl EmbeddingSpec {
-    /// Reads the layout of a `bert.embeddings` group.
-    pub fn of(group: &Group, eps: f64, dropout: f64, add_positions: bool) -> Result<EmbeddingSpec> {
+    /// Reads the layout of a `bert.embeddings` group (whose position table
+    /// is read only when `add_positions`) for sequences of at most
+    /// `max_positions` tokens.
+    pub fn of(
+        group: &Group,
+        eps: f64,
+        dropout: f64,
+        add_positions: bool,
+        max_positions: usize,
+    ) -> Result<EmbeddingSpec> {
         let word = group.entry("word_embeddings.weight")?;
-        let position = group.entry("position_embeddings.weight")?;
+        let position = match add_positions {
+            true => group.entry("position_embeddings.weight")?.offset,
+            false => 0,
+        };
         let token_type = group.entry("token_type_embeddings.weight")?;
         Ok(EmbeddingSpec {
             hidden: word.shape[1],
             vocab: word.shape[0],
-            positions: position.shape[0],
+            positions: max_positions,
             types: token_type.shape[0],
             word: word.offset,
-            position: position.offset,
+            position,
             token_type: token_type.offset,
             norm_g: group.entry("LayerNorm.weight")?.offset,
             norm_b: group.entry("LayerNorm.bias")?.offset,

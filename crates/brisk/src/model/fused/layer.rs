@@ -29,6 +29,7 @@ use super::kernels::{
 use crate::config::Norm;
 use crate::error::{Error, Result};
 use crate::model::params::{Ctx, Group};
+use crate::model::rotary::rotate_packed;
 
 /// Logit of a padded key: large and negative, but finite so that a fully
 /// padded row stays finite (as in the reference).
@@ -104,6 +105,8 @@ pub struct LayerSpec {
     pub heads: usize,
     /// Multiplies `q kᵀ` (`1/sqrt(head_dim)`, or `1/sqrt(2·head_dim)` with TUPE).
     pub scale: f64,
+    /// Rotary positions: Q and K are rotated by position after projection.
+    pub rotary: bool,
     pub ffn: usize,
     pub norm: Norm,
     pub act: Activation,
@@ -430,12 +433,16 @@ impl LayerOp {
 
         let pre_attn = (!post).then(|| layer_norm(x, attn_g, attn_b, s.eps));
         let a_in = pre_attn.as_ref().map_or(x, |(y, _)| y.as_slice());
-        let qkv = linear(
+        let mut qkv = linear(
             a_in,
             part(p, lay.wqkv, 3 * h * h),
             part(p, lay.bqkv, 3 * h),
             h,
         );
+        if s.rotary {
+            // Saved rotated: attention and its backward read Q and K as used.
+            rotate_packed(&mut qkv, self.len, h, self.head_dim(), false);
+        }
         let (probs, context) = self.attention(&qkv, bias);
         let mut z1 = linear(&context, part(p, lay.wo, h * h), part(p, lay.bo, h), h);
         apply_mask(&mut z1, self.masks.attn_out.as_deref());
@@ -536,7 +543,11 @@ impl LayerOp {
         let (dw, db) = two_mut(&mut dp, ((lay.wo, h * h), (lay.bo, h)));
         let d_context = linear_backward(&d_out, &saved.context, part(p, lay.wo, h * h), dw, db);
         drop(d_out);
-        let (d_qkv, d_logits) = self.attention_backward(&d_context, &saved.qkv, &saved.probs);
+        let (mut d_qkv, d_logits) = self.attention_backward(&d_context, &saved.qkv, &saved.probs);
+        if s.rotary {
+            // The rotation is orthogonal: its backward turns the other way.
+            rotate_packed(&mut d_qkv, self.len, h, self.head_dim(), true);
+        }
         let pre_attn = (!post).then(|| denormalise(&saved.attn_norm, attn_g, attn_b));
         let a_in = pre_attn.as_deref().unwrap_or(x);
         let (dw, db) = two_mut(&mut dp, ((lay.wqkv, 3 * h * h), (lay.bqkv, 3 * h)));

@@ -1,0 +1,324 @@
+//! Does the model read its context? A masked LM first learns token
+//! frequencies: its loss falls to the unigram entropy and sits there (the
+//! plateau) until it starts to use the words around the blank. The loss
+//! alone says little about that second stage, so validation also reports:
+//!
+//! - **masked-token accuracy**, overall and by the target's frequency band
+//!   (rank ≤ 100, 101–1,000, > 1,000 in the training split): a model that
+//!   ignores context only ever guesses the most frequent tokens;
+//! - **the margin below the unigram entropy** (nats): zero for a model that
+//!   ignores context, so "off the plateau" is a margin well above zero;
+//! - on the built-in corpus, **cloze probes** that only context answers
+//!   ([`ClozeItem`]): subject–verb agreement across a noun of the other
+//!   number, and a person's employer and home town named earlier in the
+//!   document. Each is scored as accuracy among its candidates, next to two
+//!   baselines: chance (a uniform guess among the candidates) and the
+//!   unigram guess (always the candidate most frequent in training).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::corpus::generated::{cloze_items, ClozeItem, ProbeKind, BLANK};
+use crate::corpus::shards::{PreparedCorpus, Split};
+use crate::corpus::tokenizer::SpecialIds;
+use crate::error::{Error, Result};
+use crate::model::{BertForMaskedLm, Ctx};
+
+/// How often each token id occurs in the training split.
+pub fn token_counts(corpus: &PreparedCorpus) -> Vec<u64> {
+    let mut counts = vec![0u64; corpus.manifest.tokenizer.vocab_size];
+    for i in 0..corpus.num_sequences(Split::Train) {
+        for &t in corpus.sequence(Split::Train, i).tokens {
+            if let Some(c) = counts.get_mut(t as usize) {
+                *c += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// The frequency bands of masked-token accuracy: `(name, last rank)`.
+pub const BANDS: [(&str, usize); 3] = [("frequent", 100), ("middle", 1000), ("rare", usize::MAX)];
+
+/// The band of every token id, by its rank in `counts` (1 = most frequent;
+/// ties broken by id).
+pub fn frequency_bands(counts: &[u64]) -> Vec<u8> {
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    let mut band = vec![0u8; counts.len()];
+    for (rank0, &id) in order.iter().enumerate() {
+        band[id] = BANDS
+            .iter()
+            .position(|&(_, last)| rank0 < last)
+            .unwrap_or(2) as u8;
+    }
+    band
+}
+
+/// Correct and total predictions, overall and per band.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    pub correct: u64,
+    pub total: u64,
+    pub by_band: [(u64, u64); 3],
+}
+
+impl Tally {
+    /// Counts one prediction of a token in band `band`.
+    pub fn add(&mut self, band: u8, correct: bool) {
+        let c = u64::from(correct);
+        self.correct += c;
+        self.total += 1;
+        let slot = &mut self.by_band[band as usize];
+        slot.0 += c;
+        slot.1 += 1;
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+
+    /// `(band name, accuracy)` for the bands with any prediction.
+    pub fn band_accuracies(&self) -> Vec<(&'static str, f64)> {
+        BANDS
+            .iter()
+            .zip(&self.by_band)
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|((name, _), (c, n))| (*name, *c as f64 / *n as f64))
+            .collect()
+    }
+}
+
+/// The index of the largest value (the first of equal ones).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// A cloze item in token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedItem {
+    pub kind: ProbeKind,
+    /// `[CLS] … [SEP]`, one `[MASK]`.
+    pub ids: Vec<u32>,
+    /// The position of the `[MASK]`.
+    pub blank: usize,
+    /// Candidate token ids; `candidates[answer]` is right.
+    pub candidates: Vec<u32>,
+    pub answer: usize,
+}
+
+/// What a probe's accuracy is to be read against.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Baselines {
+    pub items: usize,
+    /// Mean of 1 / candidates: a uniform guess.
+    pub chance: f64,
+    /// Always the candidate most frequent in the training split.
+    pub unigram: f64,
+}
+
+/// The fixed probe set of a corpus.
+#[derive(Debug, Clone)]
+pub struct ProbeSet {
+    pub items: Vec<TokenizedItem>,
+    pub baselines: BTreeMap<ProbeKind, Baselines>,
+}
+
+/// Items of each kind scored at every evaluation.
+pub const ITEMS_PER_KIND: usize = 200;
+
+impl ProbeSet {
+    /// The probes of the built-in corpus generated from `seed`, in the
+    /// corpus tokenizer's ids. Candidates that are not one token are
+    /// dropped (so the model scores each with one prediction), and so are
+    /// items whose answer is not one token.
+    pub fn generated(tokenizer: &Tokenizer, seed: u64, counts: &[u64]) -> Result<ProbeSet> {
+        let special = SpecialIds::of(tokenizer, "the corpus tokenizer")?;
+        let mut items = Vec::new();
+        // Twice the items are drawn, so that enough survive the one-token rule.
+        for item in cloze_items(seed, seed ^ 0x9b0be, 2 * ITEMS_PER_KIND) {
+            if items
+                .iter()
+                .filter(|i: &&TokenizedItem| i.kind == item.kind)
+                .count()
+                >= ITEMS_PER_KIND
+            {
+                continue;
+            }
+            if let Some(t) = tokenize_item(tokenizer, &special, &item)? {
+                items.push(t);
+            }
+        }
+        Ok(ProbeSet::of(items, counts))
+    }
+
+    /// The set of `items` with its baselines from the training `counts`.
+    pub fn of(items: Vec<TokenizedItem>, counts: &[u64]) -> ProbeSet {
+        let mut baselines = BTreeMap::new();
+        for kind in ProbeKind::ALL {
+            let of_kind: Vec<&TokenizedItem> = items.iter().filter(|i| i.kind == kind).collect();
+            if of_kind.is_empty() {
+                continue;
+            }
+            let n = of_kind.len() as f64;
+            let chance = of_kind
+                .iter()
+                .map(|i| 1.0 / i.candidates.len() as f64)
+                .sum::<f64>()
+                / n;
+            let unigram = of_kind
+                .iter()
+                .filter(|i| unigram_guess(i, counts) == i.answer)
+                .count() as f64
+                / n;
+            baselines.insert(
+                kind,
+                Baselines {
+                    items: of_kind.len(),
+                    chance,
+                    unigram,
+                },
+            );
+        }
+        ProbeSet { items, baselines }
+    }
+
+    /// Accuracy per kind when `choose` picks a candidate for each item.
+    pub fn accuracy_with(
+        &self,
+        mut choose: impl FnMut(&TokenizedItem) -> usize,
+    ) -> BTreeMap<ProbeKind, f64> {
+        let mut tally: BTreeMap<ProbeKind, (usize, usize)> = BTreeMap::new();
+        for item in &self.items {
+            let t = tally.entry(item.kind).or_default();
+            t.0 += usize::from(choose(item) == item.answer);
+            t.1 += 1;
+        }
+        tally
+            .into_iter()
+            .map(|(k, (c, n))| (k, c as f64 / n as f64))
+            .collect()
+    }
+
+    /// Accuracy per kind of a masked LM: the candidate with the largest
+    /// logit at the blank wins.
+    pub fn score(&self, model: &BertForMaskedLm, batch: usize) -> Result<BTreeMap<ProbeKind, f64>> {
+        let mut choices = Vec::with_capacity(self.items.len());
+        for chunk in self.items.chunks(batch.max(1)) {
+            let logits = blank_logits(model, chunk)?;
+            for (item, row) in chunk.iter().zip(logits) {
+                let scores: Vec<f32> = item.candidates.iter().map(|&c| row[c as usize]).collect();
+                choices.push(argmax(&scores));
+            }
+        }
+        let mut next = choices.into_iter();
+        Ok(self.accuracy_with(|_| next.next().expect("one choice per item")))
+    }
+}
+
+/// The candidate a model that ignores context picks: the most frequent.
+pub fn unigram_guess(item: &TokenizedItem, counts: &[u64]) -> usize {
+    let freq: Vec<f32> = item
+        .candidates
+        .iter()
+        .map(|&c| counts.get(c as usize).copied().unwrap_or(0) as f32)
+        .collect();
+    argmax(&freq)
+}
+
+/// An item in token ids, or `None` when its answer is not one token.
+fn tokenize_item(
+    tokenizer: &Tokenizer,
+    special: &SpecialIds,
+    item: &ClozeItem,
+) -> Result<Option<TokenizedItem>> {
+    let encoding = tokenizer.encode(item.text.as_str(), true)?;
+    let ids = encoding.get_ids().to_vec();
+    let blanks: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == special.mask).collect();
+    let [blank] = blanks[..] else {
+        return Err(Error::Tokenizer(format!(
+            "a probe item has {} {BLANK} tokens after tokenizing, expected one: {:?}",
+            blanks.len(),
+            item.text
+        )));
+    };
+    let answer_word = &item.candidates[item.answer];
+    let mut candidates = Vec::new();
+    let mut answer = None;
+    for word in &item.candidates {
+        if let Some(id) = tokenizer.token_to_id(word) {
+            if !candidates.contains(&id) {
+                if word == answer_word {
+                    answer = Some(candidates.len());
+                }
+                candidates.push(id);
+            }
+        }
+    }
+    Ok(answer
+        .filter(|_| candidates.len() >= 2)
+        .map(|answer| TokenizedItem {
+            kind: item.kind,
+            ids,
+            blank,
+            candidates,
+            answer,
+        }))
+}
+
+/// The MLM logits at each item's blank, items padded to the longest.
+fn blank_logits(model: &BertForMaskedLm, items: &[TokenizedItem]) -> Result<Vec<Vec<f32>>> {
+    let len = items.iter().map(|i| i.ids.len()).max().unwrap_or(1);
+    let (mut ids, mut mask, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    for (b, item) in items.iter().enumerate() {
+        for p in 0..len {
+            ids.push(item.ids.get(p).copied().unwrap_or(0));
+            mask.push(if p < item.ids.len() { 1.0f32 } else { 0.0 });
+        }
+        rows.push((b * len + item.blank) as u32);
+    }
+    let dev = Device::Cpu;
+    let shape = (items.len(), len);
+    let logits = model.forward(
+        &Tensor::from_vec(ids, shape, &dev)?,
+        Some(&Tensor::from_vec(mask, shape, &dev)?),
+        &Tensor::from_vec(rows, items.len(), &dev)?,
+        &mut Ctx::eval(),
+    )?;
+    Ok(logits.to_dtype(DType::F32)?.to_vec2()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_follow_rank() {
+        let mut counts = vec![0u64; 1500];
+        for (i, c) in counts.iter_mut().enumerate() {
+            *c = 10_000 - i as u64;
+        }
+        let band = frequency_bands(&counts);
+        assert_eq!((band[0], band[99], band[100]), (0, 0, 1));
+        assert_eq!((band[999], band[1000], band[1499]), (1, 2, 2));
+    }
+
+    #[test]
+    fn tally_counts_per_band() {
+        let mut t = Tally::default();
+        t.add(0, true);
+        t.add(0, false);
+        t.add(2, true);
+        assert!((t.accuracy() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(t.band_accuracies(), [("frequent", 0.5), ("rare", 1.0)]);
+    }
+}
