@@ -22,7 +22,9 @@ trap 'rm -rf "$work"' EXIT
 runs=("$@")
 if [ ${#runs[@]} -eq 0 ]; then
     for kind in mlm electra mcbert; do
-        "$brisk" pretrain --steps 30 --set objective.kind=$kind --out "$work/$kind" --quiet
+        # HF BERT and ELECTRA hold absolute positions only (tiny defaults to rotary).
+        "$brisk" pretrain --steps 30 --set objective.kind=$kind --set model.position=absolute \
+            --out "$work/$kind" --quiet
         runs+=("$work/$kind")
     done
 fi

@@ -290,6 +290,38 @@ pub(crate) fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path
         "  unigram entropy  {:.3} (a model that ignores context scores this)",
         s.unigram_entropy_nats
     );
+    if let Some(margin) = s.final_val_margin {
+        let exit = match s.plateau_exit_step {
+            Some(step) => format!("off the plateau since step {step}"),
+            None => format!(
+                "still on the plateau (off at {})",
+                brisk::train::pretrain::PLATEAU_MARGIN
+            ),
+        };
+        println!("  below unigram    {margin:.3} nats: {exit}");
+    }
+    if let Some(acc) = s.final_val_accuracy {
+        let bands: Vec<String> = s
+            .final_val_accuracy_by_band
+            .iter()
+            .map(|(band, a)| format!("{band} {:.1}%", 100.0 * a))
+            .collect();
+        println!(
+            "  masked accuracy  {:.1}% ({})",
+            100.0 * acc,
+            bands.join(", ")
+        );
+    }
+    for (kind, p) in &s.probes {
+        println!(
+            "  probe {:<10} {:.1}% (chance {:.1}%, unigram guess {:.1}%; {} items)",
+            kind.name(),
+            100.0 * p.accuracy,
+            100.0 * p.chance,
+            100.0 * p.unigram,
+            p.items
+        );
+    }
     if let Some(n) = &s.notes {
         println!(
             "  notes            {} rare words, {} with a note; {:.1}% of sequences hold one; \

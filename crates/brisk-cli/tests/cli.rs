@@ -244,6 +244,9 @@ fn pretrain_runs_on_the_built_in_corpus() {
             "train.log_every=2",
             "--set",
             "eval.every=0",
+            // Exported below: HF BERT holds absolute positions only.
+            "--set",
+            "model.position=absolute",
         ],
     );
     let out = run_brisk(&args, dir.path());
@@ -399,7 +402,14 @@ fn an_electra_run_detects_replacements_and_exports_its_discriminator() {
     let dir = tempfile::tempdir().unwrap();
     let args = quick_pretrain(
         "electra",
-        &["--steps", "2", "--set", "objective.kind=electra"],
+        &[
+            "--steps",
+            "2",
+            "--set",
+            "objective.kind=electra",
+            "--set",
+            "model.position=absolute",
+        ],
     );
     let out = run_brisk(&args, dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1222,10 +1232,10 @@ fn compare_trains_variants_resumes_and_reports() {
     }
     // One chart per view: validation loss against steps, wall-clock and
     // FLOPs, training loss against steps, masked-token accuracy and the
-    // three probes of the built-in corpus.
-    assert_eq!(page.matches("<figure class=\"chart\"").count(), 8);
-    assert_eq!(page.matches("<svg").count(), 8);
-    for probe in ["agreement", "employer", "home"] {
+    // four probes of the built-in corpus.
+    assert_eq!(page.matches("<figure class=\"chart\"").count(), 9);
+    assert_eq!(page.matches("<svg").count(), 9);
+    for probe in ["agreement", "attraction", "employer", "home"] {
         assert!(
             page.contains(&format!("data-y=\"probe_{probe}\"")),
             "{probe}"

@@ -37,6 +37,8 @@ fn config(c: &Case) -> ModelConfig {
     cfg.norm = c.norm;
     cfg.hidden_act = c.act.to_string();
     cfg.kernels = Kernels::Fused;
+    // Any head width, odd ones too: absolute positions (rotary needs even).
+    cfg.position = Position::Absolute;
     let p = if c.dropout { 0.2 } else { 0.0 };
     cfg.hidden_dropout_prob = p;
     cfg.attention_probs_dropout_prob = p;

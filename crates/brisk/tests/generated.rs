@@ -7,7 +7,10 @@ mod support;
 use std::collections::{HashMap, HashSet};
 
 use brisk::config::Preset;
-use brisk::corpus::generated::{self, statistics};
+use brisk::corpus::generated::{self, cloze_items, statistics, ProbeKind, BLANK};
+use brisk::model::{BertForMaskedLm, Params};
+use brisk::pretrain::probes::{token_counts, unigram_guess, ProbeSet};
+use candle_core::{DType, Device};
 
 fn default_text() -> (String, u64) {
     let data = Preset::Tiny.config().data;
@@ -107,22 +110,22 @@ fn entities_keep_their_attributes() {
     );
 }
 
-/// A `tiny`-width model pre-trained for 300 short steps predicts masked
-/// tokens clearly better than the unigram distribution (the best a model
-/// that reads nothing of its input can do).
+/// A `tiny`-width model pre-trained for 300 short steps with the default
+/// recipe (rotary positions) leaves the masked-LM plateau: its validation
+/// loss ends well below the unigram entropy (the best a model that reads
+/// nothing of its input can do).
 ///
 /// Settings: 300,000 words, a 2,000-entry vocabulary, 32-token sequences,
 /// batch 32, the `tiny` model and optimiser otherwise. Measured on 2 cores:
-/// validation loss 5.849 against a unigram entropy of 5.946, a margin of
-/// 0.10 nats, in about 45 s. The test asks for half that margin.
+/// validation loss 5.081 against a unigram entropy of 5.946, a margin of
+/// 0.87 nats, in about a minute. The test asks for the plateau margin of
+/// 0.3 nats. With BERT's absolute positions the same run ended 0.10 nats
+/// below (HF BERT in PyTorch, trained the same way, sat on the same plateau
+/// for 1,000 steps).
 ///
-/// What the margin is made of, measured: with every selected token replaced
-/// by `[MASK]` (no kept or random tokens) the same run ends at 5.972, so at
-/// this budget the model has learned the unigram distribution and to trust
-/// a visible token (the 10% kept), not yet to read context. HF BERT in
-/// PyTorch, trained the same way on the same shards, is on the same plateau
-/// after 1,000 steps (validation 5.85 against 5.85 for brisk's weights on
-/// the same masks); leaving it takes more compute than a unit test has.
+/// The cloze probes that need the subject's number or an earlier name stay
+/// at their baselines at this budget (docs/results/plateau.md), so they are
+/// reported here, not asserted.
 #[test]
 fn a_tiny_model_beats_the_unigram_entropy() {
     let mut config = Preset::Tiny.config();
@@ -131,7 +134,7 @@ fn a_tiny_model_beats_the_unigram_entropy() {
     config.model.vocab_size = 2_000;
     config.train.batch_size = 32;
     config.train.steps = 300;
-    config.eval.every = 0;
+    config.eval.every = 50;
     config.eval.batches = 10;
     let dir = tempfile::tempdir().unwrap();
     let passes_before = brisk::model::fused::layer::backward_passes();
@@ -148,9 +151,119 @@ fn a_tiny_model_beats_the_unigram_entropy() {
     let val = summary.final_val_loss.unwrap();
     let entropy = summary.unigram_entropy_nats;
     println!("validation loss {val:.3}, unigram entropy {entropy:.3}");
-    const MARGIN: f64 = 0.05;
+    let margin = brisk::train::pretrain::PLATEAU_MARGIN;
     assert!(
-        val < entropy - MARGIN,
-        "validation loss {val:.3} is not {MARGIN} nats below the unigram entropy {entropy:.3}"
+        val < entropy - margin,
+        "validation loss {val:.3} is not {margin} nats below the unigram entropy {entropy:.3}"
     );
+    assert!(summary.plateau_exit_step.is_some(), "{summary:?}");
+    assert_eq!(
+        summary.probes.len(),
+        4,
+        "the probes are scored: {summary:?}"
+    );
+    for (kind, p) in &summary.probes {
+        println!("probe {kind:?}: {p:?}");
+    }
+}
+
+/// The probes of the default language, with a tokenizer trained on it.
+fn probe_set(dir: &std::path::Path) -> (ProbeSet, Vec<u64>) {
+    let mut config = Preset::Tiny.config();
+    config.data.generated_words = 300_000;
+    config.model.vocab_size = 4_000;
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    brisk::corpus::prepare(
+        &config.data,
+        config.model.vocab_size,
+        &brisk::corpus::Input::Generated,
+        &corpus,
+        false,
+    )
+    .unwrap();
+    let prepared = brisk::corpus::shards::PreparedCorpus::open(&corpus).unwrap();
+    let counts = token_counts(&prepared);
+    let tokenizer = brisk::corpus::tokenizer::load_tokenizer(
+        &corpus.join(&prepared.manifest.tokenizer.file),
+        true,
+    )
+    .unwrap();
+    let set = ProbeSet::generated(&tokenizer, config.data.seed, &counts).unwrap();
+    (set, counts)
+}
+
+#[test]
+fn each_probe_is_answered_by_its_context_alone() {
+    let seed = Preset::Tiny.config().data.seed;
+    let items = cloze_items(seed, 7, 100);
+    let tags = generated::Lexicon::new(seed).tags();
+    for item in &items {
+        assert_eq!(item.text.matches(BLANK).count(), 1, "{}", item.text);
+        let with = |word: &str| item.text.replace(BLANK, word);
+        let answer = &item.candidates[item.answer];
+        match item.kind {
+            // The answer agrees with the subject; the other form does not.
+            ProbeKind::Agreement | ProbeKind::Attraction => {
+                let stats = |text: &str| generated::agreement_stats(text, &tags);
+                let right = stats(&with(answer));
+                assert_eq!(right.agreeing, right.verbs, "{}", with(answer));
+                let other = &item.candidates[1 - item.answer];
+                let wrong = stats(&with(other));
+                assert!(wrong.agreeing < wrong.verbs, "{}", with(other));
+                let attracted = item.kind == ProbeKind::Attraction;
+                assert_eq!(right.attracted > 0, attracted, "{}", with(answer));
+            }
+            // The answer is named earlier in the document, no other
+            // candidate is, and the invented person's world facts differ.
+            ProbeKind::Employer | ProbeKind::Home => {
+                let before = item.text[..item.text.find(BLANK).unwrap()].to_lowercase();
+                let words: HashSet<&str> = before
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .collect();
+                let named: Vec<&String> = item
+                    .candidates
+                    .iter()
+                    .filter(|c| words.contains(c.as_str()))
+                    .collect();
+                assert_eq!(named, [answer], "{}", item.text);
+            }
+        }
+    }
+    for kind in ProbeKind::ALL {
+        assert_eq!(items.iter().filter(|i| i.kind == kind).count(), 100);
+    }
+}
+
+#[test]
+fn a_model_that_ignores_context_scores_at_the_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (set, counts) = probe_set(dir.path());
+    for kind in ProbeKind::ALL {
+        let b = set.baselines[&kind];
+        assert!(b.items >= 50, "{kind:?}: {} one-token items", b.items);
+        assert!(b.chance < 0.51 && b.unigram < 0.75, "{kind:?}: {b:?}");
+    }
+    // Choosing by the candidates alone, whatever the text says: always the
+    // most frequent one scores the unigram baseline exactly.
+    let unigram = set.accuracy_with(|item| unigram_guess(item, &counts));
+    for (kind, acc) in &unigram {
+        assert_eq!(*acc, set.baselines[kind].unigram, "{kind:?}");
+    }
+    // An untrained masked LM has not learnt to read context either: its
+    // choices are no better than the baselines (up to sampling noise).
+    let mut config = Preset::Tiny.config().model;
+    config.vocab_size = counts.len();
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = BertForMaskedLm::new(&config, &mut params, 3).unwrap();
+    let scores = set.score(&model, 32).unwrap();
+    for (kind, acc) in scores {
+        let b = set.baselines[&kind];
+        let noise = 3.0 * (0.25 / b.items as f64).sqrt();
+        assert!(
+            acc <= b.chance.max(b.unigram) + noise,
+            "{kind:?}: untrained accuracy {acc} against {b:?}"
+        );
+    }
 }

@@ -21,6 +21,7 @@ fn tiny_config(norm: Norm) -> ModelConfig {
     cfg.intermediate_size = 32;
     cfg.max_position_embeddings = 12;
     cfg.norm = norm;
+    cfg.position = Position::Absolute;
     cfg
 }
 

@@ -856,9 +856,12 @@ pub fn seed_of_source(path: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeKind {
-    /// The verb's number agrees with its subject across a noun of the other
-    /// number (in a prepositional phrase or an object relative clause).
+    /// The verb's number agrees with the subject just before it.
     Agreement,
+    /// The verb's number agrees with its subject across a noun of the other
+    /// number (in a prepositional phrase or an object relative clause): a
+    /// model that copies the nearest noun's number gets these wrong.
+    Attraction,
     /// A person's employer, named earlier in the document.
     Employer,
     /// A person's home town, named earlier in the document.
@@ -866,11 +869,17 @@ pub enum ProbeKind {
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 3] = [ProbeKind::Agreement, ProbeKind::Employer, ProbeKind::Home];
+    pub const ALL: [ProbeKind; 4] = [
+        ProbeKind::Agreement,
+        ProbeKind::Attraction,
+        ProbeKind::Employer,
+        ProbeKind::Home,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ProbeKind::Agreement => "agreement",
+            ProbeKind::Attraction => "attraction",
             ProbeKind::Employer => "employer",
             ProbeKind::Home => "home",
         }
@@ -913,18 +922,38 @@ pub fn cloze_items(seed: u64, probe_seed: u64, per_kind: usize) -> Vec<ClozeItem
     let places: Vec<String> = lex.places.iter().map(|n| lower(n)).collect();
     let mut items = Vec::new();
     for _ in 0..per_kind {
-        // Agreement: `the N1 PREP the N2s VERB the N3 .` or
-        // `the N1 , which the N2s V2 , VERB the N3 .`, N2 of the other number.
-        let n = if rng.chance(0.5) {
-            Number::Sg
-        } else {
-            Number::Pl
+        // Agreement: `the N1 VERB the N3 .`; attraction: `the N1 PREP the
+        // N2s VERB the N3 .` or `the N1 , which the N2s V2 , VERB the N3 .`,
+        // N2 of the other number.
+        let noun = |rng: &mut Rng, n: Number| lex.nouns[dist.noun.sample(rng)].form(n).to_string();
+        let number = |rng: &mut Rng| {
+            if rng.chance(0.5) {
+                Number::Sg
+            } else {
+                Number::Pl
+            }
         };
+        let n = number(&mut rng);
+        let verb = &lex.transitive[dist.transitive.sample(&mut rng)];
+        let words = [
+            "the".to_string(),
+            noun(&mut rng, n),
+            BLANK.into(),
+            "the".to_string(),
+            noun(&mut rng, Number::Sg),
+            ".".into(),
+        ];
+        items.push(ClozeItem {
+            kind: ProbeKind::Agreement,
+            text: render(&words),
+            candidates: vec![lower(&verb.sg), lower(&verb.pl)],
+            answer: usize::from(n == Number::Pl),
+        });
+        let n = number(&mut rng);
         let other = match n {
             Number::Sg => Number::Pl,
             Number::Pl => Number::Sg,
         };
-        let noun = |rng: &mut Rng, n: Number| lex.nouns[dist.noun.sample(rng)].form(n).to_string();
         let verb = &lex.transitive[dist.transitive.sample(&mut rng)];
         let mut words = vec!["the".to_string(), noun(&mut rng, n)];
         if rng.chance(0.5) {
@@ -942,7 +971,7 @@ pub fn cloze_items(seed: u64, probe_seed: u64, per_kind: usize) -> Vec<ClozeItem
         words.push(BLANK.into());
         words.extend(["the".to_string(), noun(&mut rng, Number::Sg), ".".into()]);
         items.push(ClozeItem {
-            kind: ProbeKind::Agreement,
+            kind: ProbeKind::Attraction,
             text: render(&words),
             candidates: vec![lower(&verb.sg), lower(&verb.pl)],
             answer: usize::from(n == Number::Pl),

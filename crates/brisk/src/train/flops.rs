@@ -199,7 +199,10 @@ mod tests {
 
     #[test]
     fn tupe_adds_a_small_term() {
-        let cfg = Preset::Mini.config().model;
+        let cfg = ModelConfig {
+            position: Position::Absolute,
+            ..Preset::Mini.config().model
+        };
         let tupe = ModelConfig {
             position: Position::TupeR,
             ..cfg.clone()
