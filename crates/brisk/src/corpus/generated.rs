@@ -890,6 +890,12 @@ impl ProbeKind {
 /// replaced by `[MASK]`, the words that may fill it, and the one that does.
 /// Only the context decides between the candidates: the subject's number,
 /// or a name given earlier in the same document.
+///
+/// Each item comes with a contrast: the same document with only the deciding
+/// context changed (the subject's number flipped, another organisation or
+/// town named), so that another candidate is right. A model that prefers the
+/// answer more in the item than in its contrast reads the context, whatever
+/// its bias towards frequent candidates (the minimal-pair score).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClozeItem {
     pub kind: ProbeKind,
@@ -898,10 +904,20 @@ pub struct ClozeItem {
     /// Lowercase words; `candidates[answer]` fills the blank.
     pub candidates: Vec<String>,
     pub answer: usize,
+    /// The contrast's text (one `[MASK]`), whose blank `candidates[contrast_answer]` fills.
+    pub contrast: String,
+    pub contrast_answer: usize,
 }
 
 /// The blank in a cloze item's text.
 pub const BLANK: &str = "[MASK]";
+
+fn flip(n: Number) -> Number {
+    match n {
+        Number::Sg => Number::Pl,
+        Number::Pl => Number::Sg,
+    }
+}
 
 /// `per_kind` cloze items of each [`ProbeKind`] for the language of `seed`,
 /// drawn from their own stream (`probe_seed`), so that a fixed set is
@@ -920,12 +936,11 @@ pub fn cloze_items(seed: u64, probe_seed: u64, per_kind: usize) -> Vec<ClozeItem
     let lower = |w: &str| w.to_lowercase();
     let orgs: Vec<String> = lex.org_names.iter().map(|n| lower(n)).collect();
     let places: Vec<String> = lex.places.iter().map(|n| lower(n)).collect();
+    let strings = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let sentence = |words: &[&str]| render(&strings(words));
     let mut items = Vec::new();
     for _ in 0..per_kind {
-        // Agreement: `the N1 VERB the N3 .`; attraction: `the N1 PREP the
-        // N2s VERB the N3 .` or `the N1 , which the N2s V2 , VERB the N3 .`,
-        // N2 of the other number.
-        let noun = |rng: &mut Rng, n: Number| lex.nouns[dist.noun.sample(rng)].form(n).to_string();
+        let noun = |rng: &mut Rng| &lex.nouns[dist.noun.sample(rng)];
         let number = |rng: &mut Rng| {
             if rng.chance(0.5) {
                 Number::Sg
@@ -933,48 +948,55 @@ pub fn cloze_items(seed: u64, probe_seed: u64, per_kind: usize) -> Vec<ClozeItem
                 Number::Pl
             }
         };
-        let n = number(&mut rng);
+        let verb_pair = |verb: &Inflected| vec![lower(&verb.sg), lower(&verb.pl)];
+        let slot = |n: Number| usize::from(n == Number::Pl);
+
+        // Agreement: `the N1 VERB the N3 .`, contrasted with N1's other form.
+        let (n, subject, object) = (number(&mut rng), noun(&mut rng), noun(&mut rng));
         let verb = &lex.transitive[dist.transitive.sample(&mut rng)];
-        let words = [
-            "the".to_string(),
-            noun(&mut rng, n),
-            BLANK.into(),
-            "the".to_string(),
-            noun(&mut rng, Number::Sg),
-            ".".into(),
-        ];
+        let agreement =
+            |n: Number| sentence(&["the", subject.form(n), BLANK, "the", &object.sg, "."]);
         items.push(ClozeItem {
             kind: ProbeKind::Agreement,
-            text: render(&words),
-            candidates: vec![lower(&verb.sg), lower(&verb.pl)],
-            answer: usize::from(n == Number::Pl),
+            text: agreement(n),
+            candidates: verb_pair(verb),
+            answer: slot(n),
+            contrast: agreement(flip(n)),
+            contrast_answer: slot(flip(n)),
         });
+
+        // Attraction: `the N1 PREP the N2s VERB the N3 .` or `the N1 , which
+        // the N2s V2 , VERB the N3 .`, N2 of the other number; contrasted
+        // with both numbers flipped.
         let n = number(&mut rng);
-        let other = match n {
-            Number::Sg => Number::Pl,
-            Number::Pl => Number::Sg,
-        };
         let verb = &lex.transitive[dist.transitive.sample(&mut rng)];
-        let mut words = vec!["the".to_string(), noun(&mut rng, n)];
-        if rng.chance(0.5) {
-            words.push(rng.pick(PREPOSITIONS).to_string());
-            words.extend(["the".to_string(), noun(&mut rng, other)]);
-        } else {
-            let inner = &lex.transitive[dist.transitive.sample(&mut rng)];
-            words.extend([",", "which", "the"].map(String::from));
-            words.extend([
-                noun(&mut rng, other),
-                inner.form(other).to_string(),
-                ",".into(),
-            ]);
-        }
-        words.push(BLANK.into());
-        words.extend(["the".to_string(), noun(&mut rng, Number::Sg), ".".into()]);
+        let (subject, attractor, object) = (noun(&mut rng), noun(&mut rng), noun(&mut rng));
+        let preposition = rng.chance(0.5).then(|| *rng.pick(PREPOSITIONS));
+        let inner = &lex.transitive[dist.transitive.sample(&mut rng)];
+        let attraction = |n: Number| {
+            let other = flip(n);
+            let mut words = vec!["the", subject.form(n)];
+            match preposition {
+                Some(p) => words.extend([p, "the", attractor.form(other)]),
+                None => words.extend([
+                    ",",
+                    "which",
+                    "the",
+                    attractor.form(other),
+                    inner.form(other),
+                    ",",
+                ]),
+            }
+            words.extend([BLANK, "the", &object.sg, "."]);
+            sentence(&words)
+        };
         items.push(ClozeItem {
             kind: ProbeKind::Attraction,
-            text: render(&words),
-            candidates: vec![lower(&verb.sg), lower(&verb.pl)],
-            answer: usize::from(n == Number::Pl),
+            text: attraction(n),
+            candidates: verb_pair(verb),
+            answer: slot(n),
+            contrast: attraction(flip(n)),
+            contrast_answer: slot(flip(n)),
         });
 
         // Employer and home: an invented person, introduced with the fact,
@@ -988,94 +1010,115 @@ pub fn cloze_items(seed: u64, probe_seed: u64, per_kind: usize) -> Vec<ClozeItem
             .sg
             .clone();
         let filler = |rng: &mut Rng| {
-            let (a, b) = (noun(rng, Number::Pl), noun(rng, Number::Sg));
+            let (a, b) = (noun(rng).pl.clone(), noun(rng).sg.clone());
             let v = lex.transitive[dist.transitive.sample(rng)].pl.clone();
             render(&["many".into(), a, v, "the".into(), b, ".".into()])
         };
-        let employer = loop {
-            let o = rng.below(ORGS);
-            if o != world.people[surname].employer {
-                break o;
+        // Two organisations and two towns, none the world's for this surname.
+        let distinct = |n: usize, avoid: usize, rng: &mut Rng| loop {
+            let (a, b) = (rng.below(n), rng.below(n));
+            if a != b && a != avoid && b != avoid {
+                break (a, b);
             }
         };
-        let kind = ORG_KINDS[world.orgs[employer].kind].to_string();
-        let seat = lex.places[world.orgs[employer].seat].clone();
-        let home = rng.below(PLACES);
-        let sentence =
-            |words: &[&str]| render(&words.iter().map(|w| w.to_string()).collect::<Vec<_>>());
-        let intro = sentence(&[
-            &name[0],
-            &name[1],
-            "is",
-            "a",
-            &occupation,
-            "from",
-            &lex.places[home],
-            ".",
-        ]);
-        let employs = sentence(&[
-            "the",
-            &lex.org_names[employer],
-            &kind,
-            ",",
-            "which",
-            "employs",
-            &name[0],
-            &name[1],
-            ",",
-            "is",
-            "based",
-            "in",
-            &seat,
-            ".",
-        ]);
-        let asked = sentence(&[&name[0], &name[1], "works", "for", "the", BLANK, &kind, "."]);
+        let (employer, other_employer) = distinct(ORGS, world.people[surname].employer, &mut rng);
+        let (home, other_home) = distinct(PLACES, world.people[surname].home, &mut rng);
+        let kind = |o: usize| ORG_KINDS[world.orgs[o].kind];
+        let filler_employer = filler(&mut rng);
+        let employer_doc = |o: usize| {
+            let intro = sentence(&[
+                &name[0],
+                &name[1],
+                "is",
+                "a",
+                &occupation,
+                "from",
+                &lex.places[home],
+                ".",
+            ]);
+            let seat = &lex.places[world.orgs[o].seat];
+            let employs = sentence(&[
+                "the",
+                &lex.org_names[o],
+                kind(o),
+                ",",
+                "which",
+                "employs",
+                &name[0],
+                &name[1],
+                ",",
+                "is",
+                "based",
+                "in",
+                seat,
+                ".",
+            ]);
+            let asked = sentence(&[
+                &name[0],
+                &name[1],
+                "works",
+                "for",
+                "the",
+                BLANK,
+                kind(o),
+                ".",
+            ]);
+            [intro, employs, filler_employer.clone(), asked].join("\n")
+        };
         items.push(ClozeItem {
             kind: ProbeKind::Employer,
-            text: [intro, employs, filler(&mut rng), asked].join("\n"),
+            text: employer_doc(employer),
             candidates: orgs.clone(),
             answer: employer,
+            contrast: employer_doc(other_employer),
+            contrast_answer: other_employer,
         });
 
-        let country = &lex.countries[world.place_country[home]];
-        let lives = sentence(&[
-            &name[0],
-            &name[1],
-            "lives",
-            "in",
-            &lex.places[home],
-            ",",
-            "which",
-            "is",
-            "in",
-            country,
-            ".",
-        ]);
-        let works = sentence(&[
-            &name[0],
-            &name[1],
-            "works",
-            "for",
-            "the",
-            &lex.org_names[employer],
-            &kind,
-            ".",
-        ]);
-        let asked = sentence(&[
-            &name[0],
-            &name[1],
-            "is",
-            "a",
-            &occupation,
-            "from",
-            BLANK,
-            ".",
-        ]);
+        let filler_home = filler(&mut rng);
+        let home_doc = |l: usize| {
+            let country = &lex.countries[world.place_country[l]];
+            let lives = sentence(&[
+                &name[0],
+                &name[1],
+                "lives",
+                "in",
+                &lex.places[l],
+                ",",
+                "which",
+                "is",
+                "in",
+                country,
+                ".",
+            ]);
+            let works = sentence(&[
+                &name[0],
+                &name[1],
+                "works",
+                "for",
+                "the",
+                &lex.org_names[employer],
+                kind(employer),
+                ".",
+            ]);
+            let asked = sentence(&[
+                &name[0],
+                &name[1],
+                "is",
+                "a",
+                &occupation,
+                "from",
+                BLANK,
+                ".",
+            ]);
+            [lives, works, filler_home.clone(), asked].join("\n")
+        };
         items.push(ClozeItem {
             kind: ProbeKind::Home,
-            text: [lives, works, filler(&mut rng), asked].join("\n"),
+            text: home_doc(home),
             candidates: places.clone(),
             answer: home,
+            contrast: home_doc(other_home),
+            contrast_answer: other_home,
         });
     }
     items

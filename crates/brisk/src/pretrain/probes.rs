@@ -13,7 +13,12 @@
 //!   number, and a person's employer and home town named earlier in the
 //!   document. Each is scored as accuracy among its candidates, next to two
 //!   baselines: chance (a uniform guess among the candidates) and the
-//!   unigram guess (always the candidate most frequent in training).
+//!   unigram guess (always the candidate most frequent in training); and as
+//!   a minimal-pair score against the item's contrast (the same document
+//!   with the deciding context changed): the share of items whose answer
+//!   the model prefers more in the item than in the contrast. A bias
+//!   towards frequent candidates cancels out of the minimal-pair score, so
+//!   a model that ignores context scores 0.5 on it.
 
 use std::collections::BTreeMap;
 
@@ -114,6 +119,18 @@ pub struct TokenizedItem {
     /// Candidate token ids; `candidates[answer]` is right.
     pub candidates: Vec<u32>,
     pub answer: usize,
+    /// The contrast's ids, blank and right candidate (when it is one token).
+    pub contrast: Option<(Vec<u32>, usize, usize)>,
+}
+
+/// A probe's scores at one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProbeResult {
+    /// Share of items whose answer has the largest logit among candidates.
+    pub accuracy: f64,
+    /// Share of items whose answer is preferred (over the contrast's answer)
+    /// more in the item than in its contrast; 0.5 without context.
+    pub paired: f64,
 }
 
 /// What a probe's accuracy is to be read against.
@@ -211,19 +228,59 @@ impl ProbeSet {
             .collect()
     }
 
-    /// Accuracy per kind of a masked LM: the candidate with the largest
-    /// logit at the blank wins.
-    pub fn score(&self, model: &BertForMaskedLm, batch: usize) -> Result<BTreeMap<ProbeKind, f64>> {
+    /// The scores per kind of a masked LM: the candidate with the largest
+    /// logit at the blank is its choice, and the minimal-pair score
+    /// compares the answer's margin over the contrast's answer in the item
+    /// and in its contrast (ties count half).
+    pub fn score(
+        &self,
+        model: &BertForMaskedLm,
+        batch: usize,
+    ) -> Result<BTreeMap<ProbeKind, ProbeResult>> {
         let mut choices = Vec::with_capacity(self.items.len());
+        let mut pairs: BTreeMap<ProbeKind, (f64, usize)> = BTreeMap::new();
         for chunk in self.items.chunks(batch.max(1)) {
-            let logits = blank_logits(model, chunk)?;
+            let texts: Vec<(&[u32], usize)> = chunk.iter().map(|i| (&i.ids[..], i.blank)).collect();
+            let logits = blank_logits(model, &texts)?;
+            let contrasts: Vec<(&[u32], usize)> = chunk
+                .iter()
+                .filter_map(|i| {
+                    i.contrast
+                        .as_ref()
+                        .map(|(ids, blank, _)| (&ids[..], *blank))
+                })
+                .collect();
+            let mut contrast_logits = blank_logits(model, &contrasts)?.into_iter();
             for (item, row) in chunk.iter().zip(logits) {
                 let scores: Vec<f32> = item.candidates.iter().map(|&c| row[c as usize]).collect();
                 choices.push(argmax(&scores));
+                if let Some((_, _, other)) = &item.contrast {
+                    let c = contrast_logits.next().expect("one row per contrast");
+                    let (a, b) = (
+                        item.candidates[item.answer] as usize,
+                        item.candidates[*other] as usize,
+                    );
+                    let (here, there) = (row[a] - row[b], c[a] - c[b]);
+                    let credit = match here.partial_cmp(&there) {
+                        Some(std::cmp::Ordering::Greater) => 1.0,
+                        Some(std::cmp::Ordering::Equal) => 0.5,
+                        _ => 0.0,
+                    };
+                    let p = pairs.entry(item.kind).or_default();
+                    p.0 += credit;
+                    p.1 += 1;
+                }
             }
         }
         let mut next = choices.into_iter();
-        Ok(self.accuracy_with(|_| next.next().expect("one choice per item")))
+        let accuracy = self.accuracy_with(|_| next.next().expect("one choice per item"));
+        Ok(accuracy
+            .into_iter()
+            .map(|(kind, accuracy)| {
+                let paired = pairs.get(&kind).map_or(f64::NAN, |(c, n)| c / *n as f64);
+                (kind, ProbeResult { accuracy, paired })
+            })
+            .collect())
     }
 }
 
@@ -243,50 +300,71 @@ fn tokenize_item(
     special: &SpecialIds,
     item: &ClozeItem,
 ) -> Result<Option<TokenizedItem>> {
-    let encoding = tokenizer.encode(item.text.as_str(), true)?;
-    let ids = encoding.get_ids().to_vec();
-    let blanks: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == special.mask).collect();
-    let [blank] = blanks[..] else {
-        return Err(Error::Tokenizer(format!(
-            "a probe item has {} {BLANK} tokens after tokenizing, expected one: {:?}",
-            blanks.len(),
-            item.text
-        )));
-    };
-    let answer_word = &item.candidates[item.answer];
+    let (ids, blank) = blank_of(tokenizer, special, &item.text)?;
     let mut candidates = Vec::new();
-    let mut answer = None;
-    for word in &item.candidates {
+    let (mut answer, mut other) = (None, None);
+    for (i, word) in item.candidates.iter().enumerate() {
         if let Some(id) = tokenizer.token_to_id(word) {
             if !candidates.contains(&id) {
-                if word == answer_word {
+                if i == item.answer {
                     answer = Some(candidates.len());
+                }
+                if i == item.contrast_answer {
+                    other = Some(candidates.len());
                 }
                 candidates.push(id);
             }
         }
     }
-    Ok(answer
-        .filter(|_| candidates.len() >= 2)
-        .map(|answer| TokenizedItem {
-            kind: item.kind,
-            ids,
-            blank,
-            candidates,
-            answer,
-        }))
+    let Some(answer) = answer.filter(|_| candidates.len() >= 2) else {
+        return Ok(None);
+    };
+    let contrast = match other {
+        Some(other) => {
+            let (ids, blank) = blank_of(tokenizer, special, &item.contrast)?;
+            Some((ids, blank, other))
+        }
+        None => None,
+    };
+    Ok(Some(TokenizedItem {
+        kind: item.kind,
+        ids,
+        blank,
+        candidates,
+        answer,
+        contrast,
+    }))
 }
 
-/// The MLM logits at each item's blank, items padded to the longest.
-fn blank_logits(model: &BertForMaskedLm, items: &[TokenizedItem]) -> Result<Vec<Vec<f32>>> {
-    let len = items.iter().map(|i| i.ids.len()).max().unwrap_or(1);
+/// A text's token ids and the position of its one `[MASK]`.
+fn blank_of(tokenizer: &Tokenizer, special: &SpecialIds, text: &str) -> Result<(Vec<u32>, usize)> {
+    let encoding = tokenizer.encode(text, true)?;
+    let ids = encoding.get_ids().to_vec();
+    let blanks: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == special.mask).collect();
+    match blanks[..] {
+        [blank] => Ok((ids, blank)),
+        _ => Err(Error::Tokenizer(format!(
+            "a probe item has {} {BLANK} tokens after tokenizing, expected one: {text:?}",
+            blanks.len()
+        ))),
+    }
+}
+
+/// The MLM logits at each text's blank, texts `(ids, blank)` padded to
+/// the longest.
+fn blank_logits(model: &BertForMaskedLm, texts: &[(&[u32], usize)]) -> Result<Vec<Vec<f32>>> {
+    if texts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items = texts;
+    let len = items.iter().map(|(t, _)| t.len()).max().unwrap_or(1);
     let (mut ids, mut mask, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-    for (b, item) in items.iter().enumerate() {
+    for (b, (text, blank)) in items.iter().enumerate() {
         for p in 0..len {
-            ids.push(item.ids.get(p).copied().unwrap_or(0));
-            mask.push(if p < item.ids.len() { 1.0f32 } else { 0.0 });
+            ids.push(text.get(p).copied().unwrap_or(0));
+            mask.push(if p < text.len() { 1.0f32 } else { 0.0 });
         }
-        rows.push((b * len + item.blank) as u32);
+        rows.push((b * len + blank) as u32);
     }
     let dev = Device::Cpu;
     let shape = (items.len(), len);

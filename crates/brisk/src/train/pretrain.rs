@@ -39,7 +39,7 @@ use crate::pretrain::mlm::{mask_tokens, MaskedBatch};
 use crate::pretrain::notes::{
     rare_band, saved_band, NoteBook, NoteStats, Occurrence, RareBand, NOTES_FILE,
 };
-use crate::pretrain::probes::{frequency_bands, token_counts, ProbeSet, Tally};
+use crate::pretrain::probes::{frequency_bands, token_counts, ProbeResult, ProbeSet, Tally};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -97,12 +97,13 @@ fn probe_scores(
     };
     v.probes
         .iter()
-        .filter_map(|(kind, &accuracy)| {
+        .filter_map(|(kind, r)| {
             let b = set.baselines.get(kind)?;
             Some((
                 *kind,
                 ProbeScore {
-                    accuracy,
+                    accuracy: r.accuracy,
+                    paired: r.paired,
                     chance: b.chance,
                     unigram: b.unigram,
                     items: b.items,
@@ -112,14 +113,18 @@ fn probe_scores(
         .collect()
 }
 
-/// The `val_acc_<band>` and `probe_<kind>` keys of an evaluation.
+/// The `val_acc_<band>`, `probe_<kind>` and `probe_<kind>_paired` keys of
+/// an evaluation.
 fn context_keys(v: &Validation) -> BTreeMap<String, f64> {
     let bands = v.bands.iter().map(|(b, a)| (format!("val_acc_{b}"), *a));
-    let probes = v
-        .probes
-        .iter()
-        .map(|(k, a)| (format!("probe_{}", k.name()), *a));
-    bands.chain(probes).collect()
+    let probes = v.probes.iter().flat_map(|(k, r)| {
+        [
+            (format!("probe_{}", k.name()), r.accuracy),
+            (format!("probe_{}_paired", k.name()), r.paired),
+        ]
+    });
+    // A probe without one-token contrasts has no minimal-pair score.
+    bands.chain(probes).filter(|(_, v)| v.is_finite()).collect()
 }
 
 /// What pre-training trains: BERT with its MLM head, or ELECTRA's pair.
@@ -267,6 +272,8 @@ pub struct Summary {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ProbeScore {
     pub accuracy: f64,
+    /// The minimal-pair score (0.5 for a model that ignores context).
+    pub paired: f64,
     pub chance: f64,
     pub unigram: f64,
     pub items: usize,
@@ -407,7 +414,7 @@ pub struct Validation {
     pub loss: f64,
     pub accuracy: f64,
     pub bands: Vec<(&'static str, f64)>,
-    pub probes: BTreeMap<ProbeKind, f64>,
+    pub probes: BTreeMap<ProbeKind, ProbeResult>,
 }
 
 /// What evaluations need of the corpus, computed once per run: each
