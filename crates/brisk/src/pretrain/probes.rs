@@ -356,10 +356,9 @@ fn blank_logits(model: &BertForMaskedLm, texts: &[(&[u32], usize)]) -> Result<Ve
     if texts.is_empty() {
         return Ok(Vec::new());
     }
-    let items = texts;
-    let len = items.iter().map(|(t, _)| t.len()).max().unwrap_or(1);
+    let len = texts.iter().map(|(t, _)| t.len()).max().unwrap_or(1);
     let (mut ids, mut mask, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-    for (b, (text, blank)) in items.iter().enumerate() {
+    for (b, (text, blank)) in texts.iter().enumerate() {
         for p in 0..len {
             ids.push(text.get(p).copied().unwrap_or(0));
             mask.push(if p < text.len() { 1.0f32 } else { 0.0 });
@@ -367,11 +366,11 @@ fn blank_logits(model: &BertForMaskedLm, texts: &[(&[u32], usize)]) -> Result<Ve
         rows.push((b * len + blank) as u32);
     }
     let dev = Device::Cpu;
-    let shape = (items.len(), len);
+    let shape = (texts.len(), len);
     let logits = model.forward(
         &Tensor::from_vec(ids, shape, &dev)?,
         Some(&Tensor::from_vec(mask, shape, &dev)?),
-        &Tensor::from_vec(rows, items.len(), &dev)?,
+        &Tensor::from_vec(rows, texts.len(), &dev)?,
         &mut Ctx::eval(),
     )?;
     Ok(logits.to_dtype(DType::F32)?.to_vec2()?)
