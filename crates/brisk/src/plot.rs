@@ -134,8 +134,22 @@ fn draw<DB: DrawingBackend>(
             .label(r.name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
     }
+    // The legend goes in the corner the curves have left: where they end
+    // low (falling losses) the upper right is empty, where they end high
+    // (rising accuracies) the lower right is.
+    let ends: Vec<f64> = series
+        .iter()
+        .filter_map(|s| s.points.last().map(|p| p.1))
+        .collect();
+    let end = ends.iter().sum::<f64>() / ends.len().max(1) as f64;
+    let corner = if end < (y0 + y1) / 2.0 {
+        SeriesLabelPosition::UpperRight
+    } else {
+        SeriesLabelPosition::LowerRight
+    };
     chart
         .configure_series_labels()
+        .position(corner)
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
         .draw()?;
