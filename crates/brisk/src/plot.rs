@@ -43,7 +43,7 @@ pub fn line_chart(
 ) -> Result<()> {
     let fail =
         |e: &dyn std::fmt::Display| Error::data(path, format!("could not draw the chart: {e}"));
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    let root = SVGBackend::new(path, canvas_size(series, &reference)).into_drawing_area();
     draw(root, title, x_label, y_label, series, reference).map_err(|e| fail(&e))
 }
 
@@ -57,11 +57,61 @@ pub fn line_chart_svg(
 ) -> Result<String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        let size = canvas_size(series, &reference);
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         draw(root, title, x_label, y_label, series, reference)
             .map_err(|e| Error::Training(format!("could not draw the chart {title:?}: {e}")))?;
     }
     Ok(svg)
+}
+
+/// Width of the plotting area, and of one legend row, in pixels.
+const PLOT_WIDTH: u32 = 800;
+const PLOT_HEIGHT: u32 = 480;
+const LEGEND_ROW: i32 = 18;
+const LEGEND_FONT: u32 = 13;
+
+/// The legend's text: every series, then the reference line.
+fn legend_names<'a>(series: &'a [Series], reference: &'a Option<Reference>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = series.iter().map(|s| s.name).collect();
+    names.extend(reference.iter().map(|r| r.name));
+    names
+}
+
+/// The plot keeps its size; the legend gets a column of its own to the
+/// right, as wide as its longest name, so that it never covers a curve.
+fn canvas_size(series: &[Series], reference: &Option<Reference>) -> (u32, u32) {
+    let names = legend_names(series, reference);
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32;
+    let legend_width = (longest * 7 + 56).clamp(120, 520);
+    let rows = names.len() as u32 + 3;
+    let height = PLOT_HEIGHT.max(rows * LEGEND_ROW as u32);
+    (PLOT_WIDTH + legend_width, height)
+}
+
+/// How series `i` of `n` is drawn: the palette's colour, dashed once the
+/// palette has been used up, and a width that falls from the first series
+/// to the last (each is drawn on top of the ones before it), so that
+/// curves that coincide still show as a coloured edge around a thinner
+/// line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stroke {
+    width: u32,
+    dashed: bool,
+}
+
+fn stroke(i: usize, n: usize) -> Stroke {
+    let widest = (2 + 2 * (n.max(1) - 1) as u32).min(8);
+    let width = if n <= 1 {
+        2
+    } else {
+        let share = (n - 1 - i) as f64 / (n - 1) as f64;
+        2 + ((widest - 2) as f64 * share).round() as u32
+    };
+    Stroke {
+        width,
+        dashed: i >= PALETTE.len(),
+    }
 }
 
 fn draw<DB: DrawingBackend>(
@@ -96,7 +146,9 @@ fn draw<DB: DrawingBackend>(
     let y_tick = move |v: &f64| tick_label(*v, y_span);
 
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot_area, legend_area) = root.split_horizontally(PLOT_WIDTH);
+    let plot_area = plot_area.shrink((0, 0), (PLOT_WIDTH, PLOT_HEIGHT));
+    let mut chart = ChartBuilder::on(&plot_area)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
@@ -110,58 +162,60 @@ fn draw<DB: DrawingBackend>(
         .x_label_formatter(&x_tick)
         .y_label_formatter(&y_tick)
         .draw()?;
+    let grey = RGBColor(120, 120, 120);
+    let mut legend: Vec<(&str, RGBColor, Stroke)> = Vec::new();
     for (i, s) in series.iter().enumerate() {
-        let (color, width) = (s.color, stroke_width(i, series.len()));
-        chart
-            .draw_series(LineSeries::new(
-                s.points.iter().copied(),
-                color.stroke_width(width),
-            ))?
-            .label(s.name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width))
-            });
+        let style = stroke(i, series.len());
+        let line = s.color.stroke_width(style.width);
+        let points = s.points.iter().copied();
+        if style.dashed {
+            chart.draw_series(DashedLineSeries::new(points, 10, 5, line))?;
+        } else {
+            chart.draw_series(LineSeries::new(points, line))?;
+        }
+        legend.push((s.name, s.color, style));
     }
-    if let Some(r) = reference {
-        let grey = RGBColor(120, 120, 120);
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(x0, r.value), (x1, r.value)],
-                6,
-                4,
-                grey.stroke_width(1),
-            ))?
-            .label(r.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+    if let Some(r) = &reference {
+        let line = grey.stroke_width(1);
+        chart.draw_series(DashedLineSeries::new(
+            vec![(x0, r.value), (x1, r.value)],
+            6,
+            4,
+            line,
+        ))?;
+        let style = Stroke {
+            width: 1,
+            dashed: true,
+        };
+        legend.push((r.name, grey, style));
     }
-    // The legend goes in the corner the curves have left: where they end
-    // low (falling losses) the upper right is empty, where they end high
-    // (rising accuracies) the lower right is.
-    let ends: Vec<f64> = series
-        .iter()
-        .filter_map(|s| s.points.last().map(|p| p.1))
-        .collect();
-    let end = ends.iter().sum::<f64>() / ends.len().max(1) as f64;
-    let corner = if end < (y0 + y1) / 2.0 {
-        SeriesLabelPosition::UpperRight
-    } else {
-        SeriesLabelPosition::LowerRight
-    };
-    chart
-        .configure_series_labels()
-        .position(corner)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .draw()?;
-    root.present()?;
-    Ok(())
+    draw_legend(&legend_area, &legend)
 }
 
-/// Line width of series `i` of `n`: each is drawn 2 px wider than the one
-/// after it (which is drawn on top), so that curves that coincide still
-/// show as a coloured edge around a thinner line.
-fn stroke_width(i: usize, n: usize) -> u32 {
-    (2 + 2 * (n - 1 - i) as u32).min(12)
+/// The legend, one row per line: a sample of the stroke, then the name.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    entries: &[(&str, RGBColor, Stroke)],
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let font = ("sans-serif", LEGEND_FONT).into_font();
+    for (row, (name, color, style)) in entries.iter().enumerate() {
+        let y = 48 + row as i32 * LEGEND_ROW;
+        let line = color.stroke_width(style.width.min(6));
+        let segments: Vec<(i32, i32)> = if style.dashed {
+            vec![(4, 13), (18, 27), (32, 38)]
+        } else {
+            vec![(4, 38)]
+        };
+        for (a, b) in segments {
+            area.draw(&PathElement::new(vec![(a, y), (b, y)], line))?;
+        }
+        area.draw(&Text::new(
+            name.to_string(),
+            (46, y - LEGEND_FONT as i32 / 2),
+            font.clone().color(&BLACK),
+        ))?;
+    }
+    area.present()
 }
 
 /// A tick label a reader can take in: integers as integers (`200`, not
@@ -214,9 +268,35 @@ mod tests {
 
     #[test]
     fn earlier_series_are_drawn_wider() {
-        let widths: Vec<u32> = (0..3).map(|i| stroke_width(i, 3)).collect();
+        let widths: Vec<u32> = (0..3).map(|i| stroke(i, 3).width).collect();
         assert_eq!(widths, [6, 4, 2]);
-        assert_eq!(stroke_width(0, 1), 2);
+        assert_eq!(stroke(0, 1).width, 2);
+        // Many series: no line wider than 8 px, the last still 2 px.
+        let many: Vec<u32> = (0..15).map(|i| stroke(i, 15).width).collect();
+        assert_eq!((many[0], many[14]), (8, 2));
+        assert!(many.windows(2).all(|w| w[0] >= w[1]));
+    }
+
+    #[test]
+    fn series_past_the_palette_are_dashed() {
+        let dashed: Vec<bool> = (0..10).map(|i| stroke(i, 10).dashed).collect();
+        assert_eq!(dashed.iter().filter(|d| **d).count(), 2);
+        assert!(dashed[8] && dashed[9] && !dashed[7]);
+    }
+
+    #[test]
+    fn the_legend_has_a_column_of_its_own() {
+        let long = "rope+model.initializer_range=0.05+objective.mask_prob=0.3";
+        let series = [Series {
+            name: long,
+            points: vec![(0.0, 1.0), (1.0, 0.0)],
+            color: PALETTE[0],
+        }];
+        let (width, height) = canvas_size(&series, &None);
+        assert!(width >= PLOT_WIDTH + long.len() as u32 * 6, "{width}");
+        assert_eq!(height, PLOT_HEIGHT);
+        let svg = line_chart_svg("t", "x", "y", &series, None).unwrap();
+        assert!(svg.contains(long));
     }
 
     #[test]
