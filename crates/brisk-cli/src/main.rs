@@ -315,13 +315,14 @@ pub(crate) fn print_summary(s: &brisk::train::pretrain::Summary, run: &std::path
     for (kind, p) in &s.probes {
         println!(
             "  probe {:<10} {:.1}% (chance {:.1}%, unigram guess {:.1}%; {} items); \
-             minimal pairs {:.1}% (50% without context)",
+             minimal pairs {:.1}% of {} (50% without context)",
             kind.name(),
             100.0 * p.accuracy,
             100.0 * p.chance,
             100.0 * p.unigram,
             p.items,
-            100.0 * p.paired
+            100.0 * p.paired,
+            p.pairs
         );
     }
     if let Some(n) = &s.notes {

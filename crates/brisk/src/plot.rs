@@ -71,6 +71,9 @@ const PLOT_HEIGHT: u32 = 480;
 const LEGEND_ROW: i32 = 18;
 const LEGEND_FONT: u32 = 13;
 
+/// Longest legend line, in characters; longer names wrap.
+const LEGEND_CHARS: usize = 34;
+
 /// The legend's text: every series, then the reference line.
 fn legend_names<'a>(series: &'a [Series], reference: &'a Option<Reference>) -> Vec<&'a str> {
     let mut names: Vec<&str> = series.iter().map(|s| s.name).collect();
@@ -78,13 +81,36 @@ fn legend_names<'a>(series: &'a [Series], reference: &'a Option<Reference>) -> V
     names
 }
 
+/// A legend name in lines of at most [`LEGEND_CHARS`], broken after a
+/// `+`, `,` or space where it can be (variant names are `a+b+c`), else
+/// anywhere.
+fn wrap_name(name: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut rest: Vec<char> = name.chars().collect();
+    while rest.len() > LEGEND_CHARS {
+        let head = &rest[..LEGEND_CHARS];
+        let cut = head
+            .iter()
+            .rposition(|c| matches!(c, '+' | ',' | ' '))
+            .filter(|&i| i > 0)
+            .map_or(LEGEND_CHARS, |i| i + 1);
+        lines.push(rest[..cut].iter().collect());
+        rest.drain(..cut);
+    }
+    lines.push(rest.into_iter().collect());
+    lines
+}
+
 /// The plot keeps its size; the legend gets a column of its own to the
-/// right, as wide as its longest name, so that it never covers a curve.
+/// right, as wide as its longest line, so that it never covers a curve.
 fn canvas_size(series: &[Series], reference: &Option<Reference>) -> (u32, u32) {
-    let names = legend_names(series, reference);
-    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32;
-    let legend_width = (longest * 7 + 56).clamp(120, 520);
-    let rows = names.len() as u32 + 3;
+    let lines: Vec<String> = legend_names(series, reference)
+        .into_iter()
+        .flat_map(wrap_name)
+        .collect();
+    let longest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u32;
+    let legend_width = (longest * 7 + 56).max(120);
+    let rows = lines.len() as u32 + 3;
     let height = PLOT_HEIGHT.max(rows * LEGEND_ROW as u32);
     (PLOT_WIDTH + legend_width, height)
 }
@@ -198,8 +224,9 @@ fn draw_legend<DB: DrawingBackend>(
     entries: &[(&str, RGBColor, Stroke)],
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let font = ("sans-serif", LEGEND_FONT).into_font();
-    for (row, (name, color, style)) in entries.iter().enumerate() {
-        let y = 48 + row as i32 * LEGEND_ROW;
+    let mut row = 0;
+    for (name, color, style) in entries {
+        let y = 48 + row * LEGEND_ROW;
         let line = color.stroke_width(style.width.min(6));
         let segments: Vec<(i32, i32)> = if style.dashed {
             vec![(4, 13), (18, 27), (32, 38)]
@@ -209,11 +236,11 @@ fn draw_legend<DB: DrawingBackend>(
         for (a, b) in segments {
             area.draw(&PathElement::new(vec![(a, y), (b, y)], line))?;
         }
-        area.draw(&Text::new(
-            name.to_string(),
-            (46, y - LEGEND_FONT as i32 / 2),
-            font.clone().color(&BLACK),
-        ))?;
+        for line in wrap_name(name) {
+            let top = 48 + row * LEGEND_ROW - LEGEND_FONT as i32 / 2;
+            area.draw(&Text::new(line, (46, top), font.clone().color(&BLACK)))?;
+            row += 1;
+        }
     }
     area.present()
 }
@@ -293,10 +320,31 @@ mod tests {
             color: PALETTE[0],
         }];
         let (width, height) = canvas_size(&series, &None);
-        assert!(width >= PLOT_WIDTH + long.len() as u32 * 6, "{width}");
+        assert!(width >= PLOT_WIDTH + LEGEND_CHARS as u32 * 6, "{width}");
+        assert!(
+            width <= PLOT_WIDTH + LEGEND_CHARS as u32 * 8 + 56,
+            "{width}"
+        );
         assert_eq!(height, PLOT_HEIGHT);
         let svg = line_chart_svg("t", "x", "y", &series, None).unwrap();
-        assert!(svg.contains(long));
+        for line in wrap_name(long) {
+            assert!(svg.contains(&line), "{line}");
+        }
+    }
+
+    #[test]
+    fn long_names_wrap_after_a_plus() {
+        let lines = wrap_name("rope+model.initializer_range=0.05+objective.mask_prob=0.3");
+        assert_eq!(
+            lines,
+            [
+                "rope+model.initializer_range=0.05+",
+                "objective.mask_prob=0.3"
+            ]
+        );
+        assert_eq!(wrap_name("baseline"), ["baseline"]);
+        let unbroken = "x".repeat(80);
+        assert!(wrap_name(&unbroken).iter().all(|l| l.len() <= LEGEND_CHARS));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::plot::{line_chart_svg, Series, PALETTE};
 use crate::train::pretrain::PLATEAU_MARGIN;
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px}\
+table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto}th,td{border:1px solid #ccc;padding:4px 8px}\
 td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}\
 figure{margin:1em 0}svg{max-width:100%;height:auto}";
 

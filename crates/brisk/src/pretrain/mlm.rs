@@ -188,7 +188,7 @@ mod tests {
             }
         }
         let rate = |n: usize, of: usize| n as f64 / of as f64;
-        assert!((rate(selected, eligible) - 0.15).abs() < 0.01);
+        assert!((rate(selected, eligible) - objective.mask_prob).abs() < 0.01);
         assert!((rate(masked, selected) - 0.8).abs() < 0.02);
         // Random replacements that hit the original token count as kept.
         assert!((rate(random, selected) - 0.1).abs() < 0.015);

@@ -137,6 +137,8 @@ pub struct ProbeResult {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Baselines {
     pub items: usize,
+    /// Items with a contrast, which the minimal-pair score counts.
+    pub pairs: usize,
     /// Mean of 1 / candidates: a uniform guess.
     pub chance: f64,
     /// Always the candidate most frequent in the training split.
@@ -160,21 +162,25 @@ impl ProbeSet {
     /// items whose answer is not one token.
     pub fn generated(tokenizer: &Tokenizer, seed: u64, counts: &[u64]) -> Result<ProbeSet> {
         let special = SpecialIds::of(tokenizer, "the corpus tokenizer")?;
-        let mut items = Vec::new();
         // More items are drawn than kept, so that enough survive the
         // one-token rule (a third of the towns are one token in `tiny`'s
-        // vocabulary); the set is fixed by the seed all the same.
+        // vocabulary). Items whose contrast can be scored too (its answer
+        // is one token as well) are kept first, so that the minimal-pair
+        // score counts as many pairs as the vocabulary allows; the set is
+        // fixed by the seed all the same.
+        let mut paired = Vec::new();
+        let mut unpaired = Vec::new();
         for item in cloze_items(seed, seed ^ 0x9b0be, 8 * ITEMS_PER_KIND) {
-            if items
-                .iter()
-                .filter(|i: &&TokenizedItem| i.kind == item.kind)
-                .count()
-                >= ITEMS_PER_KIND
-            {
-                continue;
+            match tokenize_item(tokenizer, &special, &item)? {
+                Some(t) if t.contrast.is_some() => paired.push(t),
+                Some(t) => unpaired.push(t),
+                None => {}
             }
-            if let Some(t) = tokenize_item(tokenizer, &special, &item)? {
-                items.push(t);
+        }
+        let mut items: Vec<TokenizedItem> = Vec::new();
+        for item in paired.into_iter().chain(unpaired) {
+            if items.iter().filter(|i| i.kind == item.kind).count() < ITEMS_PER_KIND {
+                items.push(item);
             }
         }
         Ok(ProbeSet::of(items, counts))
@@ -203,6 +209,7 @@ impl ProbeSet {
                 kind,
                 Baselines {
                     items: of_kind.len(),
+                    pairs: of_kind.iter().filter(|i| i.contrast.is_some()).count(),
                     chance,
                     unigram,
                 },

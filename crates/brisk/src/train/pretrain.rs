@@ -107,6 +107,7 @@ fn probe_scores(
                     chance: b.chance,
                     unigram: b.unigram,
                     items: b.items,
+                    pairs: b.pairs,
                 },
             ))
         })
@@ -277,6 +278,9 @@ pub struct ProbeScore {
     pub chance: f64,
     pub unigram: f64,
     pub items: usize,
+    /// Items the minimal-pair score counts (those with a contrast whose
+    /// answer is one token).
+    pub pairs: usize,
 }
 
 /// The first step of `metrics.jsonl` whose `val_margin` reached
