@@ -11,10 +11,10 @@ use brisk::train::pretrain::{check_options, pretrain, step_flops, Ending, Option
 use brisk::train::schedule::Budget;
 
 use crate::args::{CompareArgs, ReportArgs};
-use crate::{
-    create_run, init_threads, install_stop_handler, open_corpus, pretrain_flag_sets, print_summary,
-    resolve_config, resume_config, usage, STOP,
+use crate::pretrain::{
+    install_stop_handler, open_corpus, pretrain_flag_sets, print_summary, resume_config, STOP,
 };
+use crate::{create_run, init_threads, resolve_config, usage};
 
 /// Where a variant's run stands.
 enum Progress {
