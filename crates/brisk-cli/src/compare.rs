@@ -6,8 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 use brisk::compare::{parse_variants, report, Comparison, RunRecord, Variant};
 use brisk::config::{self, Config, ConfigSource};
+use brisk::pretrain::objective::step_flops;
 use brisk::run::{Existing, RunDir};
-use brisk::train::pretrain::{check_options, pretrain, step_flops, Ending, Options};
+use brisk::train::pretrain::{check_options, pretrain, Ending, Options};
 use brisk::train::schedule::Budget;
 
 use crate::args::{CompareArgs, ReportArgs};

@@ -10,6 +10,7 @@ use brisk::corpus::tokenizer::SpecialIds;
 use brisk::model::discriminator::{replaced_token_loss, DiscriminatorHead};
 use brisk::model::electra::{generator_config, Electra};
 use brisk::model::{Ctx, Params};
+use brisk::pretrain::electra::losses;
 use brisk::pretrain::mlm::{mask_tokens, MaskedBatch};
 use brisk::train::optim::{gradients, AdamW};
 use candle_core::{DType, Device, Tensor};
@@ -100,17 +101,17 @@ fn both_models_share_one_set_of_embeddings() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let losses = model
-        .losses(
-            &tokens,
-            &masked,
-            (2, 12),
-            50.0,
-            &mut Rng::new(4),
-            None,
-            &mut Ctx::eval(),
-        )
-        .unwrap();
+    let losses = losses(
+        &model,
+        &tokens,
+        &masked,
+        (2, 12),
+        50.0,
+        &mut Rng::new(4),
+        None,
+        &mut Ctx::eval(),
+    )
+    .unwrap();
     let store = losses.generator.backward().unwrap();
     let mut grads = Vec::new();
     for group in params.groups() {
@@ -161,17 +162,17 @@ fn every_parameter_gets_a_gradient() {
         let model = Electra::new(&cfg, 0.5, &mut params, 2).unwrap();
         let (tokens, masked) = batch(5);
         let mut rng = Rng::new(6);
-        let losses = model
-            .losses(
-                &tokens,
-                &masked,
-                (2, 12),
-                50.0,
-                &mut Rng::new(7),
-                None,
-                &mut Ctx::train(&mut rng),
-            )
-            .unwrap();
+        let losses = losses(
+            &model,
+            &tokens,
+            &masked,
+            (2, 12),
+            50.0,
+            &mut Rng::new(7),
+            None,
+            &mut Ctx::train(&mut rng),
+        )
+        .unwrap();
         let total = losses.total.to_scalar::<f32>().unwrap();
         assert!(total.is_finite());
         let grads = gradients(&params, &losses.total.backward().unwrap()).unwrap();
@@ -200,17 +201,17 @@ fn the_loss_falls_on_a_tiny_model() {
     let mut totals = Vec::new();
     for step in 0..60 {
         let (tokens, masked) = batch(100 + step % 4);
-        let losses = model
-            .losses(
-                &tokens,
-                &masked,
-                (2, 12),
-                50.0,
-                &mut Rng::new(step),
-                None,
-                &mut Ctx::eval(),
-            )
-            .unwrap();
+        let losses = losses(
+            &model,
+            &tokens,
+            &masked,
+            (2, 12),
+            50.0,
+            &mut Rng::new(step),
+            None,
+            &mut Ctx::eval(),
+        )
+        .unwrap();
         let total = losses.total.to_scalar::<f32>().unwrap();
         assert!(total.is_finite(), "step {step}: {total}");
         totals.push(total);

@@ -9,6 +9,7 @@ use brisk::corpus::generated::Rng;
 use brisk::corpus::tokenizer::SpecialIds;
 use brisk::model::mcbert::McBert;
 use brisk::model::{Ctx, Params};
+use brisk::pretrain::mcbert::losses;
 use brisk::pretrain::mlm::{mask_tokens, MaskedBatch};
 use brisk::train::optim::{gradients, AdamW};
 use candle_core::{DType, Device};
@@ -65,18 +66,18 @@ fn every_parameter_gets_a_gradient_and_embeddings_are_shared() {
         );
         let (tokens, masked) = batch(5);
         let mut rng = Rng::new(6);
-        let losses = model
-            .losses(
-                &tokens,
-                &masked,
-                (2, 12),
-                50.0,
-                &SPECIAL,
-                &mut Rng::new(7),
-                None,
-                &mut Ctx::train(&mut rng),
-            )
-            .unwrap();
+        let losses = losses(
+            &model,
+            &tokens,
+            &masked,
+            (2, 12),
+            50.0,
+            &SPECIAL,
+            &mut Rng::new(7),
+            None,
+            &mut Ctx::train(&mut rng),
+        )
+        .unwrap();
         let total = losses.total.to_scalar::<f32>().unwrap();
         // An untrained main model is close to uniform over the 10 slots.
         let choice = losses.choice.to_scalar::<f32>().unwrap();
@@ -105,18 +106,18 @@ fn the_loss_falls_on_a_tiny_model() {
     let mut totals = Vec::new();
     for step in 0..60 {
         let (tokens, masked) = batch(100 + step % 4);
-        let losses = model
-            .losses(
-                &tokens,
-                &masked,
-                (2, 12),
-                50.0,
-                &SPECIAL,
-                &mut Rng::new(step),
-                None,
-                &mut Ctx::eval(),
-            )
-            .unwrap();
+        let losses = losses(
+            &model,
+            &tokens,
+            &masked,
+            (2, 12),
+            50.0,
+            &SPECIAL,
+            &mut Rng::new(step),
+            None,
+            &mut Ctx::eval(),
+        )
+        .unwrap();
         let total = losses.total.to_scalar::<f32>().unwrap();
         assert!(total.is_finite(), "step {step}: {total}");
         totals.push(total);

@@ -462,3 +462,36 @@ fn accumulated_micro_batch_gradients_average_the_losses() {
         assert!(diff < 1e-12, "accumulated gradient differs by {diff}");
     }
 }
+
+/// `model/` is the networks; the objectives in `pretrain/` build on it. An
+/// import the other way would make the two a circle.
+#[test]
+fn the_model_imports_nothing_from_pretraining() {
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model"),
+        &mut files,
+    );
+    assert!(files.len() > 5, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                !line.contains("crate::pretrain") && !line.contains("crate::train"),
+                "{}:{}: {line}",
+                file.display(),
+                i + 1
+            );
+        }
+    }
+}

@@ -16,8 +16,8 @@ use crate::config::{self, Config, ConfigSource, Norm, Position};
 use crate::corpus::tokenizer::load_tokenizer;
 use crate::error::{Error, Result};
 use crate::model::Params;
+use crate::pretrain::objective;
 use crate::run::{write_atomic, write_json};
-use crate::train::pretrain::Trainee;
 
 /// The HF class an export takes, by the run's objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ pub fn export_run(run: &Path, out: &Path, force: bool) -> Result<&'static str> {
     let tokenizer_file = run.join("tokenizer.json");
     let tokenizer = load_tokenizer(&tokenizer_file, config.data.lowercase)?;
     let mut params = Params::new(Device::Cpu, DType::F32);
-    Trainee::new(&config, &mut params)?;
+    objective::build(&config, &mut params)?;
     params.load(&crate::train::checkpoint::latest_weights(run)?)?;
 
     let tmp = crate::run::temporary_sibling(out);

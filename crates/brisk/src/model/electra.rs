@@ -6,17 +6,14 @@
 //! width, and its MLM head maps back to the embeddings' width to use the
 //! tied decoder.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use super::bert::InputMix;
-use super::bert::{Bert, MlmHead};
-use super::discriminator::{replaced_token_loss, DiscriminatorHead};
+use super::bert::{Bert, InputMix, MlmHead};
+use super::discriminator::DiscriminatorHead;
 use super::params::{Ctx, Params};
 use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
-use crate::pretrain::electra::{replace_tokens, sample_rows};
-use crate::pretrain::mlm::MaskedBatch;
 
 /// The generator's config: the discriminator's with hidden size, heads and
 /// feed-forward scaled by `size` (heads at least one, the hidden size a
@@ -45,18 +42,6 @@ pub struct Electra {
     pub discriminator_head: DiscriminatorHead,
     pub generator: Bert,
     pub generator_head: MlmHead,
-}
-
-/// The losses of one batch.
-pub struct ElectraLosses {
-    /// `generator + weight × discriminator`: what is minimised.
-    pub total: Tensor,
-    pub generator: Tensor,
-    pub discriminator: Tensor,
-    /// Share of the discriminator's inputs that differ from the text.
-    pub replaced: f64,
-    /// The discriminator's last hidden states (TNF takes notes from them).
-    pub hidden: Tensor,
 }
 
 impl Electra {
@@ -88,63 +73,26 @@ impl Electra {
         })
     }
 
-    /// The losses of one batch of `tokens` (`[batch·len]`, no padding)
-    /// masked as `masked`: the generator's MLM loss (mean over masked
-    /// tokens), then its samples (drawn from `sample_rng`, no gradient)
-    /// replace the masked tokens and the discriminator labels every token
-    /// (binary cross-entropy, mean over tokens). `weight` is ELECTRA's λ (50).
-    /// `mix` changes the discriminator's input embeddings (TNF's notes
-    /// belong to the main encoder).
-    #[allow(clippy::too_many_arguments)]
-    pub fn losses(
-        &self,
-        tokens: &[u32],
-        masked: &MaskedBatch,
-        (batch, len): (usize, usize),
-        weight: f64,
-        sample_rng: &mut Rng,
-        mix: Option<&InputMix>,
-        ctx: &mut Ctx,
-    ) -> Result<ElectraLosses> {
-        let dev = Device::Cpu;
-        let (generator, logits) = self.generator_loss(masked, (batch, len), ctx)?;
-        let samples = sample_rows(&logits, sample_rng)?;
-        let replaced = replace_tokens(tokens, masked, &samples);
-        let share = replaced.labels.iter().sum::<f32>() as f64 / replaced.labels.len() as f64;
-        let ids = Tensor::from_vec(replaced.inputs, (batch, len), &dev)?;
-        let labels = Tensor::from_vec(replaced.labels, (batch, len), &dev)?;
-        let hidden = self.discriminator.forward(&ids, None, None, mix, ctx)?;
-        let discriminator =
-            replaced_token_loss(&self.discriminator_head.forward(&hidden)?, &labels, None)?;
-        let total = (&generator + (&discriminator * weight)?)?;
-        Ok(ElectraLosses {
-            total,
-            generator,
-            discriminator,
-            replaced: share,
-            hidden,
-        })
+    /// The generator's logits `[rows, vocab]` at the flattened positions
+    /// `rows` of `ids` `[batch, len]`, through the tied decoder.
+    pub fn generator_logits(&self, ids: &Tensor, rows: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let hidden = self.generator.forward(ids, None, None, None, ctx)?;
+        self.generator_head
+            .forward(&hidden, rows, self.discriminator.word_embeddings())
     }
 
-    /// The generator's masked-LM loss (mean over the masked tokens) and its
-    /// logits at the masked rows.
-    pub fn generator_loss(
+    /// The discriminator's last hidden states `[batch, len, hidden]` and
+    /// replaced-token logits `[batch, len]` for `ids`; `mix` changes its
+    /// input embeddings (TNF's notes belong to the main encoder).
+    pub fn discriminate(
         &self,
-        masked: &MaskedBatch,
-        (batch, len): (usize, usize),
+        ids: &Tensor,
+        mix: Option<&InputMix>,
         ctx: &mut Ctx,
     ) -> Result<(Tensor, Tensor)> {
-        let dev = Device::Cpu;
-        let n = masked.rows.len();
-        let ids = Tensor::from_vec(masked.inputs.clone(), (batch, len), &dev)?;
-        let rows = Tensor::from_vec(masked.rows.clone(), n, &dev)?;
-        let targets = Tensor::from_vec(masked.targets.clone(), n, &dev)?;
-        let hidden = self.generator.forward(&ids, None, None, None, ctx)?;
-        let logits =
-            self.generator_head
-                .forward(&hidden, &rows, self.discriminator.word_embeddings())?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
-        Ok((loss, logits))
+        let hidden = self.discriminator.forward(ids, None, None, mix, ctx)?;
+        let logits = self.discriminator_head.forward(&hidden)?;
+        Ok((hidden, logits))
     }
 
     /// True when every encoder layer runs on the fused kernels.

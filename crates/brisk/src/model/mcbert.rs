@@ -6,19 +6,16 @@
 //! plus a per-token bias; the reject option (slot 0) has its own learned
 //! vector and bias. A softmax over the `K` slots gives the loss.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use super::bert::{activation, activation_kind, Bert, InputMix, Linear, MlmHead};
+use super::bert::{activation, activation_kind, Bert, Linear, MlmHead};
 use super::electra::generator_config;
 use super::fused::Activation;
 use super::norm::LayerNorm;
 use super::params::{Ctx, Params};
 use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
-use crate::corpus::tokenizer::SpecialIds;
 use crate::error::Result;
-use crate::pretrain::mcbert::{choices, CANDIDATES};
-use crate::pretrain::mlm::MaskedBatch;
 
 /// The multi-choice head (`mcbert_predictions.*`).
 #[derive(Debug, Clone)]
@@ -91,18 +88,6 @@ pub struct McBert {
     pub controller_head: MlmHead,
 }
 
-/// The losses of one batch.
-pub struct McBertLosses {
-    /// `controller + weight × choice`.
-    pub total: Tensor,
-    pub controller: Tensor,
-    pub choice: Tensor,
-    /// Share of the main model's inputs that differ from the text.
-    pub replaced: f64,
-    /// The main model's last hidden states.
-    pub hidden: Tensor,
-}
-
 impl McBert {
     pub fn new(
         cfg: &ModelConfig,
@@ -130,79 +115,17 @@ impl McBert {
         })
     }
 
-    /// The controller's MLM loss (mean over masked tokens); its samples
-    /// (from `rng`, no gradient) corrupt the masked positions and fill the
-    /// candidate slots; then the main model's multi-choice loss (mean over
-    /// tokens). `mix` changes the main model's input embeddings.
-    #[allow(clippy::too_many_arguments)]
-    pub fn losses(
-        &self,
-        tokens: &[u32],
-        masked: &MaskedBatch,
-        (batch, len): (usize, usize),
-        weight: f64,
-        special: &SpecialIds,
-        rng: &mut Rng,
-        mix: Option<&InputMix>,
-        ctx: &mut Ctx,
-    ) -> Result<McBertLosses> {
-        let dev = Device::Cpu;
-        let n = batch * len;
-        let ids = Tensor::from_vec(masked.inputs.clone(), (batch, len), &dev)?;
-        let every = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
-        let hidden = self.controller.forward(&ids, None, None, None, ctx)?;
-        let words = self.main.word_embeddings();
-        let rows = Tensor::from_vec(masked.rows.clone(), masked.rows.len(), &dev)?;
-        let targets = Tensor::from_vec(masked.targets.clone(), masked.targets.len(), &dev)?;
-        let logits = self.controller_head.forward(&hidden, &rows, words)?;
-        let controller = candle_nn::loss::cross_entropy(&logits, &targets)?;
-        // The candidates need the controller's distribution at every
-        // position, but no gradient flows through sampling: those logits
-        // are computed from detached inputs, so the backward pass stays at
-        // the masked rows (a full-vocabulary backward at every position
-        // would cost more than the rest of the step).
-        let everywhere = self
-            .controller_head
-            .forward(&hidden.detach(), &every, &words.detach())?
-            .detach();
-        let flat: Vec<f32> = everywhere.flatten_all()?.to_vec1()?;
-        let c = choices(tokens, masked, &flat, special, rng);
-        let replaced = c.labels.iter().sum::<u32>() as f64 / n as f64;
-        let ids = Tensor::from_vec(c.inputs, (batch, len), &dev)?;
-        let hidden = self.main.forward(&ids, None, None, mix, ctx)?;
-        let k = CANDIDATES - 1;
-        let candidates = Tensor::from_vec(c.candidates, n * k, &dev)?;
-        let scores = self
-            .head
-            .scores(&hidden, &candidates, self.main.word_embeddings())?;
-        let labels = Tensor::from_vec(c.labels, n, &dev)?;
-        let choice = candle_nn::loss::cross_entropy(&scores, &labels)?;
-        let total = (&controller + (&choice * weight)?)?;
-        Ok(McBertLosses {
-            total,
-            controller,
-            choice,
-            replaced,
-            hidden,
-        })
+    /// The controller's last hidden states `[batch, len, hidden]` for
+    /// `ids`.
+    pub fn control(&self, ids: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.controller.forward(ids, None, None, None, ctx)
     }
 
-    /// The controller's masked-LM loss alone (validation).
-    pub fn controller_loss(
-        &self,
-        masked: &MaskedBatch,
-        (batch, len): (usize, usize),
-        ctx: &mut Ctx,
-    ) -> Result<(Tensor, Tensor)> {
-        let dev = Device::Cpu;
-        let ids = Tensor::from_vec(masked.inputs.clone(), (batch, len), &dev)?;
-        let rows = Tensor::from_vec(masked.rows.clone(), masked.rows.len(), &dev)?;
-        let targets = Tensor::from_vec(masked.targets.clone(), masked.targets.len(), &dev)?;
-        let hidden = self.controller.forward(&ids, None, None, None, ctx)?;
-        let logits = self
-            .controller_head
-            .forward(&hidden, &rows, self.main.word_embeddings())?;
-        Ok((candle_nn::loss::cross_entropy(&logits, &targets)?, logits))
+    /// The controller's logits `[rows, vocab]` at the flattened positions
+    /// `rows` of its `hidden` states, through the tied decoder.
+    pub fn controller_logits(&self, hidden: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        self.controller_head
+            .forward(hidden, rows, self.main.word_embeddings())
     }
 
     pub fn is_fused(&self) -> bool {

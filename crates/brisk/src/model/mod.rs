@@ -15,6 +15,7 @@ pub mod attention;
 pub mod bert;
 pub mod discriminator;
 pub mod electra;
+pub mod flops;
 pub mod fused;
 pub mod mcbert;
 pub mod norm;

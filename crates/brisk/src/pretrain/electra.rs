@@ -12,11 +12,130 @@
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
+use super::mlm::MaskedBatch;
+use super::objective::{Batch, BatchLoss, Objective};
+use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
+use crate::model::discriminator::replaced_token_loss;
 use crate::model::electra::Electra;
-use crate::model::Ctx;
-use crate::pretrain::mlm::MaskedBatch;
+use crate::model::{Ctx, InputMix, Params};
+
+/// Replaced-token detection as a pre-training [`Objective`]: the generator's
+/// MLM loss plus λ times the discriminator's (λ =
+/// `objective.discriminator_weight`, 50 in the paper).
+pub struct ReplacedTokenDetection {
+    pub model: Electra,
+    pub weight: f64,
+}
+
+impl ReplacedTokenDetection {
+    pub fn new(
+        cfg: &ModelConfig,
+        generator_size: f64,
+        weight: f64,
+        params: &mut Params,
+        seed: u64,
+    ) -> Result<ReplacedTokenDetection> {
+        Ok(ReplacedTokenDetection {
+            model: Electra::new(cfg, generator_size, params, seed)?,
+            weight,
+        })
+    }
+}
+
+impl Objective for ReplacedTokenDetection {
+    fn batch_loss(&self, batch: &Batch, rng: &mut Rng, ctx: &mut Ctx) -> Result<BatchLoss> {
+        let l = losses(
+            &self.model,
+            batch.tokens,
+            batch.masked,
+            batch.shape,
+            self.weight,
+            rng,
+            batch.mix,
+            ctx,
+        )?;
+        let logged = vec![
+            ("generator_loss", l.generator.to_scalar::<f32>()? as f64),
+            (
+                "discriminator_loss",
+                l.discriminator.to_scalar::<f32>()? as f64,
+            ),
+            ("replaced", l.replaced),
+        ];
+        Ok(BatchLoss {
+            total: l.total,
+            hidden: l.hidden,
+            logged,
+        })
+    }
+
+    fn masked_lm_logits(
+        &self,
+        masked: &MaskedBatch,
+        shape: (usize, usize),
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let ids = masked.inputs_tensor(shape)?;
+        self.model
+            .generator_logits(&ids, &masked.rows_tensor()?, ctx)
+    }
+
+    fn is_fused(&self) -> bool {
+        self.model.is_fused()
+    }
+}
+
+/// The losses of one ELECTRA batch.
+pub struct ElectraLosses {
+    /// `generator + weight × discriminator`: what is minimised.
+    pub total: Tensor,
+    pub generator: Tensor,
+    pub discriminator: Tensor,
+    /// Share of the discriminator's inputs that differ from the text.
+    pub replaced: f64,
+    /// The discriminator's last hidden states (TNF takes notes from them).
+    pub hidden: Tensor,
+}
+
+/// The losses of one batch of `tokens` (`[batch·len]`, no padding) masked
+/// as `masked`: the generator's MLM loss (mean over masked tokens), then
+/// its samples (drawn from `rng`, no gradient) replace the masked tokens
+/// and the discriminator labels every token (binary cross-entropy, mean
+/// over tokens). `weight` is ELECTRA's λ. `mix` changes the
+/// discriminator's input embeddings.
+#[allow(clippy::too_many_arguments)]
+pub fn losses(
+    model: &Electra,
+    tokens: &[u32],
+    masked: &MaskedBatch,
+    shape: (usize, usize),
+    weight: f64,
+    rng: &mut Rng,
+    mix: Option<&InputMix>,
+    ctx: &mut Ctx,
+) -> Result<ElectraLosses> {
+    let dev = Device::Cpu;
+    let ids = masked.inputs_tensor(shape)?;
+    let logits = model.generator_logits(&ids, &masked.rows_tensor()?, ctx)?;
+    let generator = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
+    let samples = sample_rows(&logits, rng)?;
+    let replaced = replace_tokens(tokens, masked, &samples);
+    let share = replaced.labels.iter().sum::<f32>() as f64 / replaced.labels.len() as f64;
+    let ids = Tensor::from_vec(replaced.inputs, shape, &dev)?;
+    let labels = Tensor::from_vec(replaced.labels, shape, &dev)?;
+    let (hidden, logits) = model.discriminate(&ids, mix, ctx)?;
+    let discriminator = replaced_token_loss(&logits, &labels, None)?;
+    let total = (&generator + (&discriminator * weight)?)?;
+    Ok(ElectraLosses {
+        total,
+        generator,
+        discriminator,
+        replaced: share,
+        hidden,
+    })
+}
 
 /// One draw from each row's softmax over `logits` (`[rows, vocab]`) by the
 /// Gumbel-max trick: `argmax(logit + g)` with `g = −ln(−ln u)`, `u`
@@ -83,8 +202,7 @@ pub fn replaced_probabilities(
     }
     let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
     let ctx = &mut Ctx::eval();
-    let hidden = model.discriminator.forward(&input, None, None, None, ctx)?;
-    let logits = model.discriminator_head.forward(&hidden)?;
+    let (_, logits) = model.discriminate(&input, None, ctx)?;
     let probs: Vec<f32> = candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?
         .squeeze(0)?
         .to_vec1()?;

@@ -27,14 +27,150 @@
 //! own random stream (seeded by one draw of the batch's generator): the
 //! result does not depend on the thread count.
 
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::mlm::MaskedBatch;
+use super::objective::{Batch, BatchLoss, Objective};
+use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
-use crate::pretrain::mlm::MaskedBatch;
+use crate::error::Result;
+use crate::model::mcbert::McBert;
+use crate::model::{Ctx, InputMix, Params};
 
 /// Candidates per position, the reject slot included (the paper's K).
 pub const CANDIDATES: usize = 10;
+
+/// The multi-choice cloze as a pre-training [`Objective`]: the
+/// controller's MLM loss plus `weight` (`objective.discriminator_weight`)
+/// times the main model's multi-choice loss.
+pub struct MultiChoice {
+    pub model: McBert,
+    pub weight: f64,
+}
+
+impl MultiChoice {
+    pub fn new(
+        cfg: &ModelConfig,
+        controller_size: f64,
+        weight: f64,
+        params: &mut Params,
+        seed: u64,
+    ) -> Result<MultiChoice> {
+        Ok(MultiChoice {
+            model: McBert::new(cfg, controller_size, params, seed)?,
+            weight,
+        })
+    }
+}
+
+impl Objective for MultiChoice {
+    fn batch_loss(&self, batch: &Batch, rng: &mut Rng, ctx: &mut Ctx) -> Result<BatchLoss> {
+        let l = losses(
+            &self.model,
+            batch.tokens,
+            batch.masked,
+            batch.shape,
+            self.weight,
+            batch.special,
+            rng,
+            batch.mix,
+            ctx,
+        )?;
+        let logged = vec![
+            ("generator_loss", l.controller.to_scalar::<f32>()? as f64),
+            ("choice_loss", l.choice.to_scalar::<f32>()? as f64),
+            ("replaced", l.replaced),
+        ];
+        Ok(BatchLoss {
+            total: l.total,
+            hidden: l.hidden,
+            logged,
+        })
+    }
+
+    fn masked_lm_logits(
+        &self,
+        masked: &MaskedBatch,
+        shape: (usize, usize),
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let hidden = self.model.control(&masked.inputs_tensor(shape)?, ctx)?;
+        self.model
+            .controller_logits(&hidden, &masked.rows_tensor()?)
+    }
+
+    fn is_fused(&self) -> bool {
+        self.model.is_fused()
+    }
+}
+
+/// The losses of one MC-BERT batch.
+pub struct McBertLosses {
+    /// `controller + weight × choice`.
+    pub total: Tensor,
+    pub controller: Tensor,
+    pub choice: Tensor,
+    /// Share of the main model's inputs that differ from the text.
+    pub replaced: f64,
+    /// The main model's last hidden states.
+    pub hidden: Tensor,
+}
+
+/// The controller's MLM loss (mean over masked tokens); its samples (from
+/// `rng`, no gradient) corrupt the masked positions and fill the candidate
+/// slots; then the main model's multi-choice loss (mean over tokens).
+/// `mix` changes the main model's input embeddings.
+#[allow(clippy::too_many_arguments)]
+pub fn losses(
+    model: &McBert,
+    tokens: &[u32],
+    masked: &MaskedBatch,
+    (batch, len): (usize, usize),
+    weight: f64,
+    special: &SpecialIds,
+    rng: &mut Rng,
+    mix: Option<&InputMix>,
+    ctx: &mut Ctx,
+) -> Result<McBertLosses> {
+    let dev = Device::Cpu;
+    let n = batch * len;
+    let hidden = model.control(&masked.inputs_tensor((batch, len))?, ctx)?;
+    let logits = model.controller_logits(&hidden, &masked.rows_tensor()?)?;
+    let controller = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
+    // The candidates need the controller's distribution at every position,
+    // but no gradient flows through sampling: those logits are computed
+    // from detached inputs, so the backward pass stays at the masked rows
+    // (a full-vocabulary backward at every position would cost more than
+    // the rest of the step).
+    let every = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
+    let words = model.main.word_embeddings().detach();
+    let everywhere = model
+        .controller_head
+        .forward(&hidden.detach(), &every, &words)?
+        .detach();
+    let flat: Vec<f32> = everywhere.flatten_all()?.to_vec1()?;
+    let c = choices(tokens, masked, &flat, special, rng);
+    let replaced = c.labels.iter().sum::<u32>() as f64 / n as f64;
+    let ids = Tensor::from_vec(c.inputs, (batch, len), &dev)?;
+    let hidden = model.main.forward(&ids, None, None, mix, ctx)?;
+    let k = CANDIDATES - 1;
+    let candidates = Tensor::from_vec(c.candidates, n * k, &dev)?;
+    let scores = model
+        .head
+        .scores(&hidden, &candidates, model.main.word_embeddings())?;
+    let labels = Tensor::from_vec(c.labels, n, &dev)?;
+    let choice = candle_nn::loss::cross_entropy(&scores, &labels)?;
+    let total = (&controller + (&choice * weight)?)?;
+    Ok(McBertLosses {
+        total,
+        controller,
+        choice,
+        replaced,
+        hidden,
+    })
+}
 
 /// One draw from a probability row by its cumulative sums (`cdf`, ending at
 /// the row's total).

@@ -9,11 +9,12 @@
 use candle_core::{DType, Device, Tensor, D};
 use tokenizers::Tokenizer;
 
-use crate::config::ObjectiveConfig;
+use super::objective::{Batch, BatchLoss, Objective};
+use crate::config::{ModelConfig, ObjectiveConfig};
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
 use crate::error::{Error, Result};
-use crate::model::{BertForMaskedLm, Ctx};
+use crate::model::{BertForMaskedLm, Ctx, Params};
 
 /// A batch ready for the MLM loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,31 @@ pub struct MaskedBatch {
     pub rows: Vec<u32>,
     /// The original token at each of `rows`.
     pub targets: Vec<u32>,
+}
+
+impl MaskedBatch {
+    /// The corrupted input as a `[batch, len]` tensor.
+    pub fn inputs_tensor(&self, shape: (usize, usize)) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.inputs.clone(), shape, &Device::Cpu)?)
+    }
+
+    /// `rows` as a tensor.
+    pub fn rows_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            self.rows.clone(),
+            self.rows.len(),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// `targets` as a tensor.
+    pub fn targets_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            self.targets.clone(),
+            self.targets.len(),
+            &Device::Cpu,
+        )?)
+    }
 }
 
 /// Selects and corrupts tokens of `tokens` (`[batch·len]`, no padding).
@@ -71,6 +97,60 @@ fn random_token(special: &SpecialIds, vocab_size: usize, rng: &mut Rng) -> u32 {
         if !special.contains(t) {
             return t;
         }
+    }
+}
+
+/// Masked language modelling as a pre-training [`Objective`]: the mean
+/// cross-entropy of the original tokens at the selected positions.
+pub struct MaskedLm {
+    pub model: BertForMaskedLm,
+}
+
+impl MaskedLm {
+    pub fn new(cfg: &ModelConfig, params: &mut Params, seed: u64) -> Result<MaskedLm> {
+        Ok(MaskedLm {
+            model: BertForMaskedLm::new(cfg, params, seed)?,
+        })
+    }
+}
+
+impl Objective for MaskedLm {
+    fn batch_loss(&self, batch: &Batch, _rng: &mut Rng, ctx: &mut Ctx) -> Result<BatchLoss> {
+        let m = batch.masked;
+        let (ids, rows, targets) = (
+            m.inputs_tensor(batch.shape)?,
+            m.rows_tensor()?,
+            m.targets_tensor()?,
+        );
+        let (total, hidden) = self
+            .model
+            .loss_and_hidden(&ids, None, batch.mix, &rows, &targets, ctx)?;
+        Ok(BatchLoss {
+            total,
+            hidden,
+            logged: Vec::new(),
+        })
+    }
+
+    fn masked_lm_logits(
+        &self,
+        masked: &MaskedBatch,
+        shape: (usize, usize),
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let ids = masked.inputs_tensor(shape)?;
+        let logits = self
+            .model
+            .forward(&ids, None, &masked.rows_tensor()?, ctx)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    fn as_masked_lm(&self) -> Option<&BertForMaskedLm> {
+        Some(&self.model)
+    }
+
+    fn is_fused(&self) -> bool {
+        self.model.is_fused()
     }
 }
 

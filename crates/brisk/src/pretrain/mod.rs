@@ -1,11 +1,13 @@
-//! Pre-training objectives: masked LM; ELECTRA's replaced-token detection
-//! (sampling and labels; the encoder pair is in `model::electra`);
-//! MC-BERT's multi-choice cloze (its candidates and labels so far); TNF's
-//! note dictionary; and the probes that tell whether a model reads its
+//! Pre-training objectives behind one interface ([`objective::Objective`]):
+//! masked LM; ELECTRA's replaced-token detection (the encoder pair is in
+//! `model::electra`, the sampling, labels and losses here); MC-BERT's
+//! multi-choice cloze (likewise, with `model::mcbert`). Beside them, TNF's
+//! note dictionary and the probes that tell whether a model reads its
 //! context.
 
 pub mod electra;
 pub mod mcbert;
 pub mod mlm;
 pub mod notes;
+pub mod objective;
 pub mod probes;

@@ -1,8 +1,8 @@
-//! Training machinery: optimiser, learning-rate schedule and budget, FLOP
-//! counting, checkpoints, and the pre-training loop.
+//! Training machinery: optimiser, learning-rate schedule and budget,
+//! checkpoints, and the pre-training loop (which runs any objective of
+//! `pretrain::objective`).
 
 pub mod checkpoint;
-pub mod flops;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;

@@ -19,10 +19,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
-use super::flops::{
-    electra_training_per_token, mcbert_training_per_token, mlm_training_per_token,
-    position_term_forward,
-};
 use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
 use super::schedule::Budget;
 use crate::config::{Config, ObjectiveConfig};
@@ -31,14 +27,13 @@ use crate::corpus::generated::{self, ProbeKind};
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::corpus::tokenizer::load_tokenizer;
 use crate::error::{Error, Result};
-use crate::model::electra::{generator_config, Electra};
-use crate::model::mcbert::McBert;
-use crate::model::{BertForMaskedLm, Ctx, InputMix, Params};
+use crate::model::{Ctx, InputMix, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
 use crate::pretrain::mlm::{mask_tokens, MaskedBatch};
 use crate::pretrain::notes::{
     rare_band, saved_band, NoteBook, NoteStats, Occurrence, RareBand, NOTES_FILE,
 };
+use crate::pretrain::objective::{self, Batch, Objective};
 use crate::pretrain::probes::{frequency_bands, token_counts, ProbeResult, ProbeSet, Tally};
 
 /// One line of `metrics.jsonl`.
@@ -57,18 +52,12 @@ pub struct Metrics {
     /// TNF: share of rare-word occurrences so far whose word had a note.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notes_read: Option<f64>,
-    /// ELECTRA: the generator's MLM loss, the discriminator's loss and the
-    /// share of tokens it saw replaced, over the step.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generator_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub discriminator_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replaced: Option<f64>,
-    /// MC-BERT: the main model's multi-choice loss (its controller's MLM
-    /// loss is `generator_loss`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub choice_loss: Option<f64>,
+    /// The objective's own figures, averaged over the step: ELECTRA's
+    /// `generator_loss`, `discriminator_loss` and `replaced` (the share of
+    /// tokens its discriminator saw replaced); MC-BERT's `generator_loss`
+    /// (its controller), `choice_loss` and `replaced`.
+    #[serde(flatten)]
+    pub objective: BTreeMap<String, f64>,
     /// At evaluations: masked-token accuracy (of the MLM, or of ELECTRA's
     /// generator and MC-BERT's controller) at the validation mask.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,69 +115,6 @@ fn context_keys(v: &Validation) -> BTreeMap<String, f64> {
     });
     // A probe without one-token contrasts has no minimal-pair score.
     bands.chain(probes).filter(|(_, v)| v.is_finite()).collect()
-}
-
-/// What pre-training trains: BERT with its MLM head, or ELECTRA's pair.
-pub enum Trainee {
-    Mlm(Box<BertForMaskedLm>),
-    Electra(Box<Electra>),
-    McBert(Box<McBert>),
-}
-
-impl Trainee {
-    /// A fresh model for `config.objective.kind`.
-    pub fn new(config: &Config, params: &mut Params) -> Result<Trainee> {
-        let (model, seed) = (&config.model, config.train.seed);
-        Ok(match config.objective.kind.as_str() {
-            "electra" => Trainee::Electra(Box::new(Electra::new(
-                model,
-                config.objective.generator_size,
-                params,
-                seed,
-            )?)),
-            "mcbert" => Trainee::McBert(Box::new(McBert::new(
-                model,
-                config.objective.generator_size,
-                params,
-                seed,
-            )?)),
-            _ => Trainee::Mlm(Box::new(BertForMaskedLm::new(model, params, seed)?)),
-        })
-    }
-
-    pub fn is_fused(&self) -> bool {
-        match self {
-            Trainee::Mlm(m) => m.is_fused(),
-            Trainee::Electra(e) => e.is_fused(),
-            Trainee::McBert(m) => m.is_fused(),
-        }
-    }
-}
-
-/// Training FLOPs of one optimiser step (`tokens_per_step` tokens of
-/// `seq_len`-token sequences).
-pub fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Result<f64> {
-    let (m, o) = (&config.model, &config.objective);
-    // TUPE's position term is computed once per forward pass (micro-batch),
-    // by each encoder.
-    let passes = 2.0 * config.train.grad_accum_steps as f64;
-    Ok(match o.kind.as_str() {
-        "electra" => {
-            let g = generator_config(m, o.generator_size)?;
-            tokens_per_step as f64 * electra_training_per_token(m, &g, seq_len, o.mask_prob)
-                + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
-        }
-        "mcbert" => {
-            let g = generator_config(m, o.generator_size)?;
-            let k = crate::pretrain::mcbert::CANDIDATES;
-            tokens_per_step as f64 * mcbert_training_per_token(m, &g, seq_len, k, o.mask_prob)
-                + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
-        }
-        _ => {
-            tokens_per_step as f64 * mlm_training_per_token(m, seq_len, o.mask_prob)
-                + passes * position_term_forward(m, seq_len)
-        }
-    })
 }
 
 /// TNF's figures in `summary.json`.
@@ -457,7 +383,7 @@ impl Evaluator {
 /// generator (controller), the part that is a masked LM; the probes need a
 /// masked LM and run on masked-LM models.
 pub fn validate(
-    model: &Trainee,
+    model: &dyn Objective,
     corpus: &PreparedCorpus,
     config: &Config,
     evaluator: &Evaluator,
@@ -484,33 +410,16 @@ pub fn validate(
             &VALIDATION_MASKING,
             &mut rng,
         );
-        let (shape, ctx) = ((b, m.seq_len), &mut Ctx::eval());
-        let (loss, logits) = match model {
-            Trainee::Mlm(model) => {
-                let dev = Device::Cpu;
-                let rows = masked.rows.len();
-                let logits = model.forward(
-                    &Tensor::from_vec(masked.inputs.clone(), shape, &dev)?,
-                    None,
-                    &Tensor::from_vec(masked.rows.clone(), rows, &dev)?,
-                    ctx,
-                )?;
-                let targets = Tensor::from_vec(masked.targets.clone(), rows, &dev)?;
-                let logits = logits.to_dtype(DType::F32)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
-                (loss, logits)
-            }
-            Trainee::Electra(model) => model.generator_loss(&masked, shape, ctx)?,
-            Trainee::McBert(model) => model.controller_loss(&masked, shape, ctx)?,
-        };
+        let logits = model.masked_lm_logits(&masked, (b, m.seq_len), &mut Ctx::eval())?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
         total += loss.to_scalar::<f32>()? as f64;
         let predicted: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
         for (p, t) in predicted.iter().zip(&masked.targets) {
             tally.add(evaluator.bands[*t as usize], p == t);
         }
     }
-    let probes = match (model, &evaluator.probes) {
-        (Trainee::Mlm(model), Some(set)) => set.score(model, micro_batch(config))?,
+    let probes = match (model.as_masked_lm(), &evaluator.probes) {
+        (Some(model), Some(set)) => set.score(model, micro_batch(config))?,
         _ => BTreeMap::new(),
     };
     Ok(Validation {
@@ -521,96 +430,16 @@ pub fn validate(
     })
 }
 
-/// The MLM loss of one batch. With `notes` (the note book and the batch's
-/// word ids), rare words read their notes first; the notes to take from
-/// this forward pass are returned, for the caller to apply once the loss
-/// is known to be finite.
-#[allow(clippy::too_many_arguments)]
-fn batch_loss(
-    model: &BertForMaskedLm,
-    corpus: &PreparedCorpus,
-    objective: &ObjectiveConfig,
-    tokens: &[u32],
-    batch: usize,
-    notes: Option<(&mut NoteBook, &[u32])>,
-    mask_rng: &mut Rng,
-    ctx: &mut Ctx,
-) -> Result<(Tensor, Option<PendingNotes>)> {
-    let Prepared { masked, found, mix } =
-        mask_and_mix(corpus, objective, tokens, batch, notes, mask_rng)?;
-    let dev = Device::Cpu;
-    let ids = Tensor::from_vec(masked.inputs, (batch, corpus.manifest.seq_len), &dev)?;
-    let n = masked.rows.len();
-    let rows = Tensor::from_vec(masked.rows, n, &dev)?;
-    let targets = Tensor::from_vec(masked.targets, n, &dev)?;
-    let (loss, hidden) = model.loss_and_hidden(&ids, None, mix.as_ref(), &rows, &targets, ctx)?;
-    // Detached: the notes read values, and the graph is freed with the loss.
-    Ok((loss, found.map(|f| (f, hidden.detach()))))
-}
-
-/// The corpus, objective, token ids and batch size of one micro-batch.
-type BatchArgs<'a> = (&'a PreparedCorpus, &'a ObjectiveConfig, &'a [u32], usize);
-
-/// ELECTRA's counterpart of [`batch_loss`]: the total loss, the notes to
-/// take (from the discriminator) and `(generator loss, discriminator loss,
-/// replaced share)`.
-#[allow(clippy::too_many_arguments)]
-fn electra_batch_loss(
-    model: &Electra,
-    (corpus, objective, tokens, batch): BatchArgs,
-    notes: Option<(&mut NoteBook, &[u32])>,
-    rng: &mut Rng,
-    ctx: &mut Ctx,
-) -> Result<(Tensor, Option<PendingNotes>, [f64; 3])> {
-    let p = mask_and_mix(corpus, objective, tokens, batch, notes, rng)?;
-    let shape = (batch, corpus.manifest.seq_len);
-    let weight = objective.discriminator_weight;
-    let losses = model.losses(tokens, &p.masked, shape, weight, rng, p.mix.as_ref(), ctx)?;
-    let parts = [
-        losses.generator.to_scalar::<f32>()? as f64,
-        losses.discriminator.to_scalar::<f32>()? as f64,
-        losses.replaced,
-    ];
-    let pending = p.found.map(|f| (f, losses.hidden.detach()));
-    Ok((losses.total, pending, parts))
-}
-
-/// MC-BERT's counterpart of [`batch_loss`]: the total loss, the notes to
-/// take (from the main model) and `(controller loss, multi-choice loss,
-/// replaced share)`.
-#[allow(clippy::too_many_arguments)]
-fn mcbert_batch_loss(
-    model: &McBert,
-    (corpus, objective, tokens, batch): BatchArgs,
-    notes: Option<(&mut NoteBook, &[u32])>,
-    rng: &mut Rng,
-    ctx: &mut Ctx,
-) -> Result<(Tensor, Option<PendingNotes>, [f64; 3])> {
-    let p = mask_and_mix(corpus, objective, tokens, batch, notes, rng)?;
-    let m = &corpus.manifest;
-    let (shape, weight) = ((batch, m.seq_len), objective.discriminator_weight);
-    let special = &m.special_ids;
-    let mix = p.mix.as_ref();
-    let losses = model.losses(tokens, &p.masked, shape, weight, special, rng, mix, ctx)?;
-    let parts = [
-        losses.controller.to_scalar::<f32>()? as f64,
-        losses.choice.to_scalar::<f32>()? as f64,
-        losses.replaced,
-    ];
-    let pending = p.found.map(|f| (f, losses.hidden.detach()));
-    Ok((losses.total, pending, parts))
-}
-
 /// The note book of a TNF run: the rare band from the word counts and the
 /// budget (or, on resume, the band the checkpoint's notes were taken for),
 /// and the notes themselves when resuming.
 fn open_notes(
     config: &Config,
     corpus: &PreparedCorpus,
-    budget: &Budget,
-    tokens_per_step: u64,
+    plan: &Plan,
     checkpoint: Option<&Path>,
 ) -> Result<NoteBook> {
+    let (budget, tokens_per_step) = (&plan.budget, plan.tokens_per_step);
     let m = &corpus.manifest;
     let table = corpus.dir.join(&m.word_counts.file);
     let counts: Vec<u64> = crate::corpus::words::read_word_counts(&table)?
@@ -687,13 +516,7 @@ pub fn check_options(config: &Config) -> Result<()> {
     if n.enabled && !n.absolute_band() && t.steps == 0 && t.tokens == 0 {
         return Err(Error::Config(NOTES_NEED_A_BUDGET.into()));
     }
-    if !["mlm", "electra", "mcbert"].contains(&config.objective.kind.as_str()) {
-        return Err(Error::Config(format!(
-            "`objective.kind`: {:?} is not available in pretrain (expected \"mlm\", \"electra\" or \"mcbert\")",
-            config.objective.kind
-        )));
-    }
-    Ok(())
+    objective::check_kind(&config.objective.kind)
 }
 
 /// The generator seed of micro-batch `micro` of step `step` (0-based).
@@ -858,92 +681,36 @@ pub fn pretrain(
     run_dir: &Path,
     options: &Options,
 ) -> Result<Summary> {
-    check_options(config)?;
-    let train = &config.train;
-    let m = &corpus.manifest;
-    if m.tokenizer.vocab_size != config.model.vocab_size {
-        return Err(Error::Config(format!(
-            "`model.vocab_size` is {} but the corpus vocabulary has {} entries",
-            config.model.vocab_size, m.tokenizer.vocab_size
-        )));
-    }
-    let train_len = corpus.num_sequences(Split::Train);
-    if train_len == 0 {
-        return Err(Error::data(
-            &corpus.dir,
-            "the corpus has no training sequences",
-        ));
-    }
-    let micro = micro_batch(config);
-    let tokens_per_step = (train.batch_size * m.seq_len) as u64;
-    let budget = Budget::from_config(train, tokens_per_step)?;
-    // TUPE's position term is computed once per forward pass (micro-batch).
-    let flops_per_step = step_flops(config, m.seq_len, tokens_per_step)?;
+    let (train, m) = (&config.train, &corpus.manifest);
+    let plan = Plan::of(config, corpus)?;
+    let budget = &plan.budget;
 
+    // The objective's models, the optimiser and, on resume, their state.
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = Trainee::new(config, &mut params)?;
+    let model = objective::build(config, &mut params)?;
     let mut opt = AdamW::new(&params, train)?;
-    let mut state = TrainState {
-        format_version: FORMAT_VERSION,
-        step: 0,
-        tokens: 0,
-        flops: 0.0,
-        wall_s: 0.0,
-        data: DataPosition { epoch: 0, next: 0 },
-        seed: train.seed,
-        threads: rayon::current_num_threads(),
-        last_loss: f64::NAN,
-        last_val_loss: None,
-    };
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut saved_step = None;
-    let resume_from = if options.resume {
-        checkpoint::latest(run_dir)?
-    } else {
-        None
+    let resume_from = match options.resume {
+        true => checkpoint::latest(run_dir)?,
+        false => None,
     };
     let mut notes = config
         .notes
         .enabled
-        .then(|| {
-            open_notes(
-                config,
-                corpus,
-                &budget,
-                tokens_per_step,
-                resume_from.as_deref(),
-            )
-        })
+        .then(|| open_notes(config, corpus, &plan, resume_from.as_deref()))
         .transpose()?;
+    let mut state = match &resume_from {
+        Some(dir) => resume_state(
+            (run_dir, dir),
+            config,
+            (&params, &mut opt),
+            &plan,
+            options.verbose,
+        )?,
+        None => fresh_state(train.seed),
+    };
+    let mut saved_step = resume_from.is_some().then_some(state.step);
+    let metrics_path = run_dir.join("metrics.jsonl");
     if options.resume {
-        if let Some(dir) = &resume_from {
-            state = checkpoint::load(dir, &params, &mut opt)?;
-            if state.seed != train.seed {
-                return Err(Error::Config(format!(
-                    "{}: the checkpoint was trained with train.seed = {}, the config says {}",
-                    dir.display(),
-                    state.seed,
-                    train.seed
-                )));
-            }
-            saved_step = Some(state.step);
-            let threads = rayon::current_num_threads();
-            if state.threads != threads && options.verbose {
-                eprintln!(
-                    "note: resuming on {threads} threads; the checkpoint was written on {}, \
-                     so the losses may differ from an uninterrupted run in the last bits",
-                    state.threads
-                );
-            }
-            state.threads = threads;
-            if budget.exhausted(state.step, state.wall_s) {
-                return Err(Error::Usage(format!(
-                    "{} already reached its budget at step {}: give a larger --steps, --tokens or --budget to continue",
-                    run_dir.display(),
-                    state.step
-                )));
-            }
-        }
         truncate_metrics(&metrics_path, state.step)?;
     }
     let mut metrics = std::fs::OpenOptions::new()
@@ -951,11 +718,10 @@ pub fn pretrain(
         .append(true)
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
-    let mut order = Order::at(train.seed, train_len, state.data);
-
+    let mut order = Order::at(train.seed, corpus.num_sequences(Split::Train), state.data);
     let evaluator = Evaluator::new(corpus)?;
     let mut last_validation: Option<Validation> = None;
-    let mut progress = Progress::new(options.verbose, &budget, state.step);
+    let mut progress = Progress::new(options.verbose, budget, state.step);
     if options.resume && state.step > 0 {
         progress.println(format!("resuming at step {}", state.step));
     }
@@ -979,95 +745,49 @@ pub fn pretrain(
         if options.stop.load(Ordering::SeqCst) {
             break Ending::Interrupted;
         }
+        // One optimiser step: gradients, the guard, the update, the notes.
         let step_start = Instant::now();
-        let step = state.step;
-        let stop_diverged = |what: &str, value: f64, notes: Option<&NoteBook>| {
-            let keep = (train.keep_checkpoints, notes);
-            diverged(
-                run_dir, &params, &opt, &state, saved_step, keep, what, value,
-            )
+        let lr = budget.learning_rate(train, state.step, elapsed() + last_step_secs);
+        let step = step_gradients(
+            model.as_ref(),
+            &params,
+            (corpus, config),
+            &mut order,
+            notes.as_mut(),
+            state.step,
+        )?;
+        let bad = match (step.loss, step.norm) {
+            (loss, _) if !loss.is_finite() => Some(("the loss", loss)),
+            (_, norm) if !norm.is_finite() => Some(("the gradient norm", norm)),
+            _ => None,
         };
-        let lr = budget.learning_rate(train, step, elapsed() + last_step_secs);
-        let mut grads = Vec::new();
-        let mut loss_sum = 0.0;
-        let accum = train.grad_accum_steps.max(1);
-        // TNF: notes taken this step are written once the step is good, so
-        // a checkpoint always pairs weights and notes of the same step.
-        let mut pending = Vec::new();
-        // ELECTRA's generator loss, discriminator loss and replaced share.
-        let mut parts = [0.0; 3];
-        for k in 0..accum {
-            let seed = micro_seed(train.seed, step, k);
-            let (mut mask_rng, mut dropout_rng) = (Rng::new(seed), Rng::new(!seed));
-            let indices: Vec<usize> = (0..micro).map(|_| order.take()).collect();
-            let (ids, words) = gather_with_words(corpus, Split::Train, &indices);
-            let book = notes.as_mut().map(|book| (book, words.as_slice()));
-            let mut ctx = Ctx::train(&mut dropout_rng);
-            let (loss, taken) = match &model {
-                Trainee::Mlm(model) => batch_loss(
-                    model,
-                    corpus,
-                    &config.objective,
-                    &ids,
-                    micro,
-                    book,
-                    &mut mask_rng,
-                    &mut ctx,
-                )?,
-                Trainee::McBert(_) | Trainee::Electra(_) => {
-                    let args = (corpus, &config.objective, ids.as_slice(), micro);
-                    let (loss, taken, p) = match &model {
-                        Trainee::McBert(m) => {
-                            mcbert_batch_loss(m, args, book, &mut mask_rng, &mut ctx)?
-                        }
-                        Trainee::Electra(m) => {
-                            electra_batch_loss(m, args, book, &mut mask_rng, &mut ctx)?
-                        }
-                        Trainee::Mlm(_) => unreachable!("matched above"),
-                    };
-                    for (sum, v) in parts.iter_mut().zip(p) {
-                        *sum += v / accum as f64;
-                    }
-                    (loss, taken)
-                }
-            };
-            pending.extend(taken);
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(stop_diverged("the loss", value, notes.as_ref()));
-            }
-            loss_sum += value;
-            let mut g = gradients(&params, &loss.backward()?)?;
-            if accum > 1 {
-                g = g
-                    .iter()
-                    .map(|t| t / accum as f64)
-                    .collect::<candle_core::Result<_>>()?;
-            }
-            accumulate(&mut grads, g)?;
+        if let Some((what, value)) = bad {
+            let keep = (train.keep_checkpoints, notes.as_ref());
+            let (weights, opt) = (&params, &opt);
+            return Err(diverged(
+                run_dir, weights, opt, &state, saved_step, keep, what, value,
+            ));
         }
-        let norm = grad_norm(&grads)?;
-        if !norm.is_finite() {
-            return Err(stop_diverged("the gradient norm", norm, notes.as_ref()));
-        }
-        opt.update(&grads, lr, clip_scale(norm, train.max_grad_norm))?;
+        opt.update(&step.grads, lr, clip_scale(step.norm, train.max_grad_norm))?;
         if let Some(book) = notes.as_mut() {
-            for (found, hidden) in pending {
-                book.take_notes(&found, &hidden, None)?;
+            for (found, hidden) in &step.pending {
+                book.take_notes(found, hidden, None)?;
             }
         }
         last_step_secs = step_start.elapsed().as_secs_f64();
         state.step += 1;
-        state.tokens += tokens_per_step;
-        state.flops += flops_per_step;
+        state.tokens += plan.tokens_per_step;
+        state.flops += plan.flops_per_step;
         state.data = order.position;
-        state.last_loss = loss_sum / accum as f64;
+        state.last_loss = step.loss;
 
+        // Evaluation, the log line, checkpoints.
         let done = state.step;
-        let last = budget.exhausted(done, elapsed()) || options.stop.load(Ordering::SeqCst);
+        let finished = budget.exhausted(done, elapsed());
+        let last = finished || options.stop.load(Ordering::SeqCst);
         let due = |every: u64| every > 0 && done.is_multiple_of(every);
-        let validation = if due(config.eval.every) || (last && budget.exhausted(done, elapsed())) {
-            let v = validate(&model, corpus, config, &evaluator)?;
+        let validation = if due(config.eval.every) || finished {
+            let v = validate(model.as_ref(), corpus, config, &evaluator)?;
             state.last_val_loss = Some(v.loss);
             Some(v)
         } else {
@@ -1081,16 +801,13 @@ pub fn pretrain(
             loss: state.last_loss,
             val_loss,
             lr,
-            grad_norm: norm,
+            grad_norm: step.norm,
             tokens: state.tokens,
             flops: state.flops,
             wall_s: state.wall_s,
             tokens_per_s: (state.tokens - tokens_before) as f64 / session.elapsed().as_secs_f64(),
             notes_read: notes.as_ref().map(|book| book.stats.read_share()),
-            generator_loss: None,
-            discriminator_loss: None,
-            replaced: None,
-            choice_loss: None,
+            objective: step.logged,
             val_accuracy: validation.as_ref().map(|v| v.accuracy),
             val_margin: val_loss.map(|v| m.unigram_entropy_nats - v),
             context: validation.as_ref().map(context_keys).unwrap_or_default(),
@@ -1098,26 +815,11 @@ pub fn pretrain(
         if validation.is_some() {
             last_validation = validation;
         }
-        let row = match model {
-            Trainee::Electra(_) => Metrics {
-                generator_loss: Some(parts[0]),
-                discriminator_loss: Some(parts[1]),
-                replaced: Some(parts[2]),
-                ..row
-            },
-            Trainee::McBert(_) => Metrics {
-                generator_loss: Some(parts[0]),
-                choice_loss: Some(parts[1]),
-                replaced: Some(parts[2]),
-                ..row
-            },
-            Trainee::Mlm(_) => row,
-        };
         if logged {
             let line = serde_json::to_string(&row).expect("serialisable");
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         }
-        progress.step(&row, last, &budget);
+        progress.step(&row, last, budget);
         if due(train.save_every) {
             save_checkpoint(run_dir, &params, &opt, &state, notes.as_ref(), train)?;
             saved_step = Some(done);
@@ -1177,6 +879,168 @@ pub fn pretrain(
         crate::run::write_json(&run_dir.join("summary.json"), &summary)?;
     }
     Ok(summary)
+}
+
+/// What a run's config and corpus fix before any work: the micro-batch,
+/// the budget and the cost of a step.
+struct Plan {
+    tokens_per_step: u64,
+    budget: Budget,
+    flops_per_step: f64,
+}
+
+impl Plan {
+    fn of(config: &Config, corpus: &PreparedCorpus) -> Result<Plan> {
+        check_options(config)?;
+        let m = &corpus.manifest;
+        if m.tokenizer.vocab_size != config.model.vocab_size {
+            return Err(Error::Config(format!(
+                "`model.vocab_size` is {} but the corpus vocabulary has {} entries",
+                config.model.vocab_size, m.tokenizer.vocab_size
+            )));
+        }
+        if corpus.num_sequences(Split::Train) == 0 {
+            return Err(Error::data(
+                &corpus.dir,
+                "the corpus has no training sequences",
+            ));
+        }
+        let tokens_per_step = (config.train.batch_size * m.seq_len) as u64;
+        Ok(Plan {
+            tokens_per_step,
+            budget: Budget::from_config(&config.train, tokens_per_step)?,
+            flops_per_step: objective::step_flops(config, m.seq_len, tokens_per_step)?,
+        })
+    }
+}
+
+/// The state of a run that has taken no step.
+fn fresh_state(seed: u64) -> TrainState {
+    TrainState {
+        format_version: FORMAT_VERSION,
+        step: 0,
+        tokens: 0,
+        flops: 0.0,
+        wall_s: 0.0,
+        data: DataPosition { epoch: 0, next: 0 },
+        seed,
+        threads: rayon::current_num_threads(),
+        last_loss: f64::NAN,
+        last_val_loss: None,
+    }
+}
+
+/// Loads checkpoint `dir` of `run_dir` into the weights and the optimiser and returns
+/// its state, refusing a different seed or a run already at its budget.
+fn resume_state(
+    (run_dir, dir): (&Path, &Path),
+    config: &Config,
+    (params, opt): (&Params, &mut AdamW),
+    plan: &Plan,
+    verbose: bool,
+) -> Result<TrainState> {
+    let train = &config.train;
+    let mut state = checkpoint::load(dir, params, opt)?;
+    if state.seed != train.seed {
+        return Err(Error::Config(format!(
+            "{}: the checkpoint was trained with train.seed = {}, the config says {}",
+            dir.display(),
+            state.seed,
+            train.seed
+        )));
+    }
+    let threads = rayon::current_num_threads();
+    if state.threads != threads && verbose {
+        eprintln!(
+            "note: resuming on {threads} threads; the checkpoint was written on {}, \
+             so the losses may differ from an uninterrupted run in the last bits",
+            state.threads
+        );
+    }
+    state.threads = threads;
+    if plan.budget.exhausted(state.step, state.wall_s) {
+        return Err(Error::Usage(format!(
+            "{} already reached its budget at step {}: give a larger --steps, --tokens or --budget to continue",
+            run_dir.display(),
+            state.step
+        )));
+    }
+    Ok(state)
+}
+
+/// What one optimiser step computed, before its update is applied.
+struct StepGradients {
+    /// The mean loss over the micro-batches; non-finite (and nothing else
+    /// filled in) when a micro-batch's loss was.
+    loss: f64,
+    grads: Vec<Tensor>,
+    norm: f64,
+    /// The objective's figures, averaged over the micro-batches.
+    logged: BTreeMap<String, f64>,
+    /// TNF: the notes to take once the step is known to be good, so that a
+    /// checkpoint always pairs weights and notes of the same step.
+    pending: Vec<PendingNotes>,
+}
+
+/// The gradients of step `step`: `grad_accum_steps` micro-batches, each
+/// drawn from the data order, masked (and with TNF mixed with notes) from
+/// its own seeded generator and handed to the objective; averaged.
+fn step_gradients(
+    model: &dyn Objective,
+    params: &Params,
+    (corpus, config): (&PreparedCorpus, &Config),
+    order: &mut Order,
+    mut notes: Option<&mut NoteBook>,
+    step: u64,
+) -> Result<StepGradients> {
+    let m = &corpus.manifest;
+    let (micro, accum) = (micro_batch(config), config.train.grad_accum_steps.max(1));
+    let mut out = StepGradients {
+        loss: 0.0,
+        grads: Vec::new(),
+        norm: f64::NAN,
+        logged: BTreeMap::new(),
+        pending: Vec::new(),
+    };
+    for k in 0..accum {
+        let seed = micro_seed(config.train.seed, step, k);
+        let (mut rng, mut dropout_rng) = (Rng::new(seed), Rng::new(!seed));
+        let indices: Vec<usize> = (0..micro).map(|_| order.take()).collect();
+        let (tokens, words) = gather_with_words(corpus, Split::Train, &indices);
+        let book = notes.as_deref_mut().map(|book| (book, words.as_slice()));
+        let p = mask_and_mix(corpus, &config.objective, &tokens, micro, book, &mut rng)?;
+        let batch = Batch {
+            tokens: &tokens,
+            masked: &p.masked,
+            shape: (micro, m.seq_len),
+            mix: p.mix.as_ref(),
+            special: &m.special_ids,
+        };
+        let loss = model.batch_loss(&batch, &mut rng, &mut Ctx::train(&mut dropout_rng))?;
+        let value = loss.total.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            out.loss = value;
+            return Ok(out);
+        }
+        out.loss += value;
+        for (key, v) in loss.logged {
+            *out.logged.entry(key.to_string()).or_default() += v / accum as f64;
+        }
+        // Detached: the notes read values, and the graph is freed with the loss.
+        out.pending
+            .extend(p.found.map(|found| (found, loss.hidden.detach())));
+        let mut g = gradients(params, &loss.total.backward()?)?;
+        if accum > 1 {
+            g = g
+                .iter()
+                .map(|t| t / accum as f64)
+                .collect::<candle_core::Result<_>>()?;
+        }
+        accumulate(&mut out.grads, g)?;
+    }
+    out.loss /= accum as f64;
+    out.norm = grad_norm(&out.grads)?;
+    Ok(out)
 }
 
 /// The NaN/inf guard: the update that would have used `what` is not applied,

@@ -1,0 +1,146 @@
+//! One interface for every pre-training objective, so that the training
+//! loop (`train::pretrain`) runs any of them without knowing which.
+//!
+//! The loop owns what all objectives share: the data order, BERT's
+//! selection of positions ([`mask_tokens`](super::mlm::mask_tokens)), TNF's
+//! notes, the optimiser and the logs. An objective owns what differs:
+//! - its models (built into the run's [`Params`]);
+//! - what it does with a masked batch: masked LM predicts the originals,
+//!   ELECTRA corrupts the positions with a generator's samples and detects
+//!   them, MC-BERT corrupts them and asks for the original among
+//!   candidates ([`Objective::batch_loss`]);
+//! - the figures it logs beside the loss (`generator_loss`,
+//!   `discriminator_loss`, ...), returned with each batch's loss;
+//! - its cost: training FLOPs per step ([`step_flops`]), counted as ELECTRA
+//!   does so that objectives compare on one axis;
+//! - its masked-LM part, which validation measures for every objective
+//!   ([`Objective::masked_lm_logits`]).
+
+use candle_core::Tensor;
+
+use super::electra::ReplacedTokenDetection;
+use super::mcbert::MultiChoice;
+use super::mlm::{MaskedBatch, MaskedLm};
+use crate::config::Config;
+use crate::corpus::generated::Rng;
+use crate::corpus::tokenizer::SpecialIds;
+use crate::error::{Error, Result};
+use crate::model::electra::generator_config;
+use crate::model::flops::{
+    electra_training_per_token, mcbert_training_per_token, mlm_training_per_token,
+    position_term_forward,
+};
+use crate::model::{BertForMaskedLm, Ctx, InputMix, Params};
+
+/// The values of `objective.kind`.
+pub const KINDS: [&str; 3] = ["mlm", "electra", "mcbert"];
+
+/// One micro-batch as the loop hands it to an objective.
+pub struct Batch<'a> {
+    /// The text, `[batch·len]` token ids, no padding.
+    pub tokens: &'a [u32],
+    /// The positions selected for prediction and BERT's corruption of them.
+    pub masked: &'a MaskedBatch,
+    /// `(batch, len)`.
+    pub shape: (usize, usize),
+    /// TNF: the change to the main encoder's input embeddings.
+    pub mix: Option<&'a InputMix>,
+    pub special: &'a SpecialIds,
+}
+
+/// What an objective computed for one micro-batch.
+pub struct BatchLoss {
+    /// What is minimised.
+    pub total: Tensor,
+    /// The main encoder's last hidden states `[batch, len, hidden]` (TNF
+    /// takes its notes from them).
+    pub hidden: Tensor,
+    /// Figures for `metrics.jsonl` (averaged over the micro-batches of a
+    /// step), by key.
+    pub logged: Vec<(&'static str, f64)>,
+}
+
+/// A pre-training objective with its models.
+pub trait Objective {
+    /// The loss of one micro-batch. `rng` is the batch's generator, already
+    /// used for the mask; sampling objectives continue drawing from it.
+    fn batch_loss(&self, batch: &Batch, rng: &mut Rng, ctx: &mut Ctx) -> Result<BatchLoss>;
+
+    /// Logits `[rows, vocab]` of the objective's masked LM (the model
+    /// itself, ELECTRA's generator, MC-BERT's controller) at the masked
+    /// rows: what validation measures, for every objective alike.
+    fn masked_lm_logits(
+        &self,
+        masked: &MaskedBatch,
+        shape: (usize, usize),
+        ctx: &mut Ctx,
+    ) -> Result<Tensor>;
+
+    /// The whole model as a masked LM, when it is one (the cloze probes
+    /// score it).
+    fn as_masked_lm(&self) -> Option<&BertForMaskedLm> {
+        None
+    }
+
+    /// True when every part runs on the fused kernels.
+    fn is_fused(&self) -> bool;
+}
+
+/// A fresh objective for `config.objective.kind`, its weights added to
+/// `params` and drawn from `train.seed`.
+pub fn build(config: &Config, params: &mut Params) -> Result<Box<dyn Objective>> {
+    let (model, objective, seed) = (&config.model, &config.objective, config.train.seed);
+    let size = objective.generator_size;
+    let weight = objective.discriminator_weight;
+    Ok(match objective.kind.as_str() {
+        "mlm" => Box::new(MaskedLm::new(model, params, seed)?),
+        "electra" => Box::new(ReplacedTokenDetection::new(
+            model, size, weight, params, seed,
+        )?),
+        "mcbert" => Box::new(MultiChoice::new(model, size, weight, params, seed)?),
+        other => return Err(unknown_kind(other)),
+    })
+}
+
+/// Refuses an `objective.kind` that pre-training does not know.
+pub fn check_kind(kind: &str) -> Result<()> {
+    if KINDS.contains(&kind) {
+        Ok(())
+    } else {
+        Err(unknown_kind(kind))
+    }
+}
+
+fn unknown_kind(kind: &str) -> Error {
+    Error::Config(format!(
+        "`objective.kind`: {kind:?} is not available in pretrain (expected \"mlm\", \"electra\" or \"mcbert\")"
+    ))
+}
+
+/// Training FLOPs of one optimiser step (`tokens_per_step` tokens of
+/// `seq_len`-token sequences) of `config`'s objective.
+pub fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Result<f64> {
+    let (m, o) = (&config.model, &config.objective);
+    let tokens = tokens_per_step as f64;
+    // TUPE's position term is computed once per forward pass (micro-batch),
+    // by each encoder, forward and backward.
+    let passes = 2.0 * config.train.grad_accum_steps as f64;
+    Ok(match o.kind.as_str() {
+        "mlm" => {
+            tokens * mlm_training_per_token(m, seq_len, o.mask_prob)
+                + passes * position_term_forward(m, seq_len)
+        }
+        "electra" | "mcbert" => {
+            let g = generator_config(m, o.generator_size)?;
+            let per_token = if o.kind == "electra" {
+                electra_training_per_token(m, &g, seq_len, o.mask_prob)
+            } else {
+                let k = super::mcbert::CANDIDATES;
+                mcbert_training_per_token(m, &g, seq_len, k, o.mask_prob)
+            };
+            tokens * per_token
+                + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
+        }
+        other => return Err(unknown_kind(other)),
+    })
+}
