@@ -144,7 +144,8 @@ pub struct PretrainArgs {
 #[derive(Debug, Args)]
 pub struct CompareArgs {
     /// Variants, comma-separated; the first is the baseline. Each is one of
-    /// baseline, electra, mcbert, tupe-a, tupe-r, tnf, pre-ln, or several joined by +.
+    /// baseline, electra, mcbert, unigram-gen, uniform-gen (ELECTRA's fixed generators),
+    /// tupe-a, tupe-r, rope, tnf, pre-ln, no-dropout, or several joined by +.
     #[arg(long, value_name = "LIST", default_value = brisk::compare::DEFAULT_VARIANTS)]
     pub variants: String,
     /// Give every variant the training FLOPs of the first one's step

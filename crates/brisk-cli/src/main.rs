@@ -224,7 +224,7 @@ fn detect(args: DetectArgs) -> anyhow::Result<()> {
     let mut params = brisk::model::Params::new(candle_core::Device::Cpu, candle_core::DType::F32);
     let model = brisk::model::electra::Electra::new(
         &config.model,
-        config.objective.generator_size,
+        config.objective.learned_generator(),
         &mut params,
         0,
     )?;

@@ -4,7 +4,7 @@
 
 mod support;
 
-use brisk::config::{Kernels, ModelConfig, Position, Preset};
+use brisk::config::{Generator, Kernels, ModelConfig, Position, Preset};
 use brisk::corpus::generated::Rng;
 use brisk::corpus::tokenizer::SpecialIds;
 use brisk::model::discriminator::{replaced_token_loss, DiscriminatorHead};
@@ -79,7 +79,7 @@ fn the_generator_is_a_fraction_of_the_discriminator() {
 fn both_models_share_one_set_of_embeddings() {
     let cfg = config(Position::Absolute, Kernels::Fused);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = Electra::new(&cfg, 0.5, &mut params, 1).unwrap();
+    let model = Electra::new(&cfg, Some(0.5), &mut params, 1).unwrap();
     let names: Vec<&str> = params.iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"bert.embeddings.word_embeddings.weight"));
     assert!(names.contains(&"generator.embeddings_project.weight"));
@@ -112,7 +112,7 @@ fn both_models_share_one_set_of_embeddings() {
         &mut Ctx::eval(),
     )
     .unwrap();
-    let store = losses.generator.backward().unwrap();
+    let store = losses.generator.unwrap().backward().unwrap();
     let mut grads = Vec::new();
     for group in params.groups() {
         let g = store.get(group.var.as_tensor());
@@ -159,7 +159,7 @@ fn every_parameter_gets_a_gradient() {
     ] {
         let cfg = config(position, kernels);
         let mut params = Params::new(Device::Cpu, DType::F32);
-        let model = Electra::new(&cfg, 0.5, &mut params, 2).unwrap();
+        let model = Electra::new(&cfg, Some(0.5), &mut params, 2).unwrap();
         let (tokens, masked) = batch(5);
         let mut rng = Rng::new(6);
         let losses = losses(
@@ -194,7 +194,7 @@ fn every_parameter_gets_a_gradient() {
 fn the_loss_falls_on_a_tiny_model() {
     let cfg = config(Position::Absolute, Kernels::Fused);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = Electra::new(&cfg, 0.5, &mut params, 3).unwrap();
+    let model = Electra::new(&cfg, Some(0.5), &mut params, 3).unwrap();
     let mut train = Preset::Tiny.config().train;
     train.weight_decay = 0.0;
     let mut opt = AdamW::new(&params, &train).unwrap();
@@ -261,6 +261,68 @@ fn pretraining_runs_electra_and_logs_both_losses() {
     // The discriminator loads as a BERT encoder for fine-tuning.
     let encoder = brisk::encoder::Encoder::load(&run).unwrap();
     assert_eq!(encoder.config.hidden_size, config.model.hidden_size);
+}
+
+/// ELECTRA without a generator network: replacements from the corpus's
+/// unigram distribution or uniform; no generator weights, no validation
+/// loss (nothing is a masked LM), cheaper steps.
+#[test]
+fn fixed_generators_train_the_discriminator_alone() {
+    for generator in [Generator::Unigram, Generator::Uniform] {
+        let mut config = Preset::Tiny.config();
+        config.data.generated_words = 20_000;
+        config.data.seq_len = 32;
+        config.model.vocab_size = 600;
+        config.train.batch_size = 8;
+        config.train.steps = 30;
+        config.eval.batches = 2;
+        config.objective.kind = "electra".into();
+        config.objective.generator = generator;
+        config.objective.mask_prob = 0.15;
+        let flops =
+            |c: &brisk::config::Config| brisk::pretrain::objective::step_flops(c, 32, 256).unwrap();
+        let mut learned = config.clone();
+        learned.objective.generator = Generator::Learned;
+        // The generator is a quarter of the width: a few percent of the cost.
+        let saved = 1.0 - flops(&config) / flops(&learned);
+        assert!((0.02..0.3).contains(&saved), "{generator:?}: {saved}");
+        let dir = tempfile::tempdir().unwrap();
+        let (run, summary) = support::pretrain_generated(dir.path(), "run", &mut config);
+        assert_eq!(summary.final_val_loss, None);
+        assert!(summary.final_loss.is_finite());
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for row in [&rows[0], rows.last().unwrap()] {
+            assert!(row.get("generator_loss").is_none() && row.get("val_loss").is_none());
+            let d = row["discriminator_loss"].as_f64().unwrap();
+            assert!((row["loss"].as_f64().unwrap() - 50.0 * d).abs() < 1e-3 * 50.0 * d);
+            // Nearly every draw differs from the original: about 15% of a
+            // step's 256 tokens (±2.2% binomial noise; [CLS]/[SEP] never).
+            let replaced = row["replaced"].as_f64().unwrap();
+            assert!(
+                (0.06..0.24).contains(&replaced),
+                "{generator:?}: {replaced}"
+            );
+        }
+        let weights = safetensors_names(&run);
+        assert!(weights
+            .iter()
+            .any(|n| n.starts_with("discriminator_predictions")));
+        assert!(
+            !weights.iter().any(|n| n.starts_with("generator")),
+            "{weights:?}"
+        );
+    }
+}
+
+/// The tensor names of a run's newest checkpoint.
+fn safetensors_names(run: &std::path::Path) -> Vec<String> {
+    let file = brisk::train::checkpoint::latest_weights(run).unwrap();
+    let tensors = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+    tensors.into_keys().collect()
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub struct Variant {
 }
 
 /// The named building blocks of variants; `a+b` combines blocks.
-const BLOCKS: [(&str, &[&str]); 9] = [
+const BLOCKS: [(&str, &[&str]); 11] = [
     ("baseline", &[]),
     (
         "electra",
@@ -44,6 +44,8 @@ const BLOCKS: [(&str, &[&str]); 9] = [
             "objective.random_token_prob=0",
         ],
     ),
+    ("unigram-gen", &["objective.generator=unigram"]),
+    ("uniform-gen", &["objective.generator=uniform"]),
     ("tupe-a", &["model.position=tupe-a"]),
     ("tupe-r", &["model.position=tupe-r"]),
     ("rope", &["model.position=rope"]),

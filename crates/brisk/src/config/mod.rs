@@ -146,6 +146,38 @@ pub struct ObjectiveConfig {
     /// λ: the weight of the main model's loss (ELECTRA's discriminator,
     /// MC-BERT's multi-choice).
     pub discriminator_weight: f64,
+    /// ELECTRA: where the replacements come from.
+    pub generator: Generator,
+}
+
+impl ObjectiveConfig {
+    /// The learned generator's size, when the objective trains one.
+    pub fn learned_generator(&self) -> Option<f64> {
+        (self.generator == Generator::Learned).then_some(self.generator_size)
+    }
+}
+
+/// ELECTRA's source of replacements (`objective.generator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Generator {
+    /// A small masked LM trained jointly (the paper's).
+    Learned,
+    /// Tokens drawn from the corpus's unigram distribution: no network.
+    Unigram,
+    /// Tokens drawn uniformly from the vocabulary: no network.
+    Uniform,
+}
+
+impl Generator {
+    /// The config value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::Learned => "learned",
+            Generator::Unigram => "unigram",
+            Generator::Uniform => "uniform",
+        }
+    }
 }
 
 /// Optimiser, schedule and budget.
@@ -360,6 +392,17 @@ impl Config {
                 format!(
                     "{} is out of range (expected above 0, at most 1)",
                     o.generator_size
+                )
+            },
+        )?;
+        check(
+            o.generator == Generator::Learned || o.kind == "electra",
+            "objective.generator",
+            || {
+                format!(
+                    "{:?} replacements are for objective.kind = \"electra\"; {:?} needs its learned generator",
+                    o.generator.name(),
+                    o.kind
                 )
             },
         )?;

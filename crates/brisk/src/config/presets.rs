@@ -2,8 +2,8 @@
 //! table is generated from the same numbers (see `docs/config.md`).
 
 use super::{
-    Config, DataConfig, EvalConfig, Kernels, ModelConfig, Norm, NotesConfig, ObjectiveConfig,
-    Position, Schedule, TrainConfig,
+    Config, DataConfig, EvalConfig, Generator, Kernels, ModelConfig, Norm, NotesConfig,
+    ObjectiveConfig, Position, Schedule, TrainConfig,
 };
 use crate::error::{Error, Result};
 
@@ -188,6 +188,7 @@ impl Preset {
                 random_token_prob: 0.1,
                 generator_size: 0.25,
                 discriminator_weight: 50.0,
+                generator: Generator::Learned,
             },
             train: TrainConfig {
                 batch_size: s.batch,

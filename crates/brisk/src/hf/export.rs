@@ -140,7 +140,7 @@ pub fn export_run(run: &Path, out: &Path, force: bool) -> Result<&'static str> {
     let tokenizer_file = run.join("tokenizer.json");
     let tokenizer = load_tokenizer(&tokenizer_file, config.data.lowercase)?;
     let mut params = Params::new(Device::Cpu, DType::F32);
-    objective::build(&config, &mut params)?;
+    objective::build(&config, &mut params, None)?;
     params.load(&crate::train::checkpoint::latest_weights(run)?)?;
 
     let tmp = crate::run::temporary_sibling(out);

@@ -40,45 +40,75 @@ pub fn generator_config(cfg: &ModelConfig, size: f64) -> Result<ModelConfig> {
 pub struct Electra {
     pub discriminator: Bert,
     pub discriminator_head: DiscriminatorHead,
-    pub generator: Bert,
-    pub generator_head: MlmHead,
+    /// The learned generator; `None` when replacements come from a fixed
+    /// distribution (`objective.generator = "unigram"` or `"uniform"`).
+    pub generator: Option<Generator>,
+}
+
+/// ELECTRA's generator: a small encoder over the shared embeddings and its
+/// MLM head.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    pub encoder: Bert,
+    pub head: MlmHead,
 }
 
 impl Electra {
-    /// A freshly initialised pair, drawn from `seed`.
+    /// A freshly initialised discriminator and, with `generator_size`, a
+    /// generator of that size; drawn from `seed` (the discriminator first,
+    /// so it starts the same with or without a generator).
     pub fn new(
         cfg: &ModelConfig,
-        generator_size: f64,
+        generator_size: Option<f64>,
         params: &mut Params,
         seed: u64,
     ) -> Result<Electra> {
         let mut rng = Rng::new(seed);
         let discriminator = Bert::new(params, cfg, &mut rng)?;
         let discriminator_head = DiscriminatorHead::new(params, cfg, &mut rng)?;
-        let gen_cfg = generator_config(cfg, generator_size)?;
-        let generator =
-            Bert::sharing_embeddings(params, &gen_cfg, "generator", &discriminator, &mut rng)?;
-        let generator_head = MlmHead::named(
-            params,
-            "generator_predictions",
-            &gen_cfg,
-            &generator,
-            &mut rng,
-        )?;
+        let generator = match generator_size {
+            Some(size) => {
+                let gen_cfg = generator_config(cfg, size)?;
+                let encoder = Bert::sharing_embeddings(
+                    params,
+                    &gen_cfg,
+                    "generator",
+                    &discriminator,
+                    &mut rng,
+                )?;
+                let head = MlmHead::named(
+                    params,
+                    "generator_predictions",
+                    &gen_cfg,
+                    &encoder,
+                    &mut rng,
+                )?;
+                Some(Generator { encoder, head })
+            }
+            None => None,
+        };
         Ok(Electra {
             discriminator,
             discriminator_head,
             generator,
-            generator_head,
         })
     }
 
     /// The generator's logits `[rows, vocab]` at the flattened positions
-    /// `rows` of `ids` `[batch, len]`, through the tied decoder.
-    pub fn generator_logits(&self, ids: &Tensor, rows: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let hidden = self.generator.forward(ids, None, None, None, ctx)?;
-        self.generator_head
-            .forward(&hidden, rows, self.discriminator.word_embeddings())
+    /// `rows` of `ids` `[batch, len]`, through the tied decoder; `None`
+    /// without a learned generator.
+    pub fn generator_logits(
+        &self,
+        ids: &Tensor,
+        rows: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Tensor>> {
+        let Some(g) = &self.generator else {
+            return Ok(None);
+        };
+        let hidden = g.encoder.forward(ids, None, None, None, ctx)?;
+        let words = self.discriminator.word_embeddings();
+        Ok(Some(g.head.forward(&hidden, rows, words)?))
     }
 
     /// The discriminator's last hidden states `[batch, len, hidden]` and
@@ -97,7 +127,8 @@ impl Electra {
 
     /// True when every encoder layer runs on the fused kernels.
     pub fn is_fused(&self) -> bool {
+        let generator = self.generator.as_ref().map(|g| &g.encoder.layers[..]);
         self.discriminator.layers.iter().all(|l| l.is_fused())
-            && self.generator.layers.iter().all(|l| l.is_fused())
+            && generator.unwrap_or(&[]).iter().all(|l| l.is_fused())
     }
 }

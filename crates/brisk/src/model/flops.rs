@@ -73,29 +73,26 @@ pub fn mlm_training_per_token(cfg: &ModelConfig, seq_len: usize, mask_prob: f64)
 }
 
 /// Training FLOPs per token of ELECTRA, counted as its
-/// `flops_computation.py` does, generator included: the generator's
-/// encoder (over the embeddings projected to its width), its MLM head at the
-/// masked fraction (mapping back to the embedding width for the tied
-/// decoder), and the discriminator's encoder and head on every token.
+/// `flops_computation.py` does: the generator (when there is a learned
+/// one: its encoder over the embeddings projected to its width, and its
+/// MLM head at the masked fraction, mapping back to the embedding width
+/// for the tied decoder), and the discriminator's encoder and head on
+/// every token.
 pub fn electra_training_per_token(
     cfg: &ModelConfig,
-    generator: &ModelConfig,
+    generator: Option<&ModelConfig>,
     seq_len: usize,
     mask_prob: f64,
 ) -> f64 {
-    let (d, g, v) = (
-        cfg.hidden_size as f64,
-        generator.hidden_size as f64,
-        cfg.vocab_size as f64,
-    );
-    let project = if g != d { 2.0 * d * g + g } else { 0.0 };
-    let generator_head = 2.0 * g * d + d + (GELU + LAYER_NORM) * d + 2.0 * d * v + v + SOFTMAX * v;
+    let (d, v) = (cfg.hidden_size as f64, cfg.vocab_size as f64);
     let discriminator_head = 2.0 * d * d + d + GELU * d + 2.0 * d + 1.0;
-    2.0 * (encoder_forward_per_token(generator, seq_len)
-        + project
-        + mask_prob * generator_head
-        + encoder_forward_per_token(cfg, seq_len)
-        + discriminator_head)
+    let generator = generator.map_or(0.0, |generator| {
+        let g = generator.hidden_size as f64;
+        let project = if g != d { 2.0 * d * g + g } else { 0.0 };
+        let head = 2.0 * g * d + d + (GELU + LAYER_NORM) * d + 2.0 * d * v + v + SOFTMAX * v;
+        encoder_forward_per_token(generator, seq_len) + project + mask_prob * head
+    });
+    2.0 * (generator + encoder_forward_per_token(cfg, seq_len) + discriminator_head)
 }
 
 /// Training FLOPs per token of MC-BERT: the meta controller (its encoder,
@@ -168,7 +165,7 @@ mod tests {
             intermediate_size: 768,
             ..cfg.clone()
         };
-        let electra = electra_training_per_token(&cfg, &quarter, 128, 0.15);
+        let electra = electra_training_per_token(&cfg, Some(&quarter), 128, 0.15);
         let bert = mlm_training_per_token(&cfg, 128, 0.15);
         // The discriminator's encoder alone is most of BERT; the quarter-size
         // generator adds a few percent more.
@@ -193,7 +190,7 @@ mod tests {
         assert!((at(0.15) - at(0.0) - 0.15 * head).abs() < 1e-3 * head);
         // Forward at every position: more than ELECTRA, whose generator head
         // works at the masked positions only.
-        let electra = electra_training_per_token(&cfg, &quarter, 128, 0.15);
+        let electra = electra_training_per_token(&cfg, Some(&quarter), 128, 0.15);
         assert!(at(0.15) - electra > 0.8 * head, "{} vs {electra}", at(0.15));
     }
 

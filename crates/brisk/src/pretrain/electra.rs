@@ -14,8 +14,9 @@ use tokenizers::Tokenizer;
 
 use super::mlm::MaskedBatch;
 use super::objective::{Batch, BatchLoss, Objective};
-use crate::config::ModelConfig;
+use crate::config::{Generator, ModelConfig, ObjectiveConfig};
 use crate::corpus::generated::Rng;
+use crate::corpus::tokenizer::SpecialIds;
 use crate::error::{Error, Result};
 use crate::model::discriminator::replaced_token_loss;
 use crate::model::electra::Electra;
@@ -23,47 +24,79 @@ use crate::model::{Ctx, InputMix, Params};
 
 /// Replaced-token detection as a pre-training [`Objective`]: the generator's
 /// MLM loss plus λ times the discriminator's (λ =
-/// `objective.discriminator_weight`, 50 in the paper).
+/// `objective.discriminator_weight`, 50 in the paper). Without a learned
+/// generator (`objective.generator = "unigram"` or `"uniform"`, the
+/// ablation of Clark et al. §3.2 and of Kang et al., arXiv 2110.06620) the
+/// replacements are drawn from a fixed distribution and the loss is λ times
+/// the discriminator's alone.
 pub struct ReplacedTokenDetection {
     pub model: Electra,
     pub weight: f64,
+    /// The fixed distribution, when there is no learned generator.
+    pub sampler: Option<TokenSampler>,
 }
 
 impl ReplacedTokenDetection {
+    /// The discriminator and, per `objective.generator`, the generator or
+    /// the fixed distribution over the vocabulary, from `corpus`: its
+    /// training split's token counts and its special tokens. Without
+    /// `corpus` a fixed distribution is left out (the model alone, as an
+    /// export needs it).
     pub fn new(
         cfg: &ModelConfig,
-        generator_size: f64,
-        weight: f64,
+        objective: &ObjectiveConfig,
+        corpus: Option<(&[u64], &SpecialIds)>,
         params: &mut Params,
         seed: u64,
     ) -> Result<ReplacedTokenDetection> {
+        let model = Electra::new(cfg, objective.learned_generator(), params, seed)?;
+        let sampler = match (objective.generator, corpus) {
+            (Generator::Learned, _) | (_, None) => None,
+            (Generator::Uniform, Some((_, special))) => {
+                Some(TokenSampler::uniform(cfg.vocab_size, special)?)
+            }
+            (Generator::Unigram, Some((counts, special))) => {
+                Some(TokenSampler::unigram(counts, special)?)
+            }
+        };
         Ok(ReplacedTokenDetection {
-            model: Electra::new(cfg, generator_size, params, seed)?,
-            weight,
+            model,
+            weight: objective.discriminator_weight,
+            sampler,
         })
     }
 }
 
 impl Objective for ReplacedTokenDetection {
     fn batch_loss(&self, batch: &Batch, rng: &mut Rng, ctx: &mut Ctx) -> Result<BatchLoss> {
-        let l = losses(
-            &self.model,
-            batch.tokens,
-            batch.masked,
-            batch.shape,
-            self.weight,
-            rng,
-            batch.mix,
-            ctx,
-        )?;
-        let logged = vec![
-            ("generator_loss", l.generator.to_scalar::<f32>()? as f64),
+        let (tokens, masked, shape, mix) = (batch.tokens, batch.masked, batch.shape, batch.mix);
+        let l = match &self.sampler {
+            None => losses(
+                &self.model,
+                tokens,
+                masked,
+                shape,
+                self.weight,
+                rng,
+                mix,
+                ctx,
+            )?,
+            Some(sampler) => {
+                let samples: Vec<u32> = masked.rows.iter().map(|_| sampler.sample(rng)).collect();
+                let replaced = replace_tokens(tokens, masked, &samples);
+                detection_losses(&self.model, replaced, shape, self.weight, None, mix, ctx)?
+            }
+        };
+        let mut logged = vec![
             (
                 "discriminator_loss",
                 l.discriminator.to_scalar::<f32>()? as f64,
             ),
             ("replaced", l.replaced),
         ];
+        if let Some(g) = &l.generator {
+            logged.push(("generator_loss", g.to_scalar::<f32>()? as f64));
+        }
         Ok(BatchLoss {
             total: l.total,
             hidden: l.hidden,
@@ -76,7 +109,7 @@ impl Objective for ReplacedTokenDetection {
         masked: &MaskedBatch,
         shape: (usize, usize),
         ctx: &mut Ctx,
-    ) -> Result<Tensor> {
+    ) -> Result<Option<Tensor>> {
         let ids = masked.inputs_tensor(shape)?;
         self.model
             .generator_logits(&ids, &masked.rows_tensor()?, ctx)
@@ -87,11 +120,79 @@ impl Objective for ReplacedTokenDetection {
     }
 }
 
+/// A fixed distribution over the vocabulary to draw replacements from,
+/// special tokens excluded.
+#[derive(Debug, Clone)]
+pub struct TokenSampler {
+    /// Cumulative weights, ending at their total.
+    cdf: Vec<f64>,
+}
+
+impl TokenSampler {
+    /// Proportional to `counts` (the training split's token counts).
+    pub fn unigram(counts: &[u64], special: &SpecialIds) -> Result<TokenSampler> {
+        let weights = counts.iter().enumerate().map(|(t, &c)| {
+            if special.contains(t as u32) {
+                0.0
+            } else {
+                c as f64
+            }
+        });
+        TokenSampler::of(weights)
+    }
+
+    /// Every non-special token alike.
+    pub fn uniform(vocab_size: usize, special: &SpecialIds) -> Result<TokenSampler> {
+        let weights = (0..vocab_size as u32).map(|t| if special.contains(t) { 0.0 } else { 1.0 });
+        TokenSampler::of(weights)
+    }
+
+    fn of(weights: impl Iterator<Item = f64>) -> Result<TokenSampler> {
+        let mut sum = 0.0;
+        let cdf: Vec<f64> = weights
+            .map(|w| {
+                sum += w;
+                sum
+            })
+            .collect();
+        if sum <= 0.0 {
+            return Err(Error::Config(
+                "`objective.generator`: the distribution has no non-special token to draw".into(),
+            ));
+        }
+        Ok(TokenSampler { cdf })
+    }
+
+    /// Each token's probability.
+    pub fn probabilities(&self) -> Vec<f64> {
+        let total = self.cdf.last().copied().unwrap_or(1.0);
+        let mut before = 0.0;
+        self.cdf
+            .iter()
+            .map(|&c| {
+                let p = (c - before) / total;
+                before = c;
+                p
+            })
+            .collect()
+    }
+
+    /// One draw.
+    pub fn sample(&self, rng: &mut Rng) -> u32 {
+        let total = *self.cdf.last().expect("a non-empty distribution");
+        let u = rng.unit() * total;
+        self.cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1) as u32
+    }
+}
+
 /// The losses of one ELECTRA batch.
 pub struct ElectraLosses {
     /// `generator + weight × discriminator`: what is minimised.
     pub total: Tensor,
-    pub generator: Tensor,
+    /// The generator's MLM loss; `None` without a learned generator.
+    pub generator: Option<Tensor>,
     pub discriminator: Tensor,
     /// Share of the discriminator's inputs that differ from the text.
     pub replaced: f64,
@@ -100,11 +201,11 @@ pub struct ElectraLosses {
 }
 
 /// The losses of one batch of `tokens` (`[batch·len]`, no padding) masked
-/// as `masked`: the generator's MLM loss (mean over masked tokens), then
-/// its samples (drawn from `rng`, no gradient) replace the masked tokens
-/// and the discriminator labels every token (binary cross-entropy, mean
-/// over tokens). `weight` is ELECTRA's λ. `mix` changes the
-/// discriminator's input embeddings.
+/// as `masked`, with the learned generator: its MLM loss (mean over masked
+/// tokens), then its samples (drawn from `rng`, no gradient) replace the
+/// masked tokens and the discriminator labels every token (binary
+/// cross-entropy, mean over tokens). `weight` is ELECTRA's λ. `mix`
+/// changes the discriminator's input embeddings.
 #[allow(clippy::too_many_arguments)]
 pub fn losses(
     model: &Electra,
@@ -116,18 +217,38 @@ pub fn losses(
     mix: Option<&InputMix>,
     ctx: &mut Ctx,
 ) -> Result<ElectraLosses> {
-    let dev = Device::Cpu;
     let ids = masked.inputs_tensor(shape)?;
-    let logits = model.generator_logits(&ids, &masked.rows_tensor()?, ctx)?;
+    let logits = model
+        .generator_logits(&ids, &masked.rows_tensor()?, ctx)?
+        .ok_or_else(|| Error::Config("this ELECTRA model has no learned generator".into()))?;
     let generator = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
     let samples = sample_rows(&logits, rng)?;
     let replaced = replace_tokens(tokens, masked, &samples);
+    detection_losses(model, replaced, shape, weight, Some(generator), mix, ctx)
+}
+
+/// The discriminator's loss on `replaced`, and the total with the
+/// generator's loss (if any).
+fn detection_losses(
+    model: &Electra,
+    replaced: Replaced,
+    shape: (usize, usize),
+    weight: f64,
+    generator: Option<Tensor>,
+    mix: Option<&InputMix>,
+    ctx: &mut Ctx,
+) -> Result<ElectraLosses> {
+    let dev = Device::Cpu;
     let share = replaced.labels.iter().sum::<f32>() as f64 / replaced.labels.len() as f64;
     let ids = Tensor::from_vec(replaced.inputs, shape, &dev)?;
     let labels = Tensor::from_vec(replaced.labels, shape, &dev)?;
     let (hidden, logits) = model.discriminate(&ids, mix, ctx)?;
     let discriminator = replaced_token_loss(&logits, &labels, None)?;
-    let total = (&generator + (&discriminator * weight)?)?;
+    let weighted = (&discriminator * weight)?;
+    let total = match &generator {
+        Some(g) => (g + weighted)?,
+        None => weighted,
+    };
     Ok(ElectraLosses {
         total,
         generator,
@@ -245,5 +366,64 @@ mod tests {
         // Seeded: the same generator state gives the same draws.
         assert_eq!(draws, sample_rows(&logits, &mut Rng::new(5)).unwrap());
         assert_ne!(draws, sample_rows(&logits, &mut Rng::new(6)).unwrap());
+    }
+
+    /// Total-variation distance between `n` draws of `sampler` and the
+    /// distribution it names, `want`.
+    fn distance_of_draws(sampler: &TokenSampler, want: &[f64], n: usize) -> f64 {
+        let mut seen = vec![0usize; want.len()];
+        let mut rng = Rng::new(11);
+        for _ in 0..n {
+            seen[sampler.sample(&mut rng) as usize] += 1;
+        }
+        let tv = seen
+            .iter()
+            .zip(want)
+            .map(|(&c, &p)| (c as f64 / n as f64 - p).abs())
+            .sum::<f64>();
+        tv / 2.0
+    }
+
+    const SPECIAL: SpecialIds = SpecialIds {
+        pad: 0,
+        unk: 1,
+        cls: 2,
+        sep: 3,
+        mask: 4,
+    };
+
+    #[test]
+    fn fixed_generators_draw_from_the_distribution_they_name() {
+        // Counts for 40 tokens, the specials among them frequent: they must
+        // never be drawn.
+        let counts: Vec<u64> = (0..40u64)
+            .map(|t| if t < 5 { 1000 } else { 1 + (t * 7) % 23 })
+            .collect();
+        let total: f64 = counts[5..].iter().sum::<u64>() as f64;
+        let unigram: Vec<f64> = (0..40)
+            .map(|t| if t < 5 { 0.0 } else { counts[t] as f64 / total })
+            .collect();
+        let uniform: Vec<f64> = (0..40)
+            .map(|t| if t < 5 { 0.0 } else { 1.0 / 35.0 })
+            .collect();
+        let n = 200_000;
+        for (sampler, want) in [
+            (TokenSampler::unigram(&counts, &SPECIAL).unwrap(), unigram),
+            (TokenSampler::uniform(40, &SPECIAL).unwrap(), uniform),
+        ] {
+            for (p, w) in sampler.probabilities().iter().zip(&want) {
+                assert!((p - w).abs() < 1e-12);
+            }
+            // With 35 outcomes and 200,000 draws the expected distance is
+            // about 0.005; the other distribution is 0.23 away.
+            let tv = distance_of_draws(&sampler, &want, n);
+            assert!(tv < 0.01, "total variation {tv}");
+        }
+        let unigram = TokenSampler::unigram(&counts, &SPECIAL).unwrap();
+        let uniform: Vec<f64> = (0..40)
+            .map(|t| if t < 5 { 0.0 } else { 1.0 / 35.0 })
+            .collect();
+        assert!(distance_of_draws(&unigram, &uniform, n) > 0.1);
+        assert!(TokenSampler::unigram(&[5, 5, 5, 5, 5], &SPECIAL).is_err());
     }
 }

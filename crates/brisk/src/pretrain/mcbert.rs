@@ -95,10 +95,12 @@ impl Objective for MultiChoice {
         masked: &MaskedBatch,
         shape: (usize, usize),
         ctx: &mut Ctx,
-    ) -> Result<Tensor> {
+    ) -> Result<Option<Tensor>> {
         let hidden = self.model.control(&masked.inputs_tensor(shape)?, ctx)?;
-        self.model
-            .controller_logits(&hidden, &masked.rows_tensor()?)
+        let logits = self
+            .model
+            .controller_logits(&hidden, &masked.rows_tensor()?)?;
+        Ok(Some(logits))
     }
 
     fn is_fused(&self) -> bool {

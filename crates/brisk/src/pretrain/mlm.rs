@@ -137,12 +137,12 @@ impl Objective for MaskedLm {
         masked: &MaskedBatch,
         shape: (usize, usize),
         ctx: &mut Ctx,
-    ) -> Result<Tensor> {
+    ) -> Result<Option<Tensor>> {
         let ids = masked.inputs_tensor(shape)?;
         let logits = self
             .model
             .forward(&ids, None, &masked.rows_tensor()?, ctx)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        Ok(Some(logits.to_dtype(DType::F32)?))
     }
 
     fn as_masked_lm(&self) -> Option<&BertForMaskedLm> {

@@ -21,8 +21,10 @@ use candle_core::Tensor;
 use super::electra::ReplacedTokenDetection;
 use super::mcbert::MultiChoice;
 use super::mlm::{MaskedBatch, MaskedLm};
-use crate::config::Config;
+use super::probes::token_counts;
+use crate::config::{Config, Generator};
 use crate::corpus::generated::Rng;
+use crate::corpus::shards::PreparedCorpus;
 use crate::corpus::tokenizer::SpecialIds;
 use crate::error::{Error, Result};
 use crate::model::electra::generator_config;
@@ -68,13 +70,14 @@ pub trait Objective {
 
     /// Logits `[rows, vocab]` of the objective's masked LM (the model
     /// itself, ELECTRA's generator, MC-BERT's controller) at the masked
-    /// rows: what validation measures, for every objective alike.
+    /// rows: what validation measures, for every objective alike. `None`
+    /// when it has none (ELECTRA with a fixed generator).
     fn masked_lm_logits(
         &self,
         masked: &MaskedBatch,
         shape: (usize, usize),
         ctx: &mut Ctx,
-    ) -> Result<Tensor>;
+    ) -> Result<Option<Tensor>>;
 
     /// The whole model as a masked LM, when it is one (the cloze probes
     /// score it).
@@ -87,16 +90,29 @@ pub trait Objective {
 }
 
 /// A fresh objective for `config.objective.kind`, its weights added to
-/// `params` and drawn from `train.seed`.
-pub fn build(config: &Config, params: &mut Params) -> Result<Box<dyn Objective>> {
+/// `params` and drawn from `train.seed`. `corpus` gives what an objective
+/// may need beyond batches (ELECTRA's unigram generator: the token
+/// counts); without it the models alone are built (for an export).
+pub fn build(
+    config: &Config,
+    params: &mut Params,
+    corpus: Option<&PreparedCorpus>,
+) -> Result<Box<dyn Objective>> {
     let (model, objective, seed) = (&config.model, &config.objective, config.train.seed);
     let size = objective.generator_size;
     let weight = objective.discriminator_weight;
     Ok(match objective.kind.as_str() {
         "mlm" => Box::new(MaskedLm::new(model, params, seed)?),
-        "electra" => Box::new(ReplacedTokenDetection::new(
-            model, size, weight, params, seed,
-        )?),
+        "electra" => {
+            let counts = match (objective.generator, corpus) {
+                (Generator::Unigram, Some(c)) => token_counts(c),
+                _ => Vec::new(),
+            };
+            let stats = corpus.map(|c| (counts.as_slice(), &c.manifest.special_ids));
+            Box::new(ReplacedTokenDetection::new(
+                model, objective, stats, params, seed,
+            )?)
+        }
         "mcbert" => Box::new(MultiChoice::new(model, size, weight, params, seed)?),
         other => return Err(unknown_kind(other)),
     })
@@ -130,15 +146,19 @@ pub fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Resu
             tokens * mlm_training_per_token(m, seq_len, o.mask_prob)
                 + passes * position_term_forward(m, seq_len)
         }
-        "electra" | "mcbert" => {
+        "electra" => {
+            let g = o
+                .learned_generator()
+                .map(|size| generator_config(m, size))
+                .transpose()?;
+            let per_token = electra_training_per_token(m, g.as_ref(), seq_len, o.mask_prob);
+            let generator_term = g.map_or(0.0, |g| position_term_forward(&g, seq_len));
+            tokens * per_token + passes * (position_term_forward(m, seq_len) + generator_term)
+        }
+        "mcbert" => {
             let g = generator_config(m, o.generator_size)?;
-            let per_token = if o.kind == "electra" {
-                electra_training_per_token(m, &g, seq_len, o.mask_prob)
-            } else {
-                let k = super::mcbert::CANDIDATES;
-                mcbert_training_per_token(m, &g, seq_len, k, o.mask_prob)
-            };
-            tokens * per_token
+            let k = super::mcbert::CANDIDATES;
+            tokens * mcbert_training_per_token(m, &g, seq_len, k, o.mask_prob)
                 + passes * (position_term_forward(m, seq_len) + position_term_forward(&g, seq_len))
         }
         other => return Err(unknown_kind(other)),

@@ -334,6 +334,7 @@ pub const VALIDATION_MASKING: ObjectiveConfig = ObjectiveConfig {
     random_token_prob: 0.1,
     generator_size: 0.25,
     discriminator_weight: 50.0,
+    generator: crate::config::Generator::Learned,
 };
 
 /// What one evaluation measured (see [`crate::pretrain::probes`]): the
@@ -381,13 +382,14 @@ impl Evaluator {
 /// mask fixed by its index (so every evaluation sees the same masks), at
 /// [`VALIDATION_MASKING`]. ELECTRA and MC-BERT are measured through their
 /// generator (controller), the part that is a masked LM; the probes need a
-/// masked LM and run on masked-LM models.
+/// masked LM and run on masked-LM models. `None` for an objective without a
+/// masked LM (ELECTRA with a fixed generator).
 pub fn validate(
     model: &dyn Objective,
     corpus: &PreparedCorpus,
     config: &Config,
     evaluator: &Evaluator,
-) -> Result<Validation> {
+) -> Result<Option<Validation>> {
     let n = corpus.num_sequences(Split::Validation);
     if n == 0 {
         return Err(Error::Usage(
@@ -410,7 +412,10 @@ pub fn validate(
             &VALIDATION_MASKING,
             &mut rng,
         );
-        let logits = model.masked_lm_logits(&masked, (b, m.seq_len), &mut Ctx::eval())?;
+        let Some(logits) = model.masked_lm_logits(&masked, (b, m.seq_len), &mut Ctx::eval())?
+        else {
+            return Ok(None);
+        };
         let loss = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
         total += loss.to_scalar::<f32>()? as f64;
         let predicted: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
@@ -422,12 +427,12 @@ pub fn validate(
         (Some(model), Some(set)) => set.score(model, micro_batch(config))?,
         _ => BTreeMap::new(),
     };
-    Ok(Validation {
+    Ok(Some(Validation {
         loss: total / batches as f64,
         accuracy: tally.accuracy(),
         bands: tally.band_accuracies(),
         probes,
-    })
+    }))
 }
 
 /// The note book of a TNF run: the rare band from the word counts and the
@@ -687,7 +692,7 @@ pub fn pretrain(
 
     // The objective's models, the optimiser and, on resume, their state.
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = objective::build(config, &mut params)?;
+    let model = objective::build(config, &mut params, Some(corpus))?;
     let mut opt = AdamW::new(&params, train)?;
     let resume_from = match options.resume {
         true => checkpoint::latest(run_dir)?,
@@ -786,13 +791,13 @@ pub fn pretrain(
         let finished = budget.exhausted(done, elapsed());
         let last = finished || options.stop.load(Ordering::SeqCst);
         let due = |every: u64| every > 0 && done.is_multiple_of(every);
-        let validation = if due(config.eval.every) || finished {
-            let v = validate(model.as_ref(), corpus, config, &evaluator)?;
-            state.last_val_loss = Some(v.loss);
-            Some(v)
-        } else {
-            None
+        let validation = match due(config.eval.every) || finished {
+            true => validate(model.as_ref(), corpus, config, &evaluator)?,
+            false => None,
         };
+        if let Some(v) = &validation {
+            state.last_val_loss = Some(v.loss);
+        }
         let val_loss = validation.as_ref().map(|v| v.loss);
         let logged = val_loss.is_some() || due(train.log_every) || last;
         state.wall_s = elapsed();
