@@ -225,14 +225,7 @@ fn the_loss_falls_on_a_tiny_model() {
 
 #[test]
 fn pretraining_runs_electra_and_logs_both_losses() {
-    let mut config = Preset::Tiny.config();
-    config.data.generated_words = 20_000;
-    config.data.seq_len = 32;
-    config.model.vocab_size = 600;
-    config.train.batch_size = 8;
-    config.train.steps = 40;
-    config.eval.batches = 2;
-    config.objective.kind = "electra".into();
+    let mut config = support::small_pretraining("electra");
     (
         config.objective.mask_token_prob,
         config.objective.random_token_prob,
@@ -241,11 +234,7 @@ fn pretraining_runs_electra_and_logs_both_losses() {
     let (run, summary) = support::pretrain_generated(dir.path(), "run", &mut config);
     assert_eq!(summary.objective, "electra");
     assert!(summary.final_loss.is_finite() && summary.final_val_loss.unwrap().is_finite());
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = support::metrics_rows(&run);
     let first = &rows[0];
     let last = rows.last().unwrap();
     for row in [first, last] {
@@ -269,14 +258,13 @@ fn pretraining_runs_electra_and_logs_both_losses() {
 #[test]
 fn fixed_generators_train_the_discriminator_alone() {
     for generator in [Generator::Unigram, Generator::Uniform] {
-        let mut config = Preset::Tiny.config();
-        config.data.generated_words = 20_000;
-        config.data.seq_len = 32;
-        config.model.vocab_size = 600;
-        config.train.batch_size = 8;
+        let mut config = support::small_pretraining("electra");
         config.train.steps = 30;
-        config.eval.batches = 2;
-        config.objective.kind = "electra".into();
+        // Only ELECTRA takes a fixed generator.
+        let mut mlm = support::small_pretraining("mlm");
+        mlm.objective.generator = generator;
+        let err = mlm.validate().unwrap_err().to_string();
+        assert!(err.contains("objective.generator"), "{err}");
         config.objective.generator = generator;
         config.objective.mask_prob = 0.15;
         let flops =
@@ -290,11 +278,7 @@ fn fixed_generators_train_the_discriminator_alone() {
         let (run, summary) = support::pretrain_generated(dir.path(), "run", &mut config);
         assert_eq!(summary.final_val_loss, None);
         assert!(summary.final_loss.is_finite());
-        let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let rows = support::metrics_rows(&run);
         for row in [&rows[0], rows.last().unwrap()] {
             assert!(row.get("generator_loss").is_none() && row.get("val_loss").is_none());
             let d = row["discriminator_loss"].as_f64().unwrap();

@@ -131,14 +131,7 @@ fn the_loss_falls_on_a_tiny_model() {
 
 #[test]
 fn pretraining_runs_mcbert_and_logs_both_losses() {
-    let mut config = Preset::Tiny.config();
-    config.data.generated_words = 20_000;
-    config.data.seq_len = 32;
-    config.model.vocab_size = 600;
-    config.train.batch_size = 8;
-    config.train.steps = 40;
-    config.eval.batches = 2;
-    config.objective.kind = "mcbert".into();
+    let mut config = support::small_pretraining("mcbert");
     (
         config.objective.mask_token_prob,
         config.objective.random_token_prob,
@@ -147,11 +140,7 @@ fn pretraining_runs_mcbert_and_logs_both_losses() {
     let (run, summary) = support::pretrain_generated(dir.path(), "run", &mut config);
     assert_eq!(summary.objective, "mcbert");
     assert!(summary.final_loss.is_finite() && summary.final_val_loss.unwrap().is_finite());
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = support::metrics_rows(&run);
     let (first, last) = (&rows[0], rows.last().unwrap());
     for row in [first, last] {
         let (c, m) = (

@@ -400,7 +400,7 @@ impl Config {
             "objective.generator",
             || {
                 format!(
-                    "{:?} replacements are for objective.kind = \"electra\"; {:?} needs its learned generator",
+                    "{:?} replacements are for objective.kind = \"electra\" (this config's is {:?})",
                     o.generator.name(),
                     o.kind
                 )

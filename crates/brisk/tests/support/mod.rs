@@ -99,3 +99,26 @@ pub fn pretrain_generated(root: &Path, run: &str, config: &mut Config) -> (PathB
     let summary = pretrain(config, &corpus, &dir, &options).unwrap();
     (dir, summary)
 }
+
+/// A `tiny` config small enough for a pre-training test of `objective.kind
+/// = kind`: 20,000 generated words, 32-token sequences, batch 8, 40 steps.
+pub fn small_pretraining(kind: &str) -> Config {
+    let mut config = Preset::Tiny.config();
+    config.data.generated_words = 20_000;
+    config.data.seq_len = 32;
+    config.model.vocab_size = 600;
+    config.train.batch_size = 8;
+    config.train.steps = 40;
+    config.eval.batches = 2;
+    config.objective.kind = kind.into();
+    config
+}
+
+/// The rows of a run's `metrics.jsonl`.
+pub fn metrics_rows(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
