@@ -145,6 +145,7 @@ pub struct PretrainArgs {
 pub struct CompareArgs {
     /// Variants, comma-separated; the first is the baseline. Each is one of
     /// baseline, electra, mcbert, unigram-gen, uniform-gen (ELECTRA's fixed generators),
+    /// exit (ELECTRA's early exit after layers 2 and 3),
     /// tupe-a, tupe-r, rope, tnf, pre-ln, no-dropout, or several joined by +.
     #[arg(long, value_name = "LIST", default_value = brisk::compare::DEFAULT_VARIANTS)]
     pub variants: String,

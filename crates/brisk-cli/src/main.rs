@@ -225,6 +225,7 @@ fn detect(args: DetectArgs) -> anyhow::Result<()> {
     let model = brisk::model::electra::Electra::new(
         &config.model,
         config.objective.learned_generator(),
+        &config.objective.exit_layers,
         &mut params,
         0,
     )?;

@@ -79,7 +79,7 @@ fn the_generator_is_a_fraction_of_the_discriminator() {
 fn both_models_share_one_set_of_embeddings() {
     let cfg = config(Position::Absolute, Kernels::Fused);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = Electra::new(&cfg, Some(0.5), &mut params, 1).unwrap();
+    let model = Electra::new(&cfg, Some(0.5), &[], &mut params, 1).unwrap();
     let names: Vec<&str> = params.iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"bert.embeddings.word_embeddings.weight"));
     assert!(names.contains(&"generator.embeddings_project.weight"));
@@ -159,7 +159,7 @@ fn every_parameter_gets_a_gradient() {
     ] {
         let cfg = config(position, kernels);
         let mut params = Params::new(Device::Cpu, DType::F32);
-        let model = Electra::new(&cfg, Some(0.5), &mut params, 2).unwrap();
+        let model = Electra::new(&cfg, Some(0.5), &[], &mut params, 2).unwrap();
         let (tokens, masked) = batch(5);
         let mut rng = Rng::new(6);
         let losses = losses(
@@ -194,7 +194,7 @@ fn every_parameter_gets_a_gradient() {
 fn the_loss_falls_on_a_tiny_model() {
     let cfg = config(Position::Absolute, Kernels::Fused);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = Electra::new(&cfg, Some(0.5), &mut params, 3).unwrap();
+    let model = Electra::new(&cfg, Some(0.5), &[], &mut params, 3).unwrap();
     let mut train = Preset::Tiny.config().train;
     train.weight_decay = 0.0;
     let mut opt = AdamW::new(&params, &train).unwrap();

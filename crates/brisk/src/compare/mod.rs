@@ -26,7 +26,7 @@ pub struct Variant {
 }
 
 /// The named building blocks of variants; `a+b` combines blocks.
-const BLOCKS: [(&str, &[&str]); 11] = [
+const BLOCKS: [(&str, &[&str]); 12] = [
     ("baseline", &[]),
     (
         "electra",
@@ -46,6 +46,9 @@ const BLOCKS: [(&str, &[&str]); 11] = [
     ),
     ("unigram-gen", &["objective.generator=unigram"]),
     ("uniform-gen", &["objective.generator=uniform"]),
+    // Early exit for a 4-layer discriminator (`mini`): heads after layers
+    // 2 and 3; other depths set objective.exit_layers themselves.
+    ("exit", &["objective.exit_layers=[2, 3]"]),
     ("tupe-a", &["model.position=tupe-a"]),
     ("tupe-r", &["model.position=tupe-r"]),
     ("rope", &["model.position=rope"]),

@@ -148,6 +148,19 @@ pub struct ObjectiveConfig {
     pub discriminator_weight: f64,
     /// ELECTRA: where the replacements come from.
     pub generator: Generator,
+    /// ELECTRA early exit: the discriminator layers (counted from 1, below
+    /// the last) followed by an exit head; empty for none.
+    pub exit_layers: Vec<usize>,
+    /// ELECTRA early exit: a token leaves at an exit head whose
+    /// replaced-token logit is at least this far from 0 (both sides; 3 is
+    /// p ≥ 0.953 or ≤ 0.047); `inf` lets nobody leave.
+    pub exit_threshold: f64,
+    /// ELECTRA early exit: optimiser steps before any token may leave
+    /// (the exit heads train from the start).
+    pub exit_warmup: u64,
+    /// ELECTRA early exit: the weight of the exit heads' mean loss beside
+    /// the final head's (both inside λ).
+    pub exit_weight: f64,
 }
 
 impl ObjectiveConfig {
@@ -406,6 +419,7 @@ impl Config {
                 )
             },
         )?;
+        self.check_exits()?;
         check(
             o.discriminator_weight > 0.0,
             "objective.discriminator_weight",
@@ -500,6 +514,42 @@ impl Config {
             },
         )?;
         Ok(())
+    }
+
+    /// Early exit: ELECTRA only, heads below the last layer, in order, a
+    /// threshold and weight that mean something.
+    fn check_exits(&self) -> Result<()> {
+        let (o, layers) = (&self.objective, self.model.num_hidden_layers);
+        if o.exit_layers.is_empty() {
+            return Ok(());
+        }
+        check(o.kind == "electra", "objective.exit_layers", || {
+            format!(
+                "early exit is for objective.kind = \"electra\" (this config's is {:?})",
+                o.kind
+            )
+        })?;
+        let increasing = o.exit_layers.windows(2).all(|w| w[0] < w[1]);
+        let inside = o.exit_layers.iter().all(|&k| k >= 1 && k < layers);
+        check(increasing && inside, "objective.exit_layers", || {
+            format!(
+                "{:?}: expected increasing layer numbers from 1 to {} (below the last of \
+                 model.num_hidden_layers = {layers}, whose head is the final one)",
+                o.exit_layers,
+                layers.saturating_sub(1)
+            )
+        })?;
+        check(o.exit_threshold >= 0.0, "objective.exit_threshold", || {
+            format!(
+                "{} must be at least 0 (a logit magnitude; inf: nobody exits)",
+                o.exit_threshold
+            )
+        })?;
+        check(
+            o.exit_weight >= 0.0 && o.exit_weight.is_finite(),
+            "objective.exit_weight",
+            || format!("{} must be a finite weight of at least 0", o.exit_weight),
+        )
     }
 
     /// The config as TOML text, as written to a run's `config.toml`.

@@ -189,6 +189,10 @@ impl Preset {
                 generator_size: 0.25,
                 discriminator_weight: 50.0,
                 generator: Generator::Learned,
+                exit_layers: Vec::new(),
+                exit_threshold: 3.0,
+                exit_warmup: 100,
+                exit_weight: 1.0,
             },
             train: TrainConfig {
                 batch_size: s.batch,

@@ -323,9 +323,31 @@ impl EncoderLayer {
         pad_mask: Option<&Tensor>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
-        match &self.fused {
-            Some(spec) => spec.forward(x, &self.params, bias, pad_mask, ctx),
-            None => self.reference_forward(x, bias, pad_mask, ctx),
+        self.forward_active(x, bias, pad_mask, None, ctx)
+    }
+
+    /// As [`EncoderLayer::forward`], updating only the `active` tokens
+    /// (early exit; all of them when `None`): the others are carried
+    /// unchanged and still serve as keys and values. The fused kernel
+    /// computes the query side on the active rows alone; the reference
+    /// computes the whole layer and keeps the active rows of its output.
+    pub fn forward_active(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        pad_mask: Option<&Tensor>,
+        active: Option<&Active>,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let rows = active.map(|a| a.rows());
+        match (&self.fused, active) {
+            (Some(spec), _) => spec.forward(x, &self.params, bias, pad_mask, rows, ctx),
+            (None, None) => self.reference_forward(x, bias, pad_mask, ctx),
+            (None, Some(active)) => {
+                let updated = self.reference_forward(x, bias, pad_mask, ctx)?;
+                let keep = active.mask.broadcast_as(updated.shape())?;
+                Ok(keep.where_cond(&updated, x)?)
+            }
         }
     }
 
@@ -361,6 +383,41 @@ pub struct InputMix {
     pub keep: Tensor,
     pub add: Tensor,
 }
+
+/// Early exit: the tokens the next layers still update, as rows of the
+/// flattened `[batch·len]` batch, increasing.
+#[derive(Debug, Clone)]
+pub struct Active {
+    rows: Vec<u32>,
+    /// 1 at the active tokens, `[batch, len, 1]` u8 (the reference path's
+    /// selection).
+    mask: Tensor,
+}
+
+impl Active {
+    /// The active `rows` of a `(batch, len)` batch.
+    pub fn new(rows: Vec<u32>, (batch, len): (usize, usize)) -> Result<Active> {
+        let mut mask = vec![0u8; batch * len];
+        for &r in &rows {
+            *mask.get_mut(r as usize).ok_or_else(|| {
+                Error::Tensor(format!("active row {r} is outside a {batch}×{len} batch"))
+            })? = 1;
+        }
+        let mask = Tensor::from_vec(mask, (batch, len, 1), &candle_core::Device::Cpu)?;
+        Ok(Active { rows, mask })
+    }
+
+    /// The active rows, increasing.
+    pub fn rows(&self) -> &[u32] {
+        &self.rows
+    }
+}
+
+/// What [`Bert::forward_exiting`] asks after each layer: given the layer's
+/// index (from 0), its output and the tokens it updated (`None`: all), the
+/// tokens the following layers update (`None`: the same).
+pub type ExitDecision<'a> =
+    dyn FnMut(usize, &Tensor, Option<&Active>) -> Result<Option<Active>> + 'a;
 
 /// The BERT encoder.
 #[derive(Debug, Clone)]
@@ -485,6 +542,32 @@ impl Bert {
         mix: Option<&InputMix>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
+        self.run(ids, token_types, pad_mask, mix, None, ctx)
+    }
+
+    /// The encoder with early exit (pre-training: no padding, one segment):
+    /// after each layer `exit` may shrink the set of tokens the following
+    /// layers update ([`ExitDecision`]). The tokens that left keep their
+    /// hidden state to the end (through the final LayerNorm, with pre-LN).
+    pub fn forward_exiting(
+        &self,
+        ids: &Tensor,
+        mix: Option<&InputMix>,
+        exit: &mut ExitDecision,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        self.run(ids, None, None, mix, Some(exit), ctx)
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        token_types: Option<&Tensor>,
+        pad_mask: Option<&Tensor>,
+        mix: Option<&InputMix>,
+        mut exit: Option<&mut ExitDecision>,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
         let emb = &self.embeddings;
         let mut x = match &emb.fused {
             Some(spec) => spec.forward(&emb.group, ids, token_types, ctx)?,
@@ -498,8 +581,14 @@ impl Bert {
         }
         // Computed once, shared by every layer and broadcast over the batch.
         let bias = self.position_bias(ids.dim(1)?)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, bias.as_ref(), pad_mask, ctx)?;
+        let mut active: Option<Active> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward_active(&x, bias.as_ref(), pad_mask, active.as_ref(), ctx)?;
+            if let Some(exit) = exit.as_deref_mut() {
+                if let Some(next) = exit(i, &x, active.as_ref())? {
+                    active = Some(next);
+                }
+            }
         }
         match &self.final_norm {
             Some(norm) => norm.forward(&x),

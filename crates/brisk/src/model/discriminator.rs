@@ -22,8 +22,19 @@ pub struct DiscriminatorHead {
 impl DiscriminatorHead {
     /// Creates the group `discriminator_predictions`.
     pub fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<DiscriminatorHead> {
+        DiscriminatorHead::named(params, "discriminator_predictions", cfg, rng)
+    }
+
+    /// Creates a head of the same shape as the group `prefix` (early exit's
+    /// intermediate heads).
+    pub fn named(
+        params: &mut Params,
+        prefix: &str,
+        cfg: &ModelConfig,
+        rng: &mut Rng,
+    ) -> Result<DiscriminatorHead> {
         let (h, std) = (cfg.hidden_size, cfg.initializer_range);
-        let mut g = params.group("discriminator_predictions");
+        let mut g = params.group(prefix);
         Linear::add(&mut g, "dense", (h, h), std, rng);
         Linear::add(&mut g, "dense_prediction", (h, 1), std, rng);
         let g = g.finish()?;
@@ -34,10 +45,12 @@ impl DiscriminatorHead {
         })
     }
 
-    /// `hidden` `[batch, len, hidden]` → replaced-token logits `[batch, len]`.
+    /// `hidden` `[..., hidden]` → replaced-token logits `[...]` (e.g.
+    /// `[batch, len, hidden]` → `[batch, len]`).
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         let x = activation(self.act, &self.dense.forward(hidden)?)?;
-        Ok(self.prediction.forward(&x)?.squeeze(2)?)
+        let last = x.rank() - 1;
+        Ok(self.prediction.forward(&x)?.squeeze(last)?)
     }
 }
 

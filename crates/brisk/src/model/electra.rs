@@ -5,10 +5,16 @@
 //! fraction of the discriminator's; its embeddings are projected to its
 //! width, and its MLM head maps back to the embeddings' width to use the
 //! tied decoder.
+//!
+//! For early exit during pre-training (`pretrain::early_exit`) the
+//! discriminator can carry exit heads after chosen layers
+//! (`discriminator_exits.{layer}.*`, each shaped as the final head), and
+//! [`Electra::discriminate_exiting`] runs it with tokens leaving at them.
+//! Which tokens leave is the caller's rule; the model only asks.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
-use super::bert::{Bert, InputMix, MlmHead};
+use super::bert::{Active, Bert, InputMix, MlmHead};
 use super::discriminator::DiscriminatorHead;
 use super::params::{Ctx, Params};
 use crate::config::ModelConfig;
@@ -43,6 +49,39 @@ pub struct Electra {
     /// The learned generator; `None` when replacements come from a fixed
     /// distribution (`objective.generator = "unigram"` or `"uniform"`).
     pub generator: Option<Generator>,
+    /// Early exit's heads, by increasing layer.
+    pub exits: Vec<ExitHead>,
+}
+
+/// An intermediate replaced-token head after discriminator layer `layer`
+/// (counted from 1).
+#[derive(Debug, Clone)]
+pub struct ExitHead {
+    pub layer: usize,
+    pub head: DiscriminatorHead,
+}
+
+/// One exit head's reading in [`Electra::discriminate_exiting`].
+pub struct ExitLogits {
+    /// The layer it follows (from 1).
+    pub layer: usize,
+    /// The tokens that reached it (rows of the flattened batch): it reads
+    /// them all, then some leave.
+    pub rows: Vec<u32>,
+    /// Its logits at those rows, `[rows]`.
+    pub logits: Tensor,
+}
+
+/// The discriminator's pass with early exit.
+pub struct Exiting {
+    /// Last hidden states `[batch, len, hidden]`; an exited token's is its
+    /// state where it left.
+    pub hidden: Tensor,
+    /// The final head's logits `[batch, len]`, at every token.
+    pub logits: Tensor,
+    pub exits: Vec<ExitLogits>,
+    /// How many tokens each layer updated, from the first.
+    pub updated: Vec<usize>,
 }
 
 /// ELECTRA's generator: a small encoder over the shared embeddings and its
@@ -57,9 +96,13 @@ impl Electra {
     /// A freshly initialised discriminator and, with `generator_size`, a
     /// generator of that size; drawn from `seed` (the discriminator first,
     /// so it starts the same with or without a generator).
+    ///
+    /// `exit_layers`: the layers followed by an exit head, drawn last (so
+    /// that the rest starts the same with or without them).
     pub fn new(
         cfg: &ModelConfig,
         generator_size: Option<f64>,
+        exit_layers: &[usize],
         params: &mut Params,
         seed: u64,
     ) -> Result<Electra> {
@@ -87,10 +130,21 @@ impl Electra {
             }
             None => None,
         };
+        let exits = exit_layers
+            .iter()
+            .map(|&layer| {
+                let prefix = format!("discriminator_exits.{layer}");
+                Ok(ExitHead {
+                    layer,
+                    head: DiscriminatorHead::named(params, &prefix, cfg, &mut rng)?,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Electra {
             discriminator,
             discriminator_head,
             generator,
+            exits,
         })
     }
 
@@ -123,6 +177,66 @@ impl Electra {
         let hidden = self.discriminator.forward(ids, None, None, mix, ctx)?;
         let logits = self.discriminator_head.forward(&hidden)?;
         Ok((hidden, logits))
+    }
+
+    /// The discriminator with early exit: after each layer that has an exit
+    /// head, the head reads the tokens still active and `stays` (given the
+    /// layer and the head's logits at those tokens) says which of them go
+    /// on; the others keep their hidden state to the end and remain keys
+    /// and values for the rest. The final head reads every token.
+    pub fn discriminate_exiting(
+        &self,
+        ids: &Tensor,
+        mix: Option<&InputMix>,
+        stays: &dyn Fn(usize, &[f32]) -> Vec<bool>,
+        ctx: &mut Ctx,
+    ) -> Result<Exiting> {
+        let shape = ids.dims2()?;
+        let tokens = shape.0 * shape.1;
+        let mut exits = Vec::new();
+        let mut updated = Vec::new();
+        let mut decide =
+            |i: usize, x: &Tensor, active: Option<&Active>| -> Result<Option<Active>> {
+                updated.push(active.map_or(tokens, |a| a.rows().len()));
+                let Some(exit) = self.exits.iter().find(|e| e.layer == i + 1) else {
+                    return Ok(None);
+                };
+                let rows: Vec<u32> = match active {
+                    Some(a) => a.rows().to_vec(),
+                    None => (0..tokens as u32).collect(),
+                };
+                let index = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+                let reached = x.flatten(0, 1)?.index_select(&index, 0)?;
+                let logits = exit.head.forward(&reached)?;
+                let keep = stays(
+                    exit.layer,
+                    &logits.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+                );
+                let remaining: Vec<u32> = rows
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, &k)| k)
+                    .map(|(&r, _)| r)
+                    .collect();
+                let changed = remaining.len() < rows.len();
+                let next = changed.then(|| Active::new(remaining, shape)).transpose()?;
+                exits.push(ExitLogits {
+                    layer: exit.layer,
+                    rows,
+                    logits,
+                });
+                Ok(next)
+            };
+        let hidden = self
+            .discriminator
+            .forward_exiting(ids, mix, &mut decide, ctx)?;
+        let logits = self.discriminator_head.forward(&hidden)?;
+        Ok(Exiting {
+            hidden,
+            logits,
+            exits,
+            updated,
+        })
     }
 
     /// True when every encoder layer runs on the fused kernels.

@@ -21,12 +21,37 @@ const DROPOUT: f64 = 4.0;
 /// Forward FLOPs of the encoder for one token of a `seq_len`-token sequence.
 pub fn encoder_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
     let h = cfg.hidden_size as f64;
+    let lookups = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) as f64;
+    let embeddings = 2.0 * h * lookups + 2.0 * h + (LAYER_NORM + DROPOUT) * h;
+    embeddings + cfg.num_hidden_layers as f64 * layer_forward_per_token(cfg, seq_len)
+}
+
+/// Forward FLOPs of one encoder layer for one token.
+pub fn layer_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
+    key_value_forward_per_token(cfg) + query_side_forward_per_token(cfg, seq_len)
+}
+
+/// Forward FLOPs of a layer's key and value projections for one token
+/// (with rotary positions, the key's rotation): what a token that left
+/// early still costs every layer above, as a key and a value.
+pub fn key_value_forward_per_token(cfg: &ModelConfig) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let rotation = match cfg.position {
+        Position::Rope => 3.0 * h,
+        _ => 0.0,
+    };
+    2.0 * 2.0 * h * h + 2.0 * h + rotation
+}
+
+/// Forward FLOPs of the rest of a layer for one query token: its query
+/// projection, its attention row, the output projection and the
+/// feed-forward block (what early exit saves for a token that left).
+pub fn query_side_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
+    let h = cfg.hidden_size as f64;
     let i = cfg.intermediate_size as f64;
     let l = seq_len as f64;
     let heads = cfg.num_attention_heads as f64;
-    let lookups = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) as f64;
-    let embeddings = 2.0 * h * lookups + 2.0 * h + (LAYER_NORM + DROPOUT) * h;
-    let attention = 2.0 * 3.0 * h * h + 3.0 * h // query, key, value
+    let attention = 2.0 * h * h + h // query
         + 2.0 * l * h // scores
         + l * heads * (2.0 + SOFTMAX + DROPOUT) // scale, mask, softmax, dropout
         + 2.0 * l * h // probabilities × values
@@ -35,13 +60,19 @@ pub fn encoder_forward_per_token(cfg: &ModelConfig, seq_len: usize) -> f64 {
     let feed_forward =
         2.0 * h * i + i + GELU * i + 2.0 * i * h + h + (DROPOUT + 1.0 + LAYER_NORM) * h;
     // TUPE adds its position term to every layer's logits of every sequence.
-    // Rotary positions: 3 operations per rotated query and key component.
+    // Rotary positions: 3 operations per rotated query component.
     let position_bias = match cfg.position {
         Position::Absolute => 0.0,
-        Position::Rope => 2.0 * 3.0 * h,
-        Position::TupeA | Position::TupeR => cfg.num_attention_heads as f64 * l,
+        Position::Rope => 3.0 * h,
+        Position::TupeA | Position::TupeR => heads * l,
     };
-    embeddings + cfg.num_hidden_layers as f64 * (attention + feed_forward + position_bias)
+    attention + feed_forward + position_bias
+}
+
+/// Forward FLOPs of ELECTRA's replaced-token head for one token.
+pub fn discriminator_head_forward_per_token(cfg: &ModelConfig) -> f64 {
+    let d = cfg.hidden_size as f64;
+    2.0 * d * d + d + GELU * d + 2.0 * d + 1.0
 }
 
 /// TUPE's position term, computed once per forward pass and shared by every
@@ -85,7 +116,7 @@ pub fn electra_training_per_token(
     mask_prob: f64,
 ) -> f64 {
     let (d, v) = (cfg.hidden_size as f64, cfg.vocab_size as f64);
-    let discriminator_head = 2.0 * d * d + d + GELU * d + 2.0 * d + 1.0;
+    let discriminator_head = discriminator_head_forward_per_token(cfg);
     let generator = generator.map_or(0.0, |generator| {
         let g = generator.hidden_size as f64;
         let project = if g != d { 2.0 * d * g + g } else { 0.0 };

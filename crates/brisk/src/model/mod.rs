@@ -23,5 +23,5 @@ pub mod params;
 pub mod rotary;
 pub mod untied_positions;
 
-pub use bert::{Bert, BertForMaskedLm, InputMix, MlmHead};
+pub use bert::{Active, Bert, BertForMaskedLm, InputMix, MlmHead};
 pub use params::{Ctx, Params};

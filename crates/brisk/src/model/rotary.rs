@@ -49,22 +49,53 @@ pub fn rotate_packed<T: Float>(
     head_dim: usize,
     inverse: bool,
 ) {
+    let rows = Rows {
+        width: 3 * hidden,
+        rotated: 2 * hidden,
+        head_dim,
+        len,
+    };
+    rotate_rows(qkv, rows, |token| token % len, inverse);
+}
+
+/// The shape [`rotate_rows`] reads: rows `width` wide whose first
+/// `rotated` columns are heads of `head_dim` to rotate, in sequences of
+/// `len` positions.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows {
+    pub width: usize,
+    pub rotated: usize,
+    pub head_dim: usize,
+    pub len: usize,
+}
+
+/// Rotates, in place, the first `rows.rotated` columns of each row of `x`,
+/// row `r` by the angles of position `position(r)` (below `rows.len`):
+/// by `+pos·θ`, or `−pos·θ` when `inverse`. Early exit gathers the query
+/// rows of the tokens still active, so their positions are not their row
+/// numbers.
+pub fn rotate_rows<T: Float>(
+    x: &mut [T],
+    rows: Rows,
+    position: impl Fn(usize) -> usize + Sync,
+    inverse: bool,
+) {
     use rayon::prelude::*;
-    let half = head_dim / 2;
-    let (cos, sin) = angles(len, head_dim);
+    let (head_dim, half) = (rows.head_dim, rows.head_dim / 2);
+    let (cos, sin) = angles(rows.len, head_dim);
     let sign = if inverse { -1.0 } else { 1.0 };
     let cos: Vec<T> = cos.into_iter().map(T::of).collect();
     let sin: Vec<T> = sin.into_iter().map(|s| T::of(sign * s)).collect();
-    qkv.par_chunks_mut(3 * hidden)
+    x.par_chunks_mut(rows.width)
         .enumerate()
-        .for_each(|(token, row)| {
-            let pos = token % len;
+        .for_each(|(r, row)| {
+            let pos = position(r);
             let (c, s) = (
                 &cos[pos * half..(pos + 1) * half],
                 &sin[pos * half..(pos + 1) * half],
             );
             // Q and K only: the values are not rotated.
-            for head in row[..2 * hidden].chunks_mut(head_dim) {
+            for head in row[..rows.rotated].chunks_mut(head_dim) {
                 let (x1, x2) = head.split_at_mut(half);
                 for j in 0..half {
                     let (a, b) = (x1[j], x2[j]);

@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
+use super::early_exit::{self, EarlyExit};
 use super::mlm::MaskedBatch;
 use super::objective::{Batch, BatchLoss, Objective};
 use crate::config::{Generator, ModelConfig, ObjectiveConfig};
@@ -34,6 +35,10 @@ pub struct ReplacedTokenDetection {
     pub weight: f64,
     /// The fixed distribution, when there is no learned generator.
     pub sampler: Option<TokenSampler>,
+    /// Early exit's rule, when the discriminator has exit heads.
+    pub exit: Option<EarlyExit>,
+    /// The discriminator's shape (early exit counts its FLOPs).
+    pub cfg: ModelConfig,
 }
 
 impl ReplacedTokenDetection {
@@ -49,7 +54,13 @@ impl ReplacedTokenDetection {
         params: &mut Params,
         seed: u64,
     ) -> Result<ReplacedTokenDetection> {
-        let model = Electra::new(cfg, objective.learned_generator(), params, seed)?;
+        let model = Electra::new(
+            cfg,
+            objective.learned_generator(),
+            &objective.exit_layers,
+            params,
+            seed,
+        )?;
         let sampler = match (objective.generator, corpus) {
             (Generator::Learned, _) | (_, None) => None,
             (Generator::Uniform, Some((_, special))) => {
@@ -63,6 +74,8 @@ impl ReplacedTokenDetection {
             model,
             weight: objective.discriminator_weight,
             sampler,
+            exit: EarlyExit::of(objective),
+            cfg: cfg.clone(),
         })
     }
 }
@@ -70,37 +83,70 @@ impl ReplacedTokenDetection {
 impl Objective for ReplacedTokenDetection {
     fn batch_loss(&self, batch: &Batch, rng: &mut Rng, ctx: &mut Ctx) -> Result<BatchLoss> {
         let (tokens, masked, shape, mix) = (batch.tokens, batch.masked, batch.shape, batch.mix);
-        let l = match &self.sampler {
-            None => losses(
-                &self.model,
-                tokens,
-                masked,
-                shape,
-                self.weight,
-                rng,
-                mix,
-                ctx,
-            )?,
+        let (replaced, generator) = match &self.sampler {
+            None => {
+                let (loss, samples) = generate(&self.model, masked, shape, rng, ctx)?;
+                (replace_tokens(tokens, masked, &samples), Some(loss))
+            }
             Some(sampler) => {
                 let samples: Vec<u32> = masked.rows.iter().map(|_| sampler.sample(rng)).collect();
-                let replaced = replace_tokens(tokens, masked, &samples);
-                detection_losses(&self.model, replaced, shape, self.weight, None, mix, ctx)?
+                (replace_tokens(tokens, masked, &samples), None)
             }
         };
-        let mut logged = vec![
-            (
-                "discriminator_loss",
-                l.discriminator.to_scalar::<f32>()? as f64,
-            ),
-            ("replaced", l.replaced),
-        ];
-        if let Some(g) = &l.generator {
-            logged.push(("generator_loss", g.to_scalar::<f32>()? as f64));
+        let mut logged = Vec::new();
+        if let Some(g) = &generator {
+            logged.push(("generator_loss".into(), g.to_scalar::<f32>()? as f64));
         }
+        let Some(rule) = &self.exit else {
+            let l = detection_losses(
+                &self.model,
+                replaced,
+                shape,
+                self.weight,
+                generator,
+                mix,
+                ctx,
+            )?;
+            logged.push((
+                "discriminator_loss".into(),
+                l.discriminator.to_scalar::<f32>()? as f64,
+            ));
+            logged.push(("replaced".into(), l.replaced));
+            return Ok(BatchLoss {
+                total: l.total,
+                hidden: l.hidden,
+                logged,
+                flops_skipped: 0.0,
+            });
+        };
+        let share = replaced.share();
+        let (ids, labels) = replaced.tensors(shape)?;
+        let e = early_exit::detect(
+            &self.model,
+            &self.cfg,
+            rule,
+            (&ids, &labels),
+            mix,
+            batch.step,
+            ctx,
+        )?;
+        let weighted = (&e.combined * self.weight)?;
+        let total = match &generator {
+            Some(g) => (g + weighted)?,
+            None => weighted,
+        };
+        logged.push((
+            "discriminator_loss".into(),
+            e.last.to_scalar::<f32>()? as f64,
+        ));
+        logged.push(("replaced".into(), share));
+        let first_exit = self.model.exits.first().map_or(0, |x| x.layer);
+        logged.extend(early_exit::logged(&e, first_exit)?);
         Ok(BatchLoss {
-            total: l.total,
-            hidden: l.hidden,
+            total,
+            hidden: e.hidden,
             logged,
+            flops_skipped: e.flops_skipped,
         })
     }
 
@@ -117,6 +163,20 @@ impl Objective for ReplacedTokenDetection {
 
     fn is_fused(&self) -> bool {
         self.model.is_fused()
+    }
+
+    /// With early exit, the discriminator layers above the first exit head
+    /// (every token may have left) and the exit heads (a zero
+    /// `exit_weight` leaves them out of the loss).
+    fn may_idle(&self, group: &str) -> bool {
+        let Some(first) = self.model.exits.first() else {
+            return false;
+        };
+        let above_exit = group
+            .strip_prefix("bert.encoder.layer.")
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= first.layer);
+        above_exit || group.starts_with("discriminator_exits.")
     }
 }
 
@@ -217,14 +277,26 @@ pub fn losses(
     mix: Option<&InputMix>,
     ctx: &mut Ctx,
 ) -> Result<ElectraLosses> {
+    let (generator, samples) = generate(model, masked, shape, rng, ctx)?;
+    let replaced = replace_tokens(tokens, masked, &samples);
+    detection_losses(model, replaced, shape, weight, Some(generator), mix, ctx)
+}
+
+/// The learned generator's MLM loss on `masked` (mean over the masked
+/// tokens) and its samples at the masked rows (from `rng`, no gradient).
+fn generate(
+    model: &Electra,
+    masked: &MaskedBatch,
+    shape: (usize, usize),
+    rng: &mut Rng,
+    ctx: &mut Ctx,
+) -> Result<(Tensor, Vec<u32>)> {
     let ids = masked.inputs_tensor(shape)?;
     let logits = model
         .generator_logits(&ids, &masked.rows_tensor()?, ctx)?
         .ok_or_else(|| Error::Config("this ELECTRA model has no learned generator".into()))?;
-    let generator = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
-    let samples = sample_rows(&logits, rng)?;
-    let replaced = replace_tokens(tokens, masked, &samples);
-    detection_losses(model, replaced, shape, weight, Some(generator), mix, ctx)
+    let loss = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
+    Ok((loss, sample_rows(&logits, rng)?))
 }
 
 /// The discriminator's loss on `replaced`, and the total with the
@@ -238,10 +310,8 @@ fn detection_losses(
     mix: Option<&InputMix>,
     ctx: &mut Ctx,
 ) -> Result<ElectraLosses> {
-    let dev = Device::Cpu;
-    let share = replaced.labels.iter().sum::<f32>() as f64 / replaced.labels.len() as f64;
-    let ids = Tensor::from_vec(replaced.inputs, shape, &dev)?;
-    let labels = Tensor::from_vec(replaced.labels, shape, &dev)?;
+    let share = replaced.share();
+    let (ids, labels) = replaced.tensors(shape)?;
     let (hidden, logits) = model.discriminate(&ids, mix, ctx)?;
     let discriminator = replaced_token_loss(&logits, &labels, None)?;
     let weighted = (&discriminator * weight)?;
@@ -287,6 +357,22 @@ pub struct Replaced {
     pub inputs: Vec<u32>,
     /// Per token: 1 where the input differs from the original, else 0.
     pub labels: Vec<f32>,
+}
+
+impl Replaced {
+    /// The share of tokens that differ from the text.
+    pub fn share(&self) -> f64 {
+        self.labels.iter().sum::<f32>() as f64 / self.labels.len() as f64
+    }
+
+    /// The inputs and labels as `shape` tensors.
+    pub fn tensors(self, shape: (usize, usize)) -> Result<(Tensor, Tensor)> {
+        let dev = Device::Cpu;
+        Ok((
+            Tensor::from_vec(self.inputs, shape, &dev)?,
+            Tensor::from_vec(self.labels, shape, &dev)?,
+        ))
+    }
 }
 
 /// Puts `samples` (one per row of `masked`) into the original `tokens` at

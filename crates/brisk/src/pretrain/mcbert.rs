@@ -79,14 +79,18 @@ impl Objective for MultiChoice {
             ctx,
         )?;
         let logged = vec![
-            ("generator_loss", l.controller.to_scalar::<f32>()? as f64),
-            ("choice_loss", l.choice.to_scalar::<f32>()? as f64),
-            ("replaced", l.replaced),
+            (
+                "generator_loss".into(),
+                l.controller.to_scalar::<f32>()? as f64,
+            ),
+            ("choice_loss".into(), l.choice.to_scalar::<f32>()? as f64),
+            ("replaced".into(), l.replaced),
         ];
         Ok(BatchLoss {
             total: l.total,
             hidden: l.hidden,
             logged,
+            flops_skipped: 0.0,
         })
     }
 

@@ -129,6 +129,7 @@ impl Objective for MaskedLm {
             total,
             hidden,
             logged: Vec::new(),
+            flops_skipped: 0.0,
         })
     }
 

@@ -18,6 +18,7 @@
 
 use candle_core::Tensor;
 
+use super::early_exit::heads_training_per_token;
 use super::electra::ReplacedTokenDetection;
 use super::mcbert::MultiChoice;
 use super::mlm::{MaskedBatch, MaskedLm};
@@ -48,6 +49,8 @@ pub struct Batch<'a> {
     /// TNF: the change to the main encoder's input embeddings.
     pub mix: Option<&'a InputMix>,
     pub special: &'a SpecialIds,
+    /// The optimiser step it belongs to (early exit waits for its warm-up).
+    pub step: u64,
 }
 
 /// What an objective computed for one micro-batch.
@@ -59,7 +62,10 @@ pub struct BatchLoss {
     pub hidden: Tensor,
     /// Figures for `metrics.jsonl` (averaged over the micro-batches of a
     /// step), by key.
-    pub logged: Vec<(&'static str, f64)>,
+    pub logged: Vec<(String, f64)>,
+    /// Training FLOPs of the planned step ([`step_flops`]) this batch did
+    /// not spend (early exit's skipped rows); 0 for the others.
+    pub flops_skipped: f64,
 }
 
 /// A pre-training objective with its models.
@@ -87,6 +93,13 @@ pub trait Objective {
 
     /// True when every part runs on the fused kernels.
     fn is_fused(&self) -> bool;
+
+    /// Whether parameter group `group` may get no gradient from a batch
+    /// (early exit: the layers above a point every token left); any other
+    /// group without a gradient is an error.
+    fn may_idle(&self, _group: &str) -> bool {
+        false
+    }
 }
 
 /// A fresh objective for `config.objective.kind`, its weights added to
@@ -151,7 +164,8 @@ pub fn step_flops(config: &Config, seq_len: usize, tokens_per_step: u64) -> Resu
                 .learned_generator()
                 .map(|size| generator_config(m, size))
                 .transpose()?;
-            let per_token = electra_training_per_token(m, g.as_ref(), seq_len, o.mask_prob);
+            let per_token = electra_training_per_token(m, g.as_ref(), seq_len, o.mask_prob)
+                + heads_training_per_token(m, o);
             let generator_term = g.map_or(0.0, |g| position_term_forward(&g, seq_len));
             tokens * per_token + passes * (position_term_forward(m, seq_len) + generator_term)
         }

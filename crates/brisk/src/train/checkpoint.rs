@@ -8,6 +8,7 @@
 //! seed and the step, so the step and the data position are all the state
 //! that resume needs besides weights and optimiser moments.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,29 @@ pub struct TrainState {
     pub threads: usize,
     pub last_loss: f64,
     pub last_val_loss: Option<f64>,
+    /// Early exit: the sums over steps of the shares of token-layers
+    /// skipped (`skipped`, `skipped_layer_{k}`), for the run's means.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, f64>,
+}
+
+impl TrainState {
+    /// Adds a step's skip shares (its figures whose key starts with
+    /// `skipped`) to the sums.
+    pub fn add_skipped(&mut self, figures: &BTreeMap<String, f64>) {
+        for (key, share) in figures.iter().filter(|(k, _)| k.starts_with("skipped")) {
+            *self.skipped.entry(key.clone()).or_default() += share;
+        }
+    }
+
+    /// The mean skip shares over the run's steps.
+    pub fn mean_skipped(&self) -> BTreeMap<String, f64> {
+        let steps = self.step.max(1) as f64;
+        self.skipped
+            .iter()
+            .map(|(k, sum)| (k.clone(), sum / steps))
+            .collect()
+    }
 }
 
 /// `checkpoints/` of a run.
@@ -189,6 +213,7 @@ mod tests {
             threads: 2,
             last_loss: 3.0,
             last_val_loss: None,
+            skipped: BTreeMap::new(),
         }
     }
 

@@ -344,14 +344,27 @@ impl AdamW {
 /// without a gradient is an error naming it (it would silently stop
 /// training).
 pub fn gradients(params: &Params, grads: &GradStore) -> Result<Vec<Tensor>> {
+    gradients_or_zeros(params, grads, &|_| false)
+}
+
+/// As [`gradients`], with zeros for a group without a gradient that
+/// `idle` names: one that a batch may legitimately leave out (early exit's
+/// layers above a point every token left).
+pub fn gradients_or_zeros(
+    params: &Params,
+    grads: &GradStore,
+    idle: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Tensor>> {
     params
         .groups()
         .iter()
         .map(|group| {
-            grads
-                .get(group.var.as_tensor())
-                .cloned()
-                .ok_or_else(|| Error::Tensor(format!("no gradient for {}", group.name)))
+            let weights = group.var.as_tensor();
+            match grads.get(weights) {
+                Some(g) => Ok(g.clone()),
+                None if idle(&group.name) => Ok(weights.zeros_like()?),
+                None => Err(Error::Tensor(format!("no gradient for {}", group.name))),
+            }
         })
         .collect()
 }

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
-use super::optim::{accumulate, clip_scale, grad_norm, gradients, AdamW};
+use super::optim::{accumulate, clip_scale, grad_norm, gradients_or_zeros, AdamW};
 use super::schedule::Budget;
 use crate::config::{Config, ObjectiveConfig};
 use crate::corpus::generated::Rng;
@@ -193,6 +193,10 @@ pub struct Summary {
     /// (built-in corpus, masked-LM runs).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub probes: BTreeMap<ProbeKind, ProbeScore>,
+    /// Early exit: the mean share over the run's steps of token-layers
+    /// skipped, overall (`skipped`) and per layer (`skipped_layer_{k}`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, f64>,
 }
 
 /// A probe's accuracy against its baselines.
@@ -335,6 +339,10 @@ pub const VALIDATION_MASKING: ObjectiveConfig = ObjectiveConfig {
     generator_size: 0.25,
     discriminator_weight: 50.0,
     generator: crate::config::Generator::Learned,
+    exit_layers: Vec::new(),
+    exit_threshold: f64::INFINITY,
+    exit_warmup: 0,
+    exit_weight: 0.0,
 };
 
 /// What one evaluation measured (see [`crate::pretrain::probes`]): the
@@ -782,7 +790,8 @@ pub fn pretrain(
         last_step_secs = step_start.elapsed().as_secs_f64();
         state.step += 1;
         state.tokens += plan.tokens_per_step;
-        state.flops += plan.flops_per_step;
+        state.flops += plan.flops_per_step - step.flops_skipped;
+        state.add_skipped(&step.logged);
         state.data = order.position;
         state.last_loss = step.loss;
 
@@ -879,6 +888,7 @@ pub fn pretrain(
             .map(|v| v.bands.iter().map(|(b, a)| (b.to_string(), *a)).collect())
             .unwrap_or_default(),
         probes: probe_scores(last_validation.as_ref(), evaluator.probes.as_ref()),
+        skipped: state.mean_skipped(),
     };
     if ending == Ending::Finished {
         crate::run::write_json(&run_dir.join("summary.json"), &summary)?;
@@ -932,6 +942,7 @@ fn fresh_state(seed: u64) -> TrainState {
         threads: rayon::current_num_threads(),
         last_loss: f64::NAN,
         last_val_loss: None,
+        skipped: BTreeMap::new(),
     }
 }
 
@@ -982,6 +993,8 @@ struct StepGradients {
     norm: f64,
     /// The objective's figures, averaged over the micro-batches.
     logged: BTreeMap<String, f64>,
+    /// Planned FLOPs the objective did not spend (early exit).
+    flops_skipped: f64,
     /// TNF: the notes to take once the step is known to be good, so that a
     /// checkpoint always pairs weights and notes of the same step.
     pending: Vec<PendingNotes>,
@@ -1005,6 +1018,7 @@ fn step_gradients(
         grads: Vec::new(),
         norm: f64::NAN,
         logged: BTreeMap::new(),
+        flops_skipped: 0.0,
         pending: Vec::new(),
     };
     for k in 0..accum {
@@ -1020,6 +1034,7 @@ fn step_gradients(
             shape: (micro, m.seq_len),
             mix: p.mix.as_ref(),
             special: &m.special_ids,
+            step,
         };
         let loss = model.batch_loss(&batch, &mut rng, &mut Ctx::train(&mut dropout_rng))?;
         let value = loss.total.to_scalar::<f32>()? as f64;
@@ -1029,12 +1044,15 @@ fn step_gradients(
         }
         out.loss += value;
         for (key, v) in loss.logged {
-            *out.logged.entry(key.to_string()).or_default() += v / accum as f64;
+            *out.logged.entry(key).or_default() += v / accum as f64;
         }
+        out.flops_skipped += loss.flops_skipped;
         // Detached: the notes read values, and the graph is freed with the loss.
         out.pending
             .extend(p.found.map(|found| (found, loss.hidden.detach())));
-        let mut g = gradients(params, &loss.total.backward()?)?;
+        let mut g = gradients_or_zeros(params, &loss.total.backward()?, &|group| {
+            model.may_idle(group)
+        })?;
         if accum > 1 {
             g = g
                 .iter()

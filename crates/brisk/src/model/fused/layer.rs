@@ -11,6 +11,12 @@
 //! bias, so candle's gradient store handles three tensors per layer instead
 //! of dozens.
 //!
+//! With early exit the op takes the rows still active: only they are
+//! queries, so the Q projection, the attention rows, the output projection
+//! and the feed-forward block shrink with their number, while every token
+//! is still projected to a key and a value. The rows that exited pass
+//! through unchanged, forward and backward.
+//!
 //! [`super::super::bert::EncoderLayer`]'s plain composition of candle ops is
 //! the reference this op is tested against.
 
@@ -29,7 +35,7 @@ use super::kernels::{
 use crate::config::Norm;
 use crate::error::{Error, Result};
 use crate::model::params::{Ctx, Group};
-use crate::model::rotary::rotate_packed;
+use crate::model::rotary::{rotate_packed, rotate_rows, Rows};
 
 /// Logit of a padded key: large and negative, but finite so that a fully
 /// padded row stays finite (as in the reference).
@@ -121,12 +127,20 @@ impl LayerSpec {
     /// are as in [`crate::model::attention::attention`]. Dropout masks are
     /// drawn from `ctx` in the reference's order (attention probabilities,
     /// attention output, feed-forward output).
+    ///
+    /// `rows` (early exit): the rows of the flattened batch the layer
+    /// updates, increasing. Only they are queries: their Q projection,
+    /// attention rows, output projection and feed-forward block are
+    /// computed on the gathered rows, while every token is projected to a
+    /// key and a value. The other rows pass through unchanged. `None`, or
+    /// every row, runs the whole layer.
     pub fn forward(
         &self,
         x: &Tensor,
         params: &Tensor,
         bias: Option<&Tensor>,
         pad_mask: Option<&Tensor>,
+        rows: Option<&[u32]>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
         let (batch, len, hidden) = x.dims3()?;
@@ -137,6 +151,19 @@ impl LayerSpec {
                 self.hidden,
                 self.layout.len
             )));
+        }
+        let tokens = batch * len;
+        let rows = match rows {
+            Some(r) if r.len() < tokens => Some(query_rows(r, tokens)?),
+            _ => None,
+        };
+        if rows.as_ref().is_some_and(Vec::is_empty) {
+            // Nobody left to update: no product at all.
+            record_rows(ProductRows {
+                query: 0,
+                key_value: 0,
+            });
+            return Ok(x.clone());
         }
         let bias_rows = match bias {
             None => 0,
@@ -160,12 +187,13 @@ impl LayerSpec {
                 Some(keep.iter().map(|k| (1.0 - k) * MASKED).collect())
             }
         };
-        let tokens = batch * len;
+        let queries = rows.as_ref().map_or(tokens, Vec::len);
         let masks = Masks {
-            attn: ctx.dropout_mask(batch * self.heads * len * len, self.attn_dropout),
-            attn_out: ctx.dropout_mask(tokens * hidden, self.hidden_dropout),
-            ffn_out: ctx.dropout_mask(tokens * hidden, self.hidden_dropout),
+            attn: ctx.dropout_mask(self.heads * queries * len, self.attn_dropout),
+            attn_out: ctx.dropout_mask(queries * hidden, self.hidden_dropout),
+            ffn_out: ctx.dropout_mask(queries * hidden, self.hidden_dropout),
         };
+        let starts = sequence_starts(rows.as_deref(), batch, len);
         let op = LayerOp {
             spec: self.clone(),
             batch,
@@ -173,6 +201,8 @@ impl LayerSpec {
             bias_rows,
             pad,
             masks,
+            rows,
+            starts,
             keep: x.track_op() || params.track_op() || bias.is_some_and(Tensor::track_op),
             saved: Stash::default(),
         };
@@ -183,6 +213,64 @@ impl LayerSpec {
             Some(b) => x.apply_op3(&params, &b.contiguous()?, op)?,
         })
     }
+}
+
+/// `rows` as indices, checked increasing and inside the batch.
+fn query_rows(rows: &[u32], tokens: usize) -> Result<Vec<usize>> {
+    let increasing = rows.windows(2).all(|w| w[0] < w[1]);
+    if !increasing || rows.last().is_some_and(|&r| r as usize >= tokens) {
+        return Err(Error::Tensor(format!(
+            "fused layer: the active rows must increase and lie below {tokens}"
+        )));
+    }
+    Ok(rows.iter().map(|&r| r as usize).collect())
+}
+
+/// Where each sequence's query rows start among the rows the layer
+/// updates (`batch + 1` entries, the last one their count).
+fn sequence_starts(rows: Option<&[usize]>, batch: usize, len: usize) -> Vec<usize> {
+    match rows {
+        None => (0..=batch).map(|b| b * len).collect(),
+        Some(rows) => (0..=batch)
+            .map(|b| rows.partition_point(|&r| r < b * len))
+            .collect(),
+    }
+}
+
+/// The sizes of one layer application's matrix products, in rows: the
+/// query side (Q projection, attention rows, output projection,
+/// feed-forward) and the key and value projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductRows {
+    pub query: usize,
+    pub key_value: usize,
+}
+
+thread_local! {
+    /// `Some` while this thread records the product sizes of its layers.
+    static PRODUCT_ROWS: std::cell::RefCell<Option<Vec<ProductRows>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts recording, on this thread, the product sizes of every fused
+/// layer it runs (so that a test can check that exited tokens cost
+/// nothing); [`take_product_rows`] returns them and stops.
+pub fn record_product_rows() {
+    PRODUCT_ROWS.with(|r| *r.borrow_mut() = Some(Vec::new()));
+}
+
+/// The product sizes recorded since [`record_product_rows`], one entry per
+/// layer application, in order.
+pub fn take_product_rows() -> Vec<ProductRows> {
+    PRODUCT_ROWS.with(|r| r.borrow_mut().take().unwrap_or_default())
+}
+
+fn record_rows(rows: ProductRows) {
+    PRODUCT_ROWS.with(|r| {
+        if let Some(log) = r.borrow_mut().as_mut() {
+            log.push(rows);
+        }
+    });
 }
 
 /// Dropout multipliers, `None` where dropout is off.
@@ -201,9 +289,62 @@ struct LayerOp {
     /// Additive logit per `(batch, key)`: 0 for tokens, [`MASKED`] for padding.
     pad: Option<Vec<f32>>,
     masks: Masks,
+    /// The rows updated (early exit); `None` for all.
+    rows: Option<Vec<usize>>,
+    /// `starts[b]..starts[b + 1]`: sequence `b`'s query rows.
+    starts: Vec<usize>,
     /// Whether a backward pass can follow (otherwise nothing is saved).
     keep: bool,
     saved: Stash,
+}
+
+/// The attention's projections of one layer application.
+enum Projections<T> {
+    /// Every token a query: Q, K and V packed `[tokens, 3·hidden]`.
+    Packed(Vec<T>),
+    /// Early exit: the queries of the active rows `[queries, hidden]`, and
+    /// every token's keys and values packed `[tokens, 2·hidden]`.
+    Split { q: Vec<T>, kv: Vec<T> },
+}
+
+impl<T: Float> Projections<T> {
+    /// Zeros shaped like `self` (for its gradient).
+    fn zeros_like(&self) -> Projections<T> {
+        match self {
+            Projections::Packed(qkv) => Projections::Packed(zeros(qkv.len())),
+            Projections::Split { q, kv } => Projections::Split {
+                q: zeros(q.len()),
+                kv: zeros(kv.len()),
+            },
+        }
+    }
+
+    /// The Q, K and V matrices (rows: query rows for Q, tokens for K, V).
+    fn operands(&self, h: usize) -> [Mat<T>; 3] {
+        match self {
+            Projections::Packed(qkv) => {
+                let m = Mat::rows(qkv, 3 * h);
+                [m, m.col(h), m.col(2 * h)]
+            }
+            Projections::Split { q, kv } => {
+                let kv = Mat::rows(kv, 2 * h);
+                [Mat::rows(q, h), kv, kv.col(h)]
+            }
+        }
+    }
+
+    fn operands_mut(&mut self, h: usize) -> [MatMut<T>; 3] {
+        match self {
+            Projections::Packed(qkv) => {
+                let m = MatMut::rows(qkv, 3 * h);
+                [m, m.col(h), m.col(2 * h)]
+            }
+            Projections::Split { q, kv } => {
+                let kv = MatMut::rows(kv, 2 * h);
+                [MatMut::rows(q, h), kv, kv.col(h)]
+            }
+        }
+    }
 }
 
 /// What the backward needs of the forward.
@@ -212,7 +353,7 @@ struct Saved<T> {
     attn_norm: Normed<T>,
     /// Post-LN: the norm after the feed-forward block; pre-LN: before it.
     ffn_norm: Normed<T>,
-    qkv: Vec<T>,
+    projections: Projections<T>,
     probs: Vec<T>,
     context: Vec<T>,
     /// Feed-forward pre-activation and its gates (`act = pre_act · gate`).
@@ -225,7 +366,7 @@ fn part<T>(p: &[T], offset: usize, len: usize) -> &[T] {
     &p[offset..offset + len]
 }
 
-/// `probs[t] · mask[t]` for one head's `len × len` block, or the block itself.
+/// `probs[t] · mask[t]` for one head's block, or the block itself.
 fn dropped<'a, T: Float>(p: &'a [T], mask: Option<&[f32]>, scratch: &'a mut Vec<T>) -> &'a [T] {
     match mask {
         None => p,
@@ -237,22 +378,72 @@ fn dropped<'a, T: Float>(p: &'a [T], mask: Option<&[f32]>, scratch: &'a mut Vec<
     }
 }
 
+/// Rows `rows` of `x` (rows `width` wide), in order.
+fn gather<T: Float>(x: &[T], rows: &[usize], width: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        out.extend_from_slice(&x[r * width..(r + 1) * width]);
+    }
+    out
+}
+
+/// `dst[rows[i]] = src[i]` (or `+=` when `add`), rows `width` wide.
+fn scatter<T: Float>(dst: &mut [T], rows: &[usize], src: &[T], width: usize, add: bool) {
+    for (&r, s) in rows.iter().zip(src.chunks(width)) {
+        let d = &mut dst[r * width..(r + 1) * width];
+        if add {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d += *s;
+            }
+        } else {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
 impl LayerOp {
     fn head_dim(&self) -> usize {
         self.spec.hidden / self.spec.heads
     }
 
-    /// Head task `t`'s batch index, head, and its `len × head_dim` blocks
-    /// of Q, K and V in the packed `[tokens, 3·hidden]` projections.
-    fn head_blocks<T>(&self, packed: Mat<T>, t: usize) -> (usize, usize, [Mat<T>; 3]) {
-        let (h, heads, d) = (self.spec.hidden, self.spec.heads, self.head_dim());
-        let (b, head) = (t / heads, t % heads);
-        let rows = packed.row(b * self.len);
-        let blocks = [0, h, 2 * h].map(|part| rows.col(part + head * d));
-        (b, head, blocks)
+    /// How many rows are queries.
+    fn queries(&self) -> usize {
+        self.starts[self.batch]
     }
 
-    /// The bias block added to head task `t` (batch `t / heads`).
+    /// Head task `t`: its batch index, head, first query row and number
+    /// of query rows.
+    fn task(&self, t: usize) -> (usize, usize, usize, usize) {
+        let (b, head) = (t / self.spec.heads, t % self.spec.heads);
+        (b, head, self.starts[b], self.starts[b + 1] - self.starts[b])
+    }
+
+    /// Where head task `t`'s `queries × len` block of probabilities starts.
+    /// The blocks follow each other in task order.
+    fn task_offset(&self, t: usize) -> usize {
+        let (_, head, start, n) = self.task(t);
+        (start * self.spec.heads + head * n) * self.len
+    }
+
+    /// `buf` cut into the tasks' blocks of probabilities, in task order.
+    fn task_blocks<'a, T>(&self, mut buf: &'a mut [T]) -> Vec<&'a mut [T]> {
+        let tasks = self.batch * self.spec.heads;
+        let mut out = Vec::with_capacity(tasks);
+        for t in 0..tasks {
+            let (block, rest) = std::mem::take(&mut buf).split_at_mut(self.task(t).3 * self.len);
+            out.push(block);
+            buf = rest;
+        }
+        out
+    }
+
+    /// The position in its sequence of query row `q`.
+    fn position(&self, q: usize) -> usize {
+        self.rows.as_ref().map_or(q, |rows| rows[q]) % self.len
+    }
+
+    /// The bias block added to head task `t` (batch `t / heads`), `len ×
+    /// len`.
     fn bias_block<'a, T>(&self, bias: Option<&'a [T]>, t: usize) -> Option<&'a [T]> {
         let ll = self.len * self.len;
         let row = if self.bias_rows == self.spec.heads {
@@ -263,27 +454,94 @@ impl LayerOp {
         bias.map(|b| &b[row * ll..(row + 1) * ll])
     }
 
-    /// Softmax attention over packed `qkv` `[tokens, 3·hidden]`: returns the
-    /// probabilities `[batch·heads, len, len]` (before dropout) and the
-    /// context `[tokens, hidden]`.
-    fn attention<T: Float>(&self, qkv: &[T], bias: Option<&[T]>) -> (Vec<T>, Vec<T>) {
+    /// The attention projections of `a_in` `[tokens, hidden]`, rotated
+    /// when the layer uses rotary positions: all three for every token,
+    /// or (early exit) queries for the active rows only.
+    fn project<T: Float>(&self, a_in: &[T], p: &[T]) -> Projections<T> {
+        let (h, lay) = (self.spec.hidden, &self.spec.layout);
+        let (w, b) = (part(p, lay.wqkv, 3 * h * h), part(p, lay.bqkv, 3 * h));
+        let tokens = a_in.len() / h;
+        let mut rotation = Rows {
+            width: h,
+            rotated: h,
+            head_dim: self.head_dim(),
+            len: self.len,
+        };
+        let projections = match &self.rows {
+            None => {
+                let mut qkv = linear(a_in, w, b, h);
+                if self.spec.rotary {
+                    // Saved rotated: attention and its backward read Q and K as used.
+                    rotate_packed(&mut qkv, self.len, h, self.head_dim(), false);
+                }
+                Projections::Packed(qkv)
+            }
+            Some(rows) => {
+                let mut q = linear(&gather(a_in, rows, h), &w[..h * h], &b[..h], h);
+                let mut kv = linear(a_in, &w[h * h..], &b[h..], h);
+                if self.spec.rotary {
+                    rotate_rows(&mut q, rotation, |r| self.position(r), false);
+                    rotation.width = 2 * h;
+                    rotate_rows(&mut kv, rotation, |r| r % self.len, false);
+                }
+                Projections::Split { q, kv }
+            }
+        };
+        record_rows(ProductRows {
+            query: self.queries(),
+            key_value: tokens,
+        });
+        projections
+    }
+
+    /// Turns the rotary gradients of the projections back (the rotation
+    /// is orthogonal: its backward turns the other way).
+    fn unrotate<T: Float>(&self, grads: &mut Projections<T>) {
+        let h = self.spec.hidden;
+        match grads {
+            Projections::Packed(d_qkv) => rotate_packed(d_qkv, self.len, h, self.head_dim(), true),
+            Projections::Split { q, kv } => {
+                let mut rotation = Rows {
+                    width: h,
+                    rotated: h,
+                    head_dim: self.head_dim(),
+                    len: self.len,
+                };
+                rotate_rows(q, rotation, |r| self.position(r), true);
+                rotation.width = 2 * h;
+                rotate_rows(kv, rotation, |r| r % self.len, true);
+            }
+        }
+    }
+
+    /// Softmax attention of the query rows over every token of their
+    /// sequence: returns the probabilities (each task's `queries × len`
+    /// block, before dropout) and the context `[queries, hidden]`.
+    fn attention<T: Float>(&self, [q, k, v]: [Mat<T>; 3], bias: Option<&[T]>) -> (Vec<T>, Vec<T>) {
         let (l, h, heads, d) = (self.len, self.spec.hidden, self.spec.heads, self.head_dim());
         let scale = T::of(self.spec.scale);
-        let mut probs = zeros::<T>(self.batch * heads * l * l);
-        let mut context = zeros::<T>(self.batch * l * h);
+        let mut probs = zeros::<T>(self.queries() * heads * l);
+        let mut context = zeros::<T>(self.queries() * h);
         let out = MatMut::rows(&mut context, h);
-        let packed = Mat::rows(qkv, 3 * h);
-        probs
-            .par_chunks_mut(l * l)
+        self.task_blocks(&mut probs)
+            .into_par_iter()
             .enumerate()
             .for_each_init(Vec::new, |scratch, (t, p)| {
-                let (b, head, [q, k, v]) = self.head_blocks(packed, t);
-                // SAFETY: `p` is this task's `l × l` block; q, k, v are
-                // `l × d` blocks of `qkv`; each task writes its own
-                // `l × d` block of `context`.
+                let (b, head, start, n) = self.task(t);
+                if n == 0 {
+                    return;
+                }
+                let (q, k, v) = (
+                    q.row(start).col(head * d),
+                    k.row(b * l).col(head * d),
+                    v.row(b * l).col(head * d),
+                );
+                // SAFETY: `p` is this task's `n × l` block; q is an `n × d`
+                // block and k, v are `l × d` blocks of the projections;
+                // each task writes its own `n × d` block of `context`.
                 unsafe {
                     matmul(
-                        (l, l, d),
+                        (n, l, d),
                         MatMut::rows(p, l),
                         q,
                         k.t(),
@@ -297,7 +555,8 @@ impl LayerOp {
                 simd!({
                     for (i, row) in p.chunks_mut(l).enumerate() {
                         if let Some(bias) = bias {
-                            for (s, add) in row.iter_mut().zip(&bias[i * l..(i + 1) * l]) {
+                            let pos = self.position(start + i);
+                            for (s, add) in row.iter_mut().zip(&bias[pos * l..(pos + 1) * l]) {
                                 *s += *add;
                             }
                         }
@@ -309,16 +568,13 @@ impl LayerOp {
                         softmax_in_place(row);
                     }
                 });
-                let mask = self
-                    .masks
-                    .attn
-                    .as_ref()
-                    .map(|m| &m[t * l * l..(t + 1) * l * l]);
+                let offset = self.task_offset(t);
+                let mask = self.masks.attn.as_ref().map(|m| &m[offset..offset + n * l]);
                 let pd = dropped(p, mask, scratch);
                 unsafe {
                     matmul(
-                        (l, d, l),
-                        out.row(b * l).col(head * d),
+                        (n, d, l),
+                        out.row(start).col(head * d),
                         Mat::rows(pd, l),
                         v,
                         T::ONE,
@@ -330,42 +586,51 @@ impl LayerOp {
         (probs, context)
     }
 
-    /// The backward of [`LayerOp::attention`]: `∂L/∂qkv` and, per head
-    /// task, `∂L/∂logits` (`[batch·heads, len, len]`, the bias gradient).
+    /// The backward of [`LayerOp::attention`]: writes `∂L/∂(Q, K, V)` into
+    /// `grads` (zeros shaped like the projections) and returns, per head
+    /// task, `∂L/∂logits` (the bias gradient, laid out as the
+    /// probabilities).
     fn attention_backward<T: Float>(
         &self,
         d_context: &[T],
-        qkv: &[T],
+        [q, k, v]: [Mat<T>; 3],
+        [dq, dk, dv]: [MatMut<T>; 3],
         probs: &[T],
-    ) -> (Vec<T>, Vec<T>) {
+    ) -> Vec<T> {
         let (l, h, d) = (self.len, self.spec.hidden, self.head_dim());
         let scale = T::of(self.spec.scale);
-        let mut d_qkv = zeros::<T>(self.batch * l * 3 * h);
         let mut d_logits = zeros::<T>(probs.len());
-        let out = MatMut::rows(&mut d_qkv, 3 * h);
-        let packed = Mat::rows(qkv, 3 * h);
         let dc = Mat::rows(d_context, h);
-        d_logits
-            .par_chunks_mut(l * l)
+        self.task_blocks(&mut d_logits)
+            .into_par_iter()
             .enumerate()
             .for_each_init(Vec::new, |scratch, (t, ds)| {
-                let (b, head, [q, k, v]) = self.head_blocks(packed, t);
-                let dc = dc.row(b * l).col(head * d);
-                let d_rows = out.row(b * l);
-                let p = &probs[t * l * l..(t + 1) * l * l];
-                let mask = self
-                    .masks
-                    .attn
-                    .as_ref()
-                    .map(|m| &m[t * l * l..(t + 1) * l * l]);
+                let (b, head, start, n) = self.task(t);
+                if n == 0 {
+                    return;
+                }
+                let (q, k, v) = (
+                    q.row(start).col(head * d),
+                    k.row(b * l).col(head * d),
+                    v.row(b * l).col(head * d),
+                );
+                let (dq, dk, dv) = (
+                    dq.row(start).col(head * d),
+                    dk.row(b * l).col(head * d),
+                    dv.row(b * l).col(head * d),
+                );
+                let dc = dc.row(start).col(head * d);
+                let offset = self.task_offset(t);
+                let p = &probs[offset..offset + n * l];
+                let mask = self.masks.attn.as_ref().map(|m| &m[offset..offset + n * l]);
                 let pd = dropped(p, mask, scratch);
-                // SAFETY: every block is `l × l` or `l × d` inside its
-                // buffer; each task writes only its own head's columns of
-                // `d_qkv` and its own `ds` block.
+                // SAFETY: every block is `n × l`, `n × d` or `l × d` inside
+                // its buffer; each task writes only its own head's columns
+                // of its own sequence's rows, and its own `ds` block.
                 unsafe {
                     // ∂L/∂(dropped probs) = dC · vᵀ; ∂L/∂v = dropped probsᵀ · dC.
                     matmul(
-                        (l, l, d),
+                        (n, l, d),
                         MatMut::rows(ds, l),
                         dc,
                         v.t(),
@@ -374,8 +639,8 @@ impl LayerOp {
                         Threads::One,
                     );
                     matmul(
-                        (l, d, l),
-                        d_rows.col(2 * h + head * d),
+                        (l, d, n),
+                        dv,
                         Mat::rows(pd, l).t(),
                         dc,
                         T::ONE,
@@ -399,27 +664,11 @@ impl LayerOp {
                 });
                 let ds = Mat::rows(&*ds, l);
                 unsafe {
-                    matmul(
-                        (l, d, l),
-                        d_rows.col(head * d),
-                        ds,
-                        k,
-                        scale,
-                        false,
-                        Threads::One,
-                    );
-                    matmul(
-                        (l, d, l),
-                        d_rows.col(h + head * d),
-                        ds.t(),
-                        q,
-                        scale,
-                        false,
-                        Threads::One,
-                    );
+                    matmul((n, d, l), dq, ds, k, scale, false, Threads::One);
+                    matmul((l, d, n), dk, ds.t(), q, scale, false, Threads::One);
                 }
             });
-        (d_qkv, d_logits)
+        d_logits
     }
 
     fn forward<T: Float>(&self, x: &[T], p: &[T], bias: Option<&[T]>) -> Vec<T> {
@@ -431,22 +680,18 @@ impl LayerOp {
         let ffn_g = part(p, lay.ffn_norm_g, h);
         let ffn_b = part(p, lay.ffn_norm_b, h);
 
+        // Every token is a key and a value, so pre-LN normalises them all.
         let pre_attn = (!post).then(|| layer_norm(x, attn_g, attn_b, s.eps));
         let a_in = pre_attn.as_ref().map_or(x, |(y, _)| y.as_slice());
-        let mut qkv = linear(
-            a_in,
-            part(p, lay.wqkv, 3 * h * h),
-            part(p, lay.bqkv, 3 * h),
-            h,
-        );
-        if s.rotary {
-            // Saved rotated: attention and its backward read Q and K as used.
-            rotate_packed(&mut qkv, self.len, h, self.head_dim(), false);
-        }
-        let (probs, context) = self.attention(&qkv, bias);
+        let projections = self.project(a_in, p);
+        let (probs, context) = self.attention(projections.operands(h), bias);
+        // From here on, the query rows only.
         let mut z1 = linear(&context, part(p, lay.wo, h * h), part(p, lay.bo, h), h);
         apply_mask(&mut z1, self.masks.attn_out.as_deref());
-        add(&mut z1, x);
+        match &self.rows {
+            None => add(&mut z1, x),
+            Some(rows) => add(&mut z1, &gather(x, rows, h)),
+        }
         let (h1, attn_norm) = match pre_attn {
             Some((_, normed)) => (z1, normed),
             None => layer_norm(&z1, attn_g, attn_b, s.eps),
@@ -469,14 +714,22 @@ impl LayerOp {
             self.saved.put(Saved {
                 attn_norm,
                 ffn_norm,
-                qkv,
+                projections,
                 probs,
                 context,
                 pre_act,
                 gates,
             });
         }
-        y
+        match &self.rows {
+            None => y,
+            Some(rows) => {
+                // The exited rows are carried unchanged.
+                let mut out = x.to_vec();
+                scatter(&mut out, rows, &y, h, false);
+                out
+            }
+        }
     }
 
     /// Gradients of `x`, of the flat parameters and (per head task) of the
@@ -500,16 +753,25 @@ impl LayerOp {
         // Gradients are added straight into the flat group's slices.
         let ffn_norm = ((lay.ffn_norm_g, h), (lay.ffn_norm_b, h));
         let attn_norm = ((lay.attn_norm_g, h), (lay.attn_norm_b, h));
+        let gathered;
+        let dy_rows = match &self.rows {
+            None => dy,
+            Some(rows) => {
+                gathered = gather(dy, rows, h);
+                &gathered
+            }
+        };
+        let row_values = self.queries() * h;
 
         // Feed-forward block: y = LN(h1 + drop(W2·act(W1·f_in))) (post) or
         // h1 + drop(...) with f_in = LN(h1) (pre).
         let mut dh1 = if post {
-            let mut dz2 = zeros::<T>(dy.len());
+            let mut dz2 = zeros::<T>(row_values);
             let (dg, db) = two_mut(&mut dp, ffn_norm);
-            layer_norm_backward(dy, &saved.ffn_norm, ffn_g, &mut dz2, dg, db);
+            layer_norm_backward(dy_rows, &saved.ffn_norm, ffn_g, &mut dz2, dg, db);
             dz2
         } else {
-            dy.to_vec()
+            dy_rows.to_vec()
         };
         let d_out = masked(&dh1, self.masks.ffn_out.as_deref());
         let act = gated(&saved.pre_act, &saved.gates);
@@ -527,10 +789,11 @@ impl LayerOp {
         drop((d_act, f_in));
 
         // Attention block: h1 = LN(x + drop(Wo·attn(a_in))) (post) or
-        // x + drop(...) with a_in = LN(x) (pre).
-        let mut dx = if post {
+        // x + drop(...) with a_in = LN(x) (pre). `d_rows`: the gradient of
+        // the query rows' residual input.
+        let d_rows = if post {
             add(&mut dh1, &df_in);
-            let mut dz1 = zeros::<T>(dy.len());
+            let mut dz1 = zeros::<T>(row_values);
             let (dg, db) = two_mut(&mut dp, attn_norm);
             layer_norm_backward(&dh1, &saved.attn_norm, attn_g, &mut dz1, dg, db);
             dz1
@@ -539,19 +802,39 @@ impl LayerOp {
             layer_norm_backward(&df_in, &saved.ffn_norm, ffn_g, &mut dh1, dg, db);
             dh1
         };
-        let d_out = masked(&dx, self.masks.attn_out.as_deref());
+        let d_out = masked(&d_rows, self.masks.attn_out.as_deref());
         let (dw, db) = two_mut(&mut dp, ((lay.wo, h * h), (lay.bo, h)));
         let d_context = linear_backward(&d_out, &saved.context, part(p, lay.wo, h * h), dw, db);
         drop(d_out);
-        let (mut d_qkv, d_logits) = self.attention_backward(&d_context, &saved.qkv, &saved.probs);
+        let mut d_proj = saved.projections.zeros_like();
+        let d_logits = self.attention_backward(
+            &d_context,
+            saved.projections.operands(h),
+            d_proj.operands_mut(h),
+            &saved.probs,
+        );
         if s.rotary {
-            // The rotation is orthogonal: its backward turns the other way.
-            rotate_packed(&mut d_qkv, self.len, h, self.head_dim(), true);
+            self.unrotate(&mut d_proj);
         }
         let pre_attn = (!post).then(|| denormalise(&saved.attn_norm, attn_g, attn_b));
         let a_in = pre_attn.as_deref().unwrap_or(x);
+        let w = part(p, lay.wqkv, 3 * h * h);
         let (dw, db) = two_mut(&mut dp, ((lay.wqkv, 3 * h * h), (lay.bqkv, 3 * h)));
-        let da_in = linear_backward(&d_qkv, a_in, part(p, lay.wqkv, 3 * h * h), dw, db);
+        let (da_in, mut dx) = match (d_proj, &self.rows) {
+            (Projections::Packed(d_qkv), _) => (linear_backward(&d_qkv, a_in, w, dw, db), d_rows),
+            (Projections::Split { q: dq, kv: dkv }, Some(rows)) => {
+                let ((dwq, dwkv), (dbq, dbkv)) = (dw.split_at_mut(h * h), db.split_at_mut(h));
+                let mut da_in = linear_backward(&dkv, a_in, &w[h * h..], dwkv, dbkv);
+                let a_rows = gather(a_in, rows, h);
+                let da_rows = linear_backward(&dq, &a_rows, &w[..h * h], dwq, dbq);
+                scatter(&mut da_in, rows, &da_rows, h, true);
+                // The exited rows pass their gradient straight through.
+                let mut dx = dy.to_vec();
+                scatter(&mut dx, rows, &d_rows, h, false);
+                (da_in, dx)
+            }
+            (Projections::Split { .. }, None) => unreachable!("split projections have rows"),
+        };
         if post {
             add(&mut dx, &da_in);
         } else {
@@ -561,12 +844,30 @@ impl LayerOp {
         Ok((dx, dp, d_logits))
     }
 
-    /// Sums per-task logit gradients into the bias's shape.
+    /// Sums per-task logit gradients into the bias's shape (with early
+    /// exit, the exited queries' rows are zeros).
     fn bias_gradient<T: Float>(&self, d_logits: Vec<T>) -> Vec<T> {
+        let (l, ll) = (self.len, self.len * self.len);
+        let d_logits = match &self.rows {
+            None => d_logits,
+            Some(_) => {
+                let mut full = zeros::<T>(self.batch * self.spec.heads * ll);
+                for t in 0..self.batch * self.spec.heads {
+                    let (_, _, start, n) = self.task(t);
+                    let offset = self.task_offset(t);
+                    for i in 0..n {
+                        let pos = self.position(start + i);
+                        full[t * ll + pos * l..t * ll + (pos + 1) * l]
+                            .copy_from_slice(&d_logits[offset + i * l..offset + (i + 1) * l]);
+                    }
+                }
+                full
+            }
+        };
         if self.bias_rows != self.spec.heads || self.batch == 1 {
             return d_logits;
         }
-        let block = self.spec.heads * self.len * self.len;
+        let block = self.spec.heads * ll;
         let mut sum = d_logits[..block].to_vec();
         for b in 1..self.batch {
             for (s, g) in sum.iter_mut().zip(&d_logits[b * block..(b + 1) * block]) {
