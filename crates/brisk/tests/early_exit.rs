@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use brisk::config::{Kernels, ModelConfig, Norm, Position, Preset};
 use brisk::corpus::generated::Rng;
 use brisk::corpus::tokenizer::SpecialIds;
-use brisk::model::discriminator::replaced_token_loss;
 use brisk::model::electra::{Electra, Exiting};
 use brisk::model::fused::layer::{record_product_rows, take_product_rows, ProductRows};
 use brisk::model::{Active, Ctx, Params};
@@ -93,7 +92,7 @@ fn some_leave(layer: usize, logits: &[f32]) -> Vec<bool> {
 
 fn exiting(model: &Electra, rule: &dyn Fn(usize, &[f32]) -> Vec<bool>) -> Exiting {
     model
-        .discriminate_exiting(&ids(), None, rule, &mut Ctx::eval())
+        .discriminate_exiting(&ids(), &labels(), None, rule, &mut Ctx::eval())
         .unwrap()
 }
 
@@ -155,7 +154,7 @@ fn nobody_leaving_is_plain_electra_forward_and_backward() {
 #[test]
 fn at_threshold_zero_the_layers_above_see_no_token() {
     let cfg = config(Position::Absolute, Norm::Post, Kernels::Fused);
-    let (model, params) = model(&cfg, &[1]);
+    let (model, params) = model(&cfg, &[1, 2]);
     let mut after_first = None;
     model
         .discriminator
@@ -184,10 +183,15 @@ fn at_threshold_zero_the_layers_above_see_no_token() {
     };
     assert_eq!(rows, vec![all, none, none]);
     assert_eq!(pass.updated, vec![TOKENS, 0, 0]);
+    // The head after layer 2 had nobody to read.
+    assert_eq!(pass.exits.len(), 1);
     // Every token's final state is its state after layer 1.
     assert_eq!(values(&pass.hidden), after_first.unwrap());
     // Layers 2 and 3 did nothing, so they learn nothing.
-    let loss = replaced_token_loss(&pass.logits, &labels(), None).unwrap();
+    let loss = model
+        .discriminator_head
+        .loss(&pass.hidden, &labels())
+        .unwrap();
     for (name, g) in named_gradients(&params, &loss) {
         let idle =
             name.starts_with("bert.encoder.layer.1.") || name.starts_with("bert.encoder.layer.2.");
@@ -289,15 +293,12 @@ fn the_fused_active_rows_equal_the_reference_forward_and_backward() {
                 let cfg = config(position, norm, kernels);
                 let (model, params) = model(&cfg, &[1, 2]);
                 let pass = exiting(&model, &some_leave);
-                let mut loss = replaced_token_loss(&pass.logits, &labels(), None).unwrap();
+                let mut loss = model
+                    .discriminator_head
+                    .loss(&pass.hidden, &labels())
+                    .unwrap();
                 for exit in &pass.exits {
-                    let index = Tensor::new(exit.rows.as_slice(), &Device::Cpu).unwrap();
-                    let y = labels()
-                        .flatten_all()
-                        .unwrap()
-                        .index_select(&index, 0)
-                        .unwrap();
-                    loss = (loss + replaced_token_loss(&exit.logits, &y, None).unwrap()).unwrap();
+                    loss = (loss + &exit.loss).unwrap();
                 }
                 (values(&pass.hidden), named_gradients(&params, &loss))
             };

@@ -365,3 +365,96 @@ fn the_discriminator_learns_to_spot_an_odd_token_out() {
         losses.len()
     );
 }
+
+#[test]
+fn the_fused_generator_head_equals_the_reference_and_draws_the_same_samples() {
+    use brisk::train::optim::gradients_or_zeros;
+    // A generator half as wide as the embeddings: the head's dense layer
+    // maps 8 to 16 before the tied decoder.
+    let cfg = config(Position::Rope, Kernels::Fused);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = Electra::new(&cfg, Some(0.5), &[], &mut params, 4).unwrap();
+    let g = model.generator.as_ref().unwrap();
+    assert!(g.head.is_fused());
+    let (_, masked) = batch(5);
+    let ids = masked.inputs_tensor((2, 12)).unwrap();
+    let (rows, targets) = (
+        masked.rows_tensor().unwrap(),
+        masked.targets_tensor().unwrap(),
+    );
+    let run = |fused: bool| {
+        let hidden = g
+            .encoder
+            .forward(&ids, None, None, None, &mut Ctx::eval())
+            .unwrap();
+        let at = (&rows, &targets);
+        let (loss, samples) = match fused {
+            true => g.head.loss(&hidden, &model.discriminator, at, Some(9)),
+            false => g
+                .head
+                .reference_loss(&hidden, &model.discriminator, at, Some(9)),
+        }
+        .unwrap();
+        let store = loss.backward().unwrap();
+        let grads = gradients_or_zeros(&params, &store, &|_| true).unwrap();
+        let grads: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), samples.unwrap(), grads)
+    };
+    let (fused_loss, fused_samples, fused_grads) = run(true);
+    let (loss, samples, grads) = run(false);
+    assert!((fused_loss - loss).abs() < 1e-5, "{fused_loss} vs {loss}");
+    assert_eq!(fused_samples, samples);
+    assert_eq!(samples.len(), masked.rows.len());
+    for (a, b) in fused_grads.iter().zip(&grads) {
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
+        }
+    }
+    assert!(grads.iter().flatten().any(|v| *v != 0.0));
+}
+
+#[test]
+fn the_fused_replaced_token_head_equals_the_reference() {
+    use brisk::train::optim::gradients_or_zeros;
+    let cfg = config(Position::Absolute, Kernels::Fused);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = Electra::new(&cfg, None, &[], &mut params, 4).unwrap();
+    let head = &model.discriminator_head;
+    assert!(head.is_fused());
+    let mut rng = Rng::new(6);
+    let values: Vec<f32> = (0..24 * 16)
+        .map(|_| rng.unit() as f32 * 4.0 - 2.0)
+        .collect();
+    let hidden = candle_core::Var::from_vec(values, (2, 12, 16), &Device::Cpu).unwrap();
+    let labels: Vec<f32> = (0..24).map(|i| (i % 5 == 2) as u8 as f32).collect();
+    let labels = Tensor::from_vec(labels, (2, 12), &Device::Cpu).unwrap();
+    let run = |fused: bool| {
+        let h = hidden.as_tensor();
+        let loss = match fused {
+            true => head.loss(h, &labels),
+            false => head.reference_loss(h, &labels),
+        }
+        .unwrap();
+        let store = loss.backward().unwrap();
+        let mut grads = gradients_or_zeros(&params, &store, &|_| true).unwrap();
+        grads.push(store.get(h).unwrap().clone());
+        let grads: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (fused_loss, fused_grads) = run(true);
+    let (loss, grads) = run(false);
+    assert!((fused_loss - loss).abs() < 1e-5, "{fused_loss} vs {loss}");
+    for (a, b) in fused_grads.iter().zip(&grads) {
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
+        }
+    }
+}

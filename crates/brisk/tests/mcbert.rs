@@ -158,3 +158,74 @@ fn pretraining_runs_mcbert_and_logs_both_losses() {
     // The main model loads as a BERT encoder for fine-tuning.
     brisk::encoder::Encoder::load(&run).unwrap();
 }
+
+fn random_values(n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect()
+}
+
+#[test]
+fn the_fused_choice_head_equals_the_reference() {
+    use brisk::train::optim::gradients_or_zeros;
+    use candle_core::Var;
+    let cfg = config(Position::Absolute, Kernels::Fused);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+    assert!(model.head.is_fused());
+    let mut rng = Rng::new(4);
+    let hidden =
+        Var::from_vec(random_values(24 * 16, &mut rng), (2, 12, 16), &Device::Cpu).unwrap();
+    // Repeated candidates: their gradients add up in the embeddings.
+    let candidates: Vec<u32> = (0..24 * 9).map(|_| 5 + rng.below(10) as u32).collect();
+    let labels: Vec<u32> = (0..24).map(|i| (i % 3 == 0) as u32).collect();
+    let run = |fused: bool| {
+        let h = hidden.as_tensor();
+        let loss = match fused {
+            true => model.head.loss(h, &candidates, &labels, &model.main),
+            false => model
+                .head
+                .reference_loss(h, &candidates, &labels, &model.main),
+        }
+        .unwrap();
+        let store = loss.backward().unwrap();
+        let mut grads = gradients_or_zeros(&params, &store, &|_| true).unwrap();
+        grads.push(store.get(h).unwrap().clone());
+        let grads: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (fused_loss, fused_grads) = run(true);
+    let (loss, grads) = run(false);
+    assert!((fused_loss - loss).abs() < 1e-5, "{fused_loss} vs {loss}");
+    for (a, b) in fused_grads.iter().zip(&grads) {
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn the_fused_controller_reads_every_row_as_the_reference() {
+    let cfg = config(Position::Absolute, Kernels::Fused);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+    let (tokens, _) = batch(8);
+    let ids = candle_core::Tensor::from_vec(tokens, (2, 12), &Device::Cpu).unwrap();
+    let hidden = model.control(&ids, &mut Ctx::eval()).unwrap();
+    let row = |i: usize, logits: &[f32]| (i, logits.to_vec());
+    let head = &model.controller_head;
+    let fused = head.visit_rows(&hidden, &model.main, &row).unwrap();
+    let reference = head
+        .reference_visit_rows(&hidden, &model.main, &row)
+        .unwrap();
+    assert_eq!(fused.len(), 24);
+    for ((i, a), (j, b)) in fused.iter().zip(&reference) {
+        assert_eq!(i, j);
+        assert_eq!(a.len(), 40);
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "row {i}: {x} vs {y}");
+        }
+    }
+}

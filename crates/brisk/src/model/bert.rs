@@ -2,8 +2,10 @@
 //! head, with HuggingFace tensor names.
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use super::attention::{attention, Logits};
+use super::fused::head::{draw_from_row, row_stream};
 use super::fused::{Activation, EmbeddingSpec, HeadSpec, LayerLayout, LayerSpec};
 use super::norm::LayerNorm;
 use super::params::{Ctx, Group, GroupBuilder, Params};
@@ -67,7 +69,7 @@ pub(crate) fn activation_kind(cfg: &ModelConfig) -> Result<Activation> {
 
 /// Whether the fused kernels run a group: asked for, and on the CPU in
 /// f32 or f64 (anything else takes the reference path).
-fn runs_fused(cfg: &ModelConfig, group: &Group) -> bool {
+pub(crate) fn runs_fused(cfg: &ModelConfig, group: &Group) -> bool {
     cfg.kernels == Kernels::Fused
         && group.var.device().is_cpu()
         && matches!(group.var.dtype(), DType::F32 | DType::F64)
@@ -521,6 +523,17 @@ impl Bert {
         })
     }
 
+    /// The embeddings' flat group (the fused heads write the decoder's
+    /// gradient into its word block).
+    pub fn embedding_group(&self) -> &Tensor {
+        &self.embeddings.group
+    }
+
+    /// The fused embeddings' layout, when they run fused.
+    pub fn fused_embeddings(&self) -> Option<&EmbeddingSpec> {
+        self.embeddings.fused.as_ref()
+    }
+
     /// The word-embedding matrix `[vocab, hidden]` (tied to the MLM decoder).
     pub fn word_embeddings(&self) -> &Tensor {
         &self.embeddings.word
@@ -646,8 +659,7 @@ impl MlmHead {
         g.zeros("bias", &[cfg.vocab_size]);
         let g = g.finish()?;
         let act = activation_kind(cfg)?;
-        // The fused head is square (encoder width = embedding width).
-        let fused = match (&bert.embeddings.fused, runs_fused(cfg, g) && h == e) {
+        let fused = match (&bert.embeddings.fused, runs_fused(cfg, g)) {
             (Some(embeddings), true) => Some(HeadSpec::of(g, embeddings, act, cfg.layer_norm_eps)?),
             _ => None,
         };
@@ -675,6 +687,94 @@ impl MlmHead {
             .norm
             .forward(&activation(self.act, &self.transform.forward(&picked)?)?)?;
         Ok(t.matmul(&word_embeddings.t()?)?.broadcast_add(&self.bias)?)
+    }
+
+    /// Mean cross-entropy of `targets` (one per row) at the flattened
+    /// positions `rows` of `hidden`, through the decoder tied to `tied`'s
+    /// word embeddings; with `sample`, also one draw per row from the
+    /// head's softmax (no gradient; row `i` reads
+    /// [`row_stream`]`(sample, i)`). On the fused kernel when the model
+    /// runs fused, else [`MlmHead::reference_loss`].
+    pub fn loss(
+        &self,
+        hidden: &Tensor,
+        tied: &Bert,
+        (rows, targets): (&Tensor, &Tensor),
+        sample: Option<u64>,
+    ) -> Result<(Tensor, Option<Vec<u32>>)> {
+        match &self.fused {
+            Some(spec) => spec.loss(
+                hidden,
+                &self.group,
+                &tied.embeddings.group,
+                (rows, targets),
+                sample,
+            ),
+            None => self.reference_loss(hidden, tied, (rows, targets), sample),
+        }
+    }
+
+    /// `f(i, logits of row i)` for every position of `hidden` (no
+    /// gradient), through the decoder tied to `tied`'s word embeddings; on
+    /// the fused kernel a block of rows at a time.
+    pub fn visit_rows<R: Send>(
+        &self,
+        hidden: &Tensor,
+        tied: &Bert,
+        f: &(dyn Fn(usize, &[f32]) -> R + Sync),
+    ) -> Result<Vec<R>> {
+        match &self.fused {
+            Some(spec) => spec.visit_rows(hidden, &self.group, &tied.embeddings.group, f),
+            None => self.reference_visit_rows(hidden, tied, f),
+        }
+    }
+
+    /// [`MlmHead::visit_rows`] through candle's ops (the whole logits
+    /// matrix at once).
+    pub fn reference_visit_rows<R: Send>(
+        &self,
+        hidden: &Tensor,
+        tied: &Bert,
+        f: &(dyn Fn(usize, &[f32]) -> R + Sync),
+    ) -> Result<Vec<R>> {
+        let n = hidden.elem_count() / hidden.dim(hidden.rank() - 1)?;
+        let every = Tensor::from_vec((0..n as u32).collect(), n, hidden.device())?;
+        let logits = self.forward(&hidden.detach(), &every, &tied.word_embeddings().detach())?;
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(rows
+            .par_iter()
+            .enumerate()
+            .map(|(i, row)| f(i, row))
+            .collect())
+    }
+
+    /// True when the fused kernel computes the head and its loss.
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// [`MlmHead::loss`] through candle's ops (the fused head's reference).
+    pub fn reference_loss(
+        &self,
+        hidden: &Tensor,
+        tied: &Bert,
+        (rows, targets): (&Tensor, &Tensor),
+        sample: Option<u64>,
+    ) -> Result<(Tensor, Option<Vec<u32>>)> {
+        let logits = self.forward(hidden, rows, tied.word_embeddings())?;
+        let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, targets)?;
+        let samples = sample
+            .map(|seed| -> Result<Vec<u32>> {
+                let probs = candle_nn::ops::softmax_last_dim(&logits.detach())?;
+                let rows: Vec<Vec<f32>> = probs.to_dtype(DType::F32)?.to_vec2()?;
+                Ok(rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| draw_from_row(row, row_stream(seed, i).unit()))
+                    .collect())
+            })
+            .transpose()?;
+        Ok((loss, samples))
     }
 }
 
@@ -735,18 +835,7 @@ impl BertForMaskedLm {
         ctx: &mut Ctx,
     ) -> Result<(Tensor, Tensor)> {
         let hidden = self.bert.forward(ids, None, pad_mask, mix, ctx)?;
-        let loss = match &self.head.fused {
-            Some(spec) => {
-                let embeddings = &self.bert.embeddings.group;
-                spec.loss(&hidden, &self.head.group, embeddings, rows, targets)?
-            }
-            None => {
-                let logits = self
-                    .head
-                    .forward(&hidden, rows, self.bert.word_embeddings())?;
-                candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, targets)?
-            }
-        };
+        let (loss, _) = self.head.loss(&hidden, &self.bert, (rows, targets), None)?;
         Ok((loss, hidden))
     }
 

@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Tensor};
 
-use super::bert::{activation, activation_kind, Linear};
-use super::fused::Activation;
+use super::bert::{activation, activation_kind, runs_fused, Linear};
+use super::fused::{Activation, DetectorSpec};
 use super::params::Params;
 use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
@@ -14,6 +14,10 @@ use crate::error::Result;
 
 #[derive(Debug, Clone)]
 pub struct DiscriminatorHead {
+    /// The flat group.
+    group: Tensor,
+    /// Set when the fused kernel computes the head and its loss.
+    fused: Option<DetectorSpec>,
     dense: Linear,
     prediction: Linear,
     act: Activation,
@@ -38,10 +42,16 @@ impl DiscriminatorHead {
         Linear::add(&mut g, "dense", (h, h), std, rng);
         Linear::add(&mut g, "dense_prediction", (h, 1), std, rng);
         let g = g.finish()?;
+        let act = activation_kind(cfg)?;
+        let fused = runs_fused(cfg, g)
+            .then(|| DetectorSpec::of(g, act))
+            .transpose()?;
         Ok(DiscriminatorHead {
+            group: g.var.as_tensor().clone(),
+            fused,
             dense: Linear::view(g, "dense")?,
             prediction: Linear::view(g, "dense_prediction")?,
-            act: activation_kind(cfg)?,
+            act,
         })
     }
 
@@ -51,6 +61,40 @@ impl DiscriminatorHead {
         let x = activation(self.act, &self.dense.forward(hidden)?)?;
         let last = x.rank() - 1;
         Ok(self.prediction.forward(&x)?.squeeze(last)?)
+    }
+
+    /// Mean binary cross-entropy of the head's logits at `hidden` `[..,
+    /// hidden]` against `labels` (same leading shape, 1 for replaced).
+    /// Fused when the model runs fused.
+    pub fn loss(&self, hidden: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        Ok(self.loss_and_logits(hidden, labels)?.0)
+    }
+
+    /// [`DiscriminatorHead::loss`] and the logits' values, flattened.
+    pub fn loss_and_logits(&self, hidden: &Tensor, labels: &Tensor) -> Result<(Tensor, Vec<f32>)> {
+        match &self.fused {
+            Some(spec) => {
+                let labels: Vec<f32> = labels.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                spec.loss(hidden, &self.group, &labels)
+            }
+            None => {
+                let logits = self.forward(hidden)?;
+                let loss = replaced_token_loss(&logits, labels, None)?;
+                let values = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                Ok((loss, values))
+            }
+        }
+    }
+
+    /// [`DiscriminatorHead::loss`] through candle's ops (the fused head's
+    /// reference).
+    pub fn reference_loss(&self, hidden: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        replaced_token_loss(&self.forward(hidden)?, labels, None)
+    }
+
+    /// True when the fused kernel computes the head and its loss.
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
     }
 }
 

@@ -62,24 +62,23 @@ pub struct ExitHead {
 }
 
 /// One exit head's reading in [`Electra::discriminate_exiting`].
-pub struct ExitLogits {
+pub struct ExitReading {
     /// The layer it follows (from 1).
     pub layer: usize,
     /// The tokens that reached it (rows of the flattened batch): it reads
     /// them all, then some leave.
     pub rows: Vec<u32>,
-    /// Its logits at those rows, `[rows]`.
-    pub logits: Tensor,
+    /// Its binary cross-entropy over those tokens.
+    pub loss: Tensor,
 }
 
 /// The discriminator's pass with early exit.
 pub struct Exiting {
     /// Last hidden states `[batch, len, hidden]`; an exited token's is its
-    /// state where it left.
+    /// state where it left (the final head reads them all).
     pub hidden: Tensor,
-    /// The final head's logits `[batch, len]`, at every token.
-    pub logits: Tensor,
-    pub exits: Vec<ExitLogits>,
+    /// The exit heads that some token reached, in order.
+    pub exits: Vec<ExitReading>,
     /// How many tokens each layer updated, from the first.
     pub updated: Vec<usize>,
 }
@@ -165,6 +164,27 @@ impl Electra {
         Ok(Some(g.head.forward(&hidden, rows, words)?))
     }
 
+    /// The generator's masked-LM loss (mean over `rows`, against
+    /// `targets`) on `ids`, and one sample per row from its softmax (from
+    /// `seed`, no gradient): ELECTRA's replacements. `None` without a
+    /// learned generator.
+    pub fn generate(
+        &self,
+        ids: &Tensor,
+        at: (&Tensor, &Tensor),
+        seed: u64,
+        ctx: &mut Ctx,
+    ) -> Result<Option<(Tensor, Vec<u32>)>> {
+        let Some(g) = &self.generator else {
+            return Ok(None);
+        };
+        let hidden = g.encoder.forward(ids, None, None, None, ctx)?;
+        let (loss, samples) = g.head.loss(&hidden, &self.discriminator, at, Some(seed))?;
+        let samples =
+            samples.ok_or_else(|| Error::Tensor("the generator drew no samples".into()))?;
+        Ok(Some((loss, samples)))
+    }
+
     /// The discriminator's last hidden states `[batch, len, hidden]` and
     /// replaced-token logits `[batch, len]` for `ids`; `mix` changes its
     /// input embeddings (TNF's notes belong to the main encoder).
@@ -180,13 +200,15 @@ impl Electra {
     }
 
     /// The discriminator with early exit: after each layer that has an exit
-    /// head, the head reads the tokens still active and `stays` (given the
-    /// layer and the head's logits at those tokens) says which of them go
-    /// on; the others keep their hidden state to the end and remain keys
-    /// and values for the rest. The final head reads every token.
+    /// head, the head reads the tokens still active (its loss against their
+    /// `labels`, `[batch, len]`) and `stays` (given the layer and the
+    /// head's logits at those tokens) says which of them go on; the others
+    /// keep their hidden state to the end and remain keys and values for
+    /// the rest.
     pub fn discriminate_exiting(
         &self,
         ids: &Tensor,
+        labels: &Tensor,
         mix: Option<&InputMix>,
         stays: &dyn Fn(usize, &[f32]) -> Vec<bool>,
         ctx: &mut Ctx,
@@ -195,6 +217,7 @@ impl Electra {
         let tokens = shape.0 * shape.1;
         let mut exits = Vec::new();
         let mut updated = Vec::new();
+        let labels = labels.flatten_all()?;
         let mut decide =
             |i: usize, x: &Tensor, active: Option<&Active>| -> Result<Option<Active>> {
                 updated.push(active.map_or(tokens, |a| a.rows().len()));
@@ -205,13 +228,16 @@ impl Electra {
                     Some(a) => a.rows().to_vec(),
                     None => (0..tokens as u32).collect(),
                 };
+                if rows.is_empty() {
+                    // Everyone left earlier: nothing to read.
+                    return Ok(None);
+                }
                 let index = Tensor::new(rows.as_slice(), &Device::Cpu)?;
                 let reached = x.flatten(0, 1)?.index_select(&index, 0)?;
-                let logits = exit.head.forward(&reached)?;
-                let keep = stays(
-                    exit.layer,
-                    &logits.to_dtype(candle_core::DType::F32)?.to_vec1()?,
-                );
+                let (loss, logits) = exit
+                    .head
+                    .loss_and_logits(&reached, &labels.index_select(&index, 0)?)?;
+                let keep = stays(exit.layer, &logits);
                 let remaining: Vec<u32> = rows
                     .iter()
                     .zip(&keep)
@@ -220,20 +246,18 @@ impl Electra {
                     .collect();
                 let changed = remaining.len() < rows.len();
                 let next = changed.then(|| Active::new(remaining, shape)).transpose()?;
-                exits.push(ExitLogits {
+                exits.push(ExitReading {
                     layer: exit.layer,
                     rows,
-                    logits,
+                    loss,
                 });
                 Ok(next)
             };
         let hidden = self
             .discriminator
             .forward_exiting(ids, mix, &mut decide, ctx)?;
-        let logits = self.discriminator_head.forward(&hidden)?;
         Ok(Exiting {
             hidden,
-            logits,
             exits,
             updated,
         })
@@ -241,8 +265,10 @@ impl Electra {
 
     /// True when every encoder layer runs on the fused kernels.
     pub fn is_fused(&self) -> bool {
-        let generator = self.generator.as_ref().map(|g| &g.encoder.layers[..]);
-        self.discriminator.layers.iter().all(|l| l.is_fused())
-            && generator.unwrap_or(&[]).iter().all(|l| l.is_fused())
+        let generator_fused = self
+            .generator
+            .as_ref()
+            .is_none_or(|g| g.head.is_fused() && g.encoder.layers.iter().all(|l| l.is_fused()));
+        self.discriminator.layers.iter().all(|l| l.is_fused()) && generator_fused
     }
 }

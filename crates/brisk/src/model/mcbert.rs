@@ -8,9 +8,10 @@
 
 use candle_core::Tensor;
 
-use super::bert::{activation, activation_kind, Bert, Linear, MlmHead};
+use super::bert::{activation, activation_kind, runs_fused, Bert, Linear, MlmHead};
 use super::electra::generator_config;
 use super::fused::Activation;
+use super::fused::ChoiceSpec;
 use super::norm::LayerNorm;
 use super::params::{Ctx, Params};
 use crate::config::ModelConfig;
@@ -20,6 +21,13 @@ use crate::error::Result;
 /// The multi-choice head (`mcbert_predictions.*`).
 #[derive(Debug, Clone)]
 pub struct ChoiceHead {
+    /// Whether the choice loss's gradient reaches the candidates' word
+    /// embeddings (the shared table the controller also decodes with).
+    pub candidate_gradient: bool,
+    /// The flat group.
+    group: Tensor,
+    /// Set when the fused kernel computes the head and its loss.
+    fused: Option<ChoiceSpec>,
     dense: Linear,
     norm: LayerNorm,
     act: Activation,
@@ -31,7 +39,14 @@ pub struct ChoiceHead {
 }
 
 impl ChoiceHead {
-    pub fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<ChoiceHead> {
+    /// The head for `main`, whose word embeddings are the candidates'
+    /// vectors.
+    pub fn new(
+        params: &mut Params,
+        cfg: &ModelConfig,
+        main: &Bert,
+        rng: &mut Rng,
+    ) -> Result<ChoiceHead> {
         let (h, std) = (cfg.hidden_size, cfg.initializer_range);
         let mut g = params.group("mcbert_predictions");
         Linear::add(&mut g, "dense", (h, h), std, rng);
@@ -40,10 +55,20 @@ impl ChoiceHead {
         g.normal("reject", &[h], std, rng);
         g.zeros("reject_bias", &[1]);
         let g = g.finish()?;
+        let act = activation_kind(cfg)?;
+        let fused = match (main.fused_embeddings(), runs_fused(cfg, g)) {
+            (Some(embeddings), true) => {
+                Some(ChoiceSpec::of(g, embeddings, act, cfg.layer_norm_eps)?)
+            }
+            _ => None,
+        };
         Ok(ChoiceHead {
+            candidate_gradient: true,
+            group: g.var.as_tensor().clone(),
+            fused,
             dense: Linear::view(g, "dense")?,
             norm: LayerNorm::view(g, "LayerNorm", cfg.layer_norm_eps)?,
-            act: activation_kind(cfg)?,
+            act,
             bias: g.view("bias")?,
             reject: g.view("reject")?,
             reject_bias: g.view("reject_bias")?,
@@ -76,6 +101,56 @@ impl ChoiceHead {
             .broadcast_add(&self.reject_bias)?;
         Ok(Tensor::cat(&[&reject, &tokens], 1)?)
     }
+
+    /// Mean cross-entropy over the positions of `hidden` of their `labels`
+    /// (0: reject, 1: the original in slot 1) among the reject option and
+    /// `candidates` (`K − 1` ids per position), the candidates' vectors
+    /// being `main`'s word embeddings. Fused when the model runs fused.
+    pub fn loss(
+        &self,
+        hidden: &Tensor,
+        candidates: &[u32],
+        labels: &[u32],
+        main: &Bert,
+    ) -> Result<Tensor> {
+        let Some(spec) = &self.fused else {
+            return self.reference_loss(hidden, candidates, labels, main);
+        };
+        // Detached here, the table still learns through the main model's
+        // input embeddings.
+        let table = match self.candidate_gradient {
+            true => main.embedding_group().clone(),
+            false => main.embedding_group().detach(),
+        };
+        spec.loss(hidden, &self.group, &table, candidates, labels)
+    }
+
+    /// [`ChoiceHead::loss`] through candle's ops (the fused head's reference).
+    pub fn reference_loss(
+        &self,
+        hidden: &Tensor,
+        candidates: &[u32],
+        labels: &[u32],
+        main: &Bert,
+    ) -> Result<Tensor> {
+        let dev = hidden.device();
+        let candidates = Tensor::from_vec(candidates.to_vec(), candidates.len(), dev)?;
+        let labels = Tensor::from_vec(labels.to_vec(), labels.len(), dev)?;
+        let table = match self.candidate_gradient {
+            true => main.word_embeddings().clone(),
+            false => main.word_embeddings().detach(),
+        };
+        let scores = self.scores(hidden, &candidates, &table)?;
+        Ok(candle_nn::loss::cross_entropy(
+            &scores.to_dtype(candle_core::DType::F32)?,
+            &labels,
+        )?)
+    }
+
+    /// True when the fused kernel computes the head and its loss.
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
 }
 
 /// The controller (`generator.*`, `generator_predictions.*`) and the main
@@ -97,7 +172,7 @@ impl McBert {
     ) -> Result<McBert> {
         let mut rng = Rng::new(seed);
         let main = Bert::new(params, cfg, &mut rng)?;
-        let head = ChoiceHead::new(params, cfg, &mut rng)?;
+        let head = ChoiceHead::new(params, cfg, &main, &mut rng)?;
         let c_cfg = generator_config(cfg, controller_size)?;
         let controller = Bert::sharing_embeddings(params, &c_cfg, "generator", &main, &mut rng)?;
         let controller_head = MlmHead::named(
@@ -129,7 +204,9 @@ impl McBert {
     }
 
     pub fn is_fused(&self) -> bool {
-        self.main.layers.iter().all(|l| l.is_fused())
+        self.head.is_fused()
+            && self.controller_head.is_fused()
+            && self.main.layers.iter().all(|l| l.is_fused())
             && self.controller.layers.iter().all(|l| l.is_fused())
     }
 }

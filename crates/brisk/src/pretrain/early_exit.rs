@@ -27,11 +27,10 @@
 //!   trained from the first step, before any token may leave, so that
 //!   their confidence means something when the warm-up ends.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::config::{ModelConfig, ObjectiveConfig};
 use crate::error::Result;
-use crate::model::discriminator::replaced_token_loss;
 use crate::model::electra::Electra;
 use crate::model::flops::{discriminator_head_forward_per_token, query_side_forward_per_token};
 use crate::model::{Ctx, InputMix};
@@ -95,16 +94,15 @@ pub fn detect(
     let stays = |_layer: usize, logits: &[f32]| -> Vec<bool> {
         logits.iter().map(|&z| rule.stays(z, step)).collect()
     };
-    let pass = model.discriminate_exiting(ids, mix, &stays, ctx)?;
-    let last = replaced_token_loss(&pass.logits, labels, None)?;
-    let flat_labels = labels.flatten_all()?;
-    let mut exit_losses = Vec::with_capacity(pass.exits.len());
-    for exit in &pass.exits {
-        let index = Tensor::new(exit.rows.as_slice(), &Device::Cpu)?;
-        let reached = flat_labels.index_select(&index, 0)?;
-        exit_losses.push(replaced_token_loss(&exit.logits, &reached, None)?);
-    }
-    let exits = (Tensor::stack(&exit_losses, 0)?.sum_all()? / exit_losses.len() as f64)?;
+    let pass = model.discriminate_exiting(ids, labels, mix, &stays, ctx)?;
+    let last = model.discriminator_head.loss(&pass.hidden, labels)?;
+    let exit_losses: Vec<&Tensor> = pass.exits.iter().map(|e| &e.loss).collect();
+    let exits = match exit_losses.len() {
+        // Every token left before any head could read it (the last ones
+        // read nobody): nothing to learn there this batch.
+        0 => Tensor::new(0f32, ids.device())?,
+        n => (Tensor::stack(&exit_losses, 0)?.sum_all()? / n as f64)?,
+    };
     let combined = (&last + (&exits * rule.weight)?)?;
     let (batch, len) = ids.dims2()?;
     let tokens = batch * len;
@@ -114,7 +112,8 @@ pub fn detect(
         .map(|&n| (tokens - n) as f64 / tokens as f64)
         .collect();
     let skipped_rows: usize = pass.updated.iter().map(|&n| tokens - n).sum();
-    let unread: usize = pass.exits.iter().map(|e| tokens - e.rows.len()).sum();
+    let read: usize = pass.exits.iter().map(|e| e.rows.len()).sum();
+    let unread = model.exits.len() * tokens - read;
     let flops_skipped = 2.0
         * (skipped_rows as f64 * query_side_forward_per_token(cfg, len)
             + unread as f64 * discriminator_head_forward_per_token(cfg));

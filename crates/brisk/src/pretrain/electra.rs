@@ -4,7 +4,8 @@
 //! original or replaced.
 //!
 //! This module holds the objective's data side: sampling the replacements
-//! (Gumbel-max, temperature 1, no gradient through the choice), the
+//! (from the generator's softmax, temperature 1, no gradient through the
+//! choice), the
 //! corrupted input, and the labels. A sample equal to the original token is
 //! labelled original, as in the paper: the discriminator is asked whether
 //! a token differs from the text, not whether it was sampled.
@@ -19,7 +20,6 @@ use crate::config::{Generator, ModelConfig, ObjectiveConfig};
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
 use crate::error::{Error, Result};
-use crate::model::discriminator::replaced_token_loss;
 use crate::model::electra::Electra;
 use crate::model::{Ctx, InputMix, Params};
 
@@ -283,7 +283,8 @@ pub fn losses(
 }
 
 /// The learned generator's MLM loss on `masked` (mean over the masked
-/// tokens) and its samples at the masked rows (from `rng`, no gradient).
+/// tokens) and its samples at the masked rows (seeded from `rng`, no
+/// gradient).
 fn generate(
     model: &Electra,
     masked: &MaskedBatch,
@@ -292,11 +293,10 @@ fn generate(
     ctx: &mut Ctx,
 ) -> Result<(Tensor, Vec<u32>)> {
     let ids = masked.inputs_tensor(shape)?;
-    let logits = model
-        .generator_logits(&ids, &masked.rows_tensor()?, ctx)?
-        .ok_or_else(|| Error::Config("this ELECTRA model has no learned generator".into()))?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
-    Ok((loss, sample_rows(&logits, rng)?))
+    let at = (&masked.rows_tensor()?, &masked.targets_tensor()?);
+    model
+        .generate(&ids, at, rng.next_u64(), ctx)?
+        .ok_or_else(|| Error::Config("this ELECTRA model has no learned generator".into()))
 }
 
 /// The discriminator's loss on `replaced`, and the total with the
@@ -312,8 +312,8 @@ fn detection_losses(
 ) -> Result<ElectraLosses> {
     let share = replaced.share();
     let (ids, labels) = replaced.tensors(shape)?;
-    let (hidden, logits) = model.discriminate(&ids, mix, ctx)?;
-    let discriminator = replaced_token_loss(&logits, &labels, None)?;
+    let hidden = model.discriminator.forward(&ids, None, None, mix, ctx)?;
+    let discriminator = model.discriminator_head.loss(&hidden, &labels)?;
     let weighted = (&discriminator * weight)?;
     let total = match &generator {
         Some(g) => (g + weighted)?,
@@ -326,28 +326,6 @@ fn detection_losses(
         replaced: share,
         hidden,
     })
-}
-
-/// One draw from each row's softmax over `logits` (`[rows, vocab]`) by the
-/// Gumbel-max trick: `argmax(logit + g)` with `g = −ln(−ln u)`, `u`
-/// uniform. The logits are read as values: no gradient flows through the
-/// choice.
-pub fn sample_rows(logits: &Tensor, rng: &mut Rng) -> Result<Vec<u32>> {
-    let rows: Vec<Vec<f32>> = logits.detach().to_dtype(DType::F32)?.to_vec2()?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let mut best = (f64::NEG_INFINITY, 0u32);
-            for (id, &l) in row.iter().enumerate() {
-                let u = rng.unit().max(f64::MIN_POSITIVE);
-                let score = l as f64 - (-u.ln()).ln();
-                if score > best.0 {
-                    best = (score, id as u32);
-                }
-            }
-            best.1
-        })
-        .collect())
 }
 
 /// The discriminator's input and targets for one batch.
@@ -419,7 +397,6 @@ pub fn replaced_probabilities(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn a_sampled_original_counts_as_original() {
@@ -437,21 +414,25 @@ mod tests {
     }
 
     #[test]
-    fn gumbel_max_draws_follow_the_softmax() {
-        // Probabilities 0.5, 0.25, 0.25 and (almost) 0.
-        let p = [0.5f32, 0.25, 0.25, 1e-9];
-        let row: Vec<f32> = p.iter().map(|p| p.ln()).collect();
+    fn draws_follow_the_softmax() {
+        use crate::model::fused::head::{draw_from_row, row_stream};
+        // Probabilities 0.5, 0.25, 0.25 and 0.
+        let row = [0.5f32, 0.25, 0.25, 0.0];
         let n = 20_000;
-        let logits = Tensor::from_vec(row.repeat(n), (n, 4), &Device::Cpu).unwrap();
-        let draws = sample_rows(&logits, &mut Rng::new(5)).unwrap();
+        let draw = |seed: u64| -> Vec<u32> {
+            (0..n)
+                .map(|i| draw_from_row(&row, row_stream(seed, i).unit()))
+                .collect()
+        };
+        let draws = draw(5);
         let share = |id: u32| draws.iter().filter(|&&d| d == id).count() as f64 / n as f64;
         assert!((share(0) - 0.5).abs() < 0.015, "{}", share(0));
         assert!((share(1) - 0.25).abs() < 0.015, "{}", share(1));
         assert!((share(2) - 0.25).abs() < 0.015, "{}", share(2));
         assert_eq!(share(3), 0.0);
-        // Seeded: the same generator state gives the same draws.
-        assert_eq!(draws, sample_rows(&logits, &mut Rng::new(5)).unwrap());
-        assert_ne!(draws, sample_rows(&logits, &mut Rng::new(6)).unwrap());
+        // Seeded: the same seed gives the same draws.
+        assert_eq!(draws, draw(5));
+        assert_ne!(draws, draw(6));
     }
 
     /// Total-variation distance between `n` draws of `sampler` and the

@@ -143,31 +143,29 @@ pub fn losses(
     let dev = Device::Cpu;
     let n = batch * len;
     let hidden = model.control(&masked.inputs_tensor((batch, len))?, ctx)?;
-    let logits = model.controller_logits(&hidden, &masked.rows_tensor()?)?;
-    let controller = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
+    let at = (&masked.rows_tensor()?, &masked.targets_tensor()?);
+    let (controller, _) = model.controller_head.loss(&hidden, &model.main, at, None)?;
     // The candidates need the controller's distribution at every position,
-    // but no gradient flows through sampling: those logits are computed
-    // from detached inputs, so the backward pass stays at the masked rows
-    // (a full-vocabulary backward at every position would cost more than
-    // the rest of the step).
-    let every = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
-    let words = model.main.word_embeddings().detach();
-    let everywhere = model
-        .controller_head
-        .forward(&hidden.detach(), &every, &words)?
-        .detach();
-    let flat: Vec<f32> = everywhere.flatten_all()?.to_vec1()?;
-    let c = choices(tokens, masked, &flat, special, rng);
+    // but no gradient flows through sampling: the head reads every row
+    // forward only, a block at a time, and each row's slots are drawn as
+    // soon as its logits exist.
+    let c = choices_with(
+        tokens,
+        masked,
+        rng,
+        |slots| {
+            model
+                .controller_head
+                .visit_rows(&hidden, &model.main, &|i, row| slots(i, row))
+        },
+        special,
+    )?;
     let replaced = c.labels.iter().sum::<u32>() as f64 / n as f64;
     let ids = Tensor::from_vec(c.inputs, (batch, len), &dev)?;
     let hidden = model.main.forward(&ids, None, None, mix, ctx)?;
-    let k = CANDIDATES - 1;
-    let candidates = Tensor::from_vec(c.candidates, n * k, &dev)?;
-    let scores = model
+    let choice = model
         .head
-        .scores(&hidden, &candidates, model.main.word_embeddings())?;
-    let labels = Tensor::from_vec(c.labels, n, &dev)?;
-    let choice = candle_nn::loss::cross_entropy(&scores, &labels)?;
+        .loss(&hidden, &c.candidates, &c.labels, &model.main)?;
     let total = (&controller + (&choice * weight)?)?;
     Ok(McBertLosses {
         total,
@@ -255,19 +253,37 @@ pub fn choices(
     rng: &mut Rng,
 ) -> Choices {
     let vocab = logits.len() / tokens.len().max(1);
+    let visit = |slots: &(dyn Fn(usize, &[f32]) -> Slots + Sync)| -> Result<Vec<Slots>> {
+        Ok((0..tokens.len())
+            .into_par_iter()
+            .map(|i| slots(i, &logits[i * vocab..(i + 1) * vocab]))
+            .collect())
+    };
+    choices_with(tokens, masked, rng, visit, special).expect("slices cannot fail")
+}
+
+/// One position's input and its slots 1..K.
+type Slots = (u32, Vec<u32>);
+
+/// [`choices`], with the logits rows handed over by `visit`, which calls
+/// its argument on every position's row (in any order, in parallel) and
+/// returns the results in position order.
+pub fn choices_with(
+    tokens: &[u32],
+    masked: &MaskedBatch,
+    rng: &mut Rng,
+    visit: impl FnOnce(&(dyn Fn(usize, &[f32]) -> Slots + Sync)) -> Result<Vec<Slots>>,
+    special: &SpecialIds,
+) -> Result<Choices> {
     let mut is_masked = vec![false; tokens.len()];
     for &r in &masked.rows {
         is_masked[r as usize] = true;
     }
     let base = rng.next_u64();
-    let slots: Vec<(u32, Vec<u32>)> = (0..tokens.len())
-        .into_par_iter()
-        .map(|i| {
-            let mut stream = Rng::new(base ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            position_slots(tokens[i], is_masked[i], row, special, &mut stream)
-        })
-        .collect();
+    let slots = visit(&|i, row| {
+        let mut stream = Rng::new(base ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        position_slots(tokens[i], is_masked[i], row, special, &mut stream)
+    })?;
     let mut c = Choices {
         inputs: Vec::with_capacity(tokens.len()),
         candidates: Vec::with_capacity(tokens.len() * (CANDIDATES - 1)),
@@ -278,7 +294,7 @@ pub fn choices(
         c.labels.push((input != original) as u32);
         c.candidates.extend(candidates);
     }
-    c
+    Ok(c)
 }
 
 /// One position: its input (a sample from `row` where masked, else the

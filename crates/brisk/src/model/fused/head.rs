@@ -3,6 +3,13 @@
 //! embeddings, log-softmax and the mean negative log-likelihood. The
 //! backward writes the decoder's gradient straight into the embedding
 //! group's word block.
+//!
+//! The same op serves ELECTRA's generator and MC-BERT's controller, whose
+//! dense layer maps their narrower width to the embeddings', and can draw
+//! one sample per row from the softmax it has computed anyway (ELECTRA's
+//! replacements), so the logits never leave the op.
+
+use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
@@ -15,6 +22,7 @@ use super::kernels::{
     linear, linear_backward, matmul, max, product, sum, two_mut, with_slices, zeros, Activation,
     Float, Mat, MatMut, Normed, Stash, Threads,
 };
+use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
 use crate::model::params::Group;
 
@@ -22,6 +30,9 @@ use crate::model::params::Group;
 /// word block of the embedding group it is tied to.
 #[derive(Debug, Clone)]
 pub struct HeadSpec {
+    /// The encoder's width (the dense layer's input).
+    input: usize,
+    /// The embeddings' width (the dense layer's output).
     hidden: usize,
     vocab: usize,
     dense_w: usize,
@@ -43,8 +54,10 @@ impl HeadSpec {
         eps: f64,
     ) -> Result<HeadSpec> {
         let bias = group.entry("bias")?;
+        let hidden = group.entry("transform.dense.bias")?.len();
         Ok(HeadSpec {
-            hidden: group.entry("transform.dense.bias")?.len(),
+            input: group.entry("transform.dense.weight")?.len() / hidden.max(1),
+            hidden,
             vocab: bias.len(),
             dense_w: group.entry("transform.dense.weight")?.offset,
             dense_b: group.entry("transform.dense.bias")?.offset,
@@ -58,18 +71,20 @@ impl HeadSpec {
     }
 
     /// Mean cross-entropy of `targets` at the flattened positions `rows`
-    /// of `hidden` `[batch, len, hidden]`: a scalar.
+    /// of `hidden` `[batch, len, input]`: a scalar; with `sample`, also one
+    /// draw per row from the softmax ([`draw_from_row`], row `i` reading
+    /// [`row_stream`]`(sample, i)`).
     pub fn loss(
         &self,
         hidden: &Tensor,
         head: &Tensor,
         embeddings: &Tensor,
-        rows: &Tensor,
-        targets: &Tensor,
-    ) -> Result<Tensor> {
+        (rows, targets): (&Tensor, &Tensor),
+        sample: Option<u64>,
+    ) -> Result<(Tensor, Option<Vec<u32>>)> {
         let rows: Vec<u32> = rows.to_vec1()?;
         let targets: Vec<u32> = targets.to_vec1()?;
-        let positions = hidden.elem_count() / self.hidden.max(1);
+        let positions = hidden.elem_count() / self.input.max(1);
         if rows.is_empty() || rows.len() != targets.len() {
             return Err(Error::Tensor(format!(
                 "masked-LM loss over {} rows with {} targets",
@@ -88,23 +103,125 @@ impl HeadSpec {
                 self.vocab
             )));
         }
+        let samples = Arc::new(Mutex::new(None));
         let op = HeadOp {
             spec: self.clone(),
             keep: hidden.track_op() || head.track_op() || embeddings.track_op(),
             rows,
             targets,
+            sample: sample.map(|seed| (seed, samples.clone())),
             saved: Stash::default(),
         };
-        Ok(hidden
-            .contiguous()?
-            .apply_op3(&head.contiguous()?, &embeddings.contiguous()?, op)?)
+        let loss =
+            hidden
+                .contiguous()?
+                .apply_op3(&head.contiguous()?, &embeddings.contiguous()?, op)?;
+        let drawn = samples.lock().expect("the head's samples").take();
+        Ok((loss, drawn))
     }
 }
+
+impl HeadSpec {
+    /// `f(i, logits of row i)` for every row of `hidden` `[.., input]`,
+    /// forward only (f32): the rows' logits are computed a block at a time
+    /// and handed over, so the whole `[rows, vocab]` matrix never exists
+    /// (MC-BERT's controller proposes candidates at every position).
+    pub fn visit_rows<R: Send>(
+        &self,
+        hidden: &Tensor,
+        head: &Tensor,
+        embeddings: &Tensor,
+        f: &(dyn Fn(usize, &[f32]) -> R + Sync),
+    ) -> Result<Vec<R>> {
+        let f32_of =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.detach().to_dtype(DType::F32)?.contiguous()?) };
+        let (x, p, e) = (f32_of(hidden)?, f32_of(head)?, f32_of(embeddings)?);
+        Ok(with_slices::<f32, _>(&[&x, &p, &e], |s| {
+            Ok(self.visit(s[0], s[1], s[2], f))
+        })?)
+    }
+
+    fn visit<R: Send>(
+        &self,
+        x: &[f32],
+        p: &[f32],
+        e: &[f32],
+        f: &(dyn Fn(usize, &[f32]) -> R + Sync),
+    ) -> Vec<R> {
+        /// Rows per block: their logits stay within a few tens of MB.
+        const BLOCK: usize = 256;
+        let (g, h, v) = (self.input, self.hidden, self.vocab);
+        let n = x.len() / g.max(1);
+        let mut t = linear(
+            x,
+            &p[self.dense_w..self.dense_w + h * g],
+            &p[self.dense_b..self.dense_b + h],
+            g,
+        );
+        activate(self.act, &mut t);
+        let (t, _) = layer_norm(
+            &t,
+            &p[self.norm_g..self.norm_g + h],
+            &p[self.norm_b..self.norm_b + h],
+            self.eps,
+        );
+        let word = &e[self.word..self.word + v * h];
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(BLOCK) {
+            let m = BLOCK.min(n - start);
+            // SAFETY: the block is `m × h` inside `t`, the word block `v × h`.
+            let mut logits = unsafe {
+                product(
+                    (m, v, h),
+                    Mat::rows(&t[start * h..(start + m) * h], h),
+                    Mat::rows(word, h).t(),
+                    1.0,
+                    Threads::Pool,
+                )
+            };
+            add_bias(&mut logits, &p[self.bias..self.bias + v]);
+            out.par_extend(
+                logits
+                    .par_chunks(v)
+                    .enumerate()
+                    .map(|(i, row)| f(start + i, row)),
+            );
+        }
+        out
+    }
+}
+
+/// Row `i`'s random stream for sampling from seed `seed` (so that rows can
+/// be drawn in parallel, in any order).
+pub fn row_stream(seed: u64, i: usize) -> Rng {
+    Rng::new(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// One draw from the distribution `row` (probabilities, or weights of any
+/// positive total) by its cumulative sums, with `u` uniform in [0, 1).
+pub fn draw_from_row<T: Float>(row: &[T], u: f64) -> u32 {
+    let total: f64 = row.iter().map(|p| p.to_f64()).sum();
+    let target = u * total;
+    let mut cumulative = 0.0;
+    for (t, p) in row.iter().enumerate() {
+        cumulative += p.to_f64();
+        if cumulative > target {
+            return t as u32;
+        }
+    }
+    // Rounding at the very end: the last token with any mass.
+    row.iter().rposition(|p| p.to_f64() > 0.0).unwrap_or(0) as u32
+}
+
+/// Where the op leaves its samples for the caller.
+type Samples = Arc<Mutex<Option<Vec<u32>>>>;
 
 struct HeadOp {
     spec: HeadSpec,
     rows: Vec<u32>,
     targets: Vec<u32>,
+    /// The seed to sample with, and where the samples go.
+    sample: Option<(u64, Samples)>,
     keep: bool,
     saved: Stash,
 }
@@ -122,16 +239,16 @@ struct Saved<T> {
 impl HeadOp {
     fn forward<T: Float>(&self, x: &[T], p: &[T], e: &[T]) -> T {
         let s = &self.spec;
-        let (h, v, n) = (s.hidden, s.vocab, self.rows.len());
-        let mut picked = zeros::<T>(n * h);
-        for (row, &r) in picked.chunks_mut(h).zip(&self.rows) {
-            row.copy_from_slice(&x[r as usize * h..(r as usize + 1) * h]);
+        let (g, h, v, n) = (s.input, s.hidden, s.vocab, self.rows.len());
+        let mut picked = zeros::<T>(n * g);
+        for (row, &r) in picked.chunks_mut(g).zip(&self.rows) {
+            row.copy_from_slice(&x[r as usize * g..(r as usize + 1) * g]);
         }
         let pre_act = linear(
             &picked,
-            &p[s.dense_w..s.dense_w + h * h],
+            &p[s.dense_w..s.dense_w + h * g],
             &p[s.dense_b..s.dense_b + h],
-            h,
+            g,
         );
         let mut act = pre_act.clone();
         activate(s.act, &mut act);
@@ -173,6 +290,14 @@ impl HeadOp {
             })
             .collect();
         let loss = nll.iter().sum::<f64>() / n as f64;
+        if let Some((seed, out)) = &self.sample {
+            let drawn: Vec<u32> = logits
+                .par_chunks(v)
+                .enumerate()
+                .map(|(i, row)| draw_from_row(row, row_stream(*seed, i).unit()))
+                .collect();
+            *out.lock().expect("the head's samples") = Some(drawn);
+        }
         if self.keep {
             self.saved.put(Saved {
                 picked,
@@ -196,7 +321,7 @@ impl HeadOp {
     ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let saved = self.saved.take::<Saved<T>>("fused MLM head")?;
         let s = &self.spec;
-        let (h, v, n) = (s.hidden, s.vocab, self.rows.len());
+        let (g, h, v, n) = (s.input, s.hidden, s.vocab, self.rows.len());
         // ∂loss/∂logits = (softmax − one-hot) · d_loss / n.
         let mut d_logits = saved.probs;
         let scale = d_loss * T::of(1.0 / n as f64);
@@ -238,16 +363,16 @@ impl HeadOp {
         drop(d_logits);
         let mut d_act = zeros::<T>(n * h);
         let (dg, db) = two_mut(&mut dp, ((s.norm_g, h), (s.norm_b, h)));
-        let g = &p[s.norm_g..s.norm_g + h];
-        layer_norm_backward(&d_transformed, &saved.normed, g, &mut d_act, dg, db);
+        let gamma = &p[s.norm_g..s.norm_g + h];
+        layer_norm_backward(&d_transformed, &saved.normed, gamma, &mut d_act, dg, db);
         activation_backward(s.act, &mut d_act, &saved.pre_act);
-        let (dw, dbias) = two_mut(&mut dp, ((s.dense_w, h * h), (s.dense_b, h)));
-        let w = &p[s.dense_w..s.dense_w + h * h];
+        let (dw, dbias) = two_mut(&mut dp, ((s.dense_w, h * g), (s.dense_b, h)));
+        let w = &p[s.dense_w..s.dense_w + h * g];
         let d_picked = linear_backward(&d_act, &saved.picked, w, dw, dbias);
         let mut dx = zeros::<T>(x_len);
-        for (row, &r) in d_picked.chunks(h).zip(&self.rows) {
-            for (d, g) in dx[r as usize * h..(r as usize + 1) * h].iter_mut().zip(row) {
-                *d += *g;
+        for (row, &r) in d_picked.chunks(g).zip(&self.rows) {
+            for (d, grad) in dx[r as usize * g..(r as usize + 1) * g].iter_mut().zip(row) {
+                *d += *grad;
             }
         }
         Ok((dx, dp, de))
