@@ -229,3 +229,33 @@ fn the_fused_controller_reads_every_row_as_the_reference() {
         }
     }
 }
+
+#[test]
+fn stopping_the_candidate_gradient_leaves_the_table_to_the_input_path() {
+    use candle_core::Var;
+    for kernels in [Kernels::Fused, Kernels::Reference] {
+        let cfg = config(Position::Absolute, kernels);
+        let mut params = Params::new(Device::Cpu, DType::F32);
+        let mut model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+        let mut rng = Rng::new(4);
+        let values = random_values(24 * 16, &mut rng);
+        let hidden = Var::from_vec(values, (2, 12, 16), &Device::Cpu).unwrap();
+        let candidates: Vec<u32> = (0..24 * 9).map(|_| 5 + rng.below(30) as u32).collect();
+        let labels: Vec<u32> = (0..24).map(|i| (i % 2) as u32).collect();
+        let table_gradient = |model: &McBert| {
+            let loss = model
+                .head
+                .loss(hidden.as_tensor(), &candidates, &labels, &model.main)
+                .unwrap();
+            let store = loss.backward().unwrap();
+            let table = model.main.embedding_group();
+            store.get(table).map(|g| {
+                let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+                g.iter().map(|v| v.abs()).sum::<f32>()
+            })
+        };
+        assert!(table_gradient(&model).unwrap() > 0.0, "{kernels:?}");
+        model.head.candidate_gradient = false;
+        assert_eq!(table_gradient(&model).unwrap_or(0.0), 0.0, "{kernels:?}");
+    }
+}

@@ -161,6 +161,10 @@ pub struct ObjectiveConfig {
     /// ELECTRA early exit: the weight of the exit heads' mean loss beside
     /// the final head's (both inside λ).
     pub exit_weight: f64,
+    /// MC-BERT: whether the multi-choice loss's gradient reaches the
+    /// candidates' word embeddings (the table the controller decodes with);
+    /// the main model's input path trains them either way.
+    pub candidate_gradient: bool,
 }
 
 impl ObjectiveConfig {

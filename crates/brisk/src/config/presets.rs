@@ -193,6 +193,7 @@ impl Preset {
                 exit_threshold: 3.0,
                 exit_warmup: 100,
                 exit_weight: 1.0,
+                candidate_gradient: true,
             },
             train: TrainConfig {
                 batch_size: s.batch,

@@ -176,56 +176,87 @@ pub fn losses(
     })
 }
 
-/// One draw from a probability row by its cumulative sums (`cdf`, ending at
-/// the row's total).
-fn draw(cdf: &[f32], rng: &mut Rng) -> u32 {
-    let total = *cdf.last().expect("a non-empty row");
-    let u = rng.unit() as f32 * total;
-    cdf.partition_point(|&c| c <= u).min(cdf.len() - 1) as u32
+/// One row of the controller's softmax, without normalising: weights
+/// `exp(logit − m)` where `m` is the largest logit of the tokens other than
+/// `original`, so that those keep their precision however sure the row is
+/// of the original (whose weight may then be huge, or infinite).
+pub struct RowWeights {
+    weights: Vec<f32>,
+    original: usize,
+    /// The total weight of the tokens other than the original.
+    others: f64,
 }
 
-/// Cumulative sums of `softmax(logits)` (unnormalised: the last entry is
-/// the total).
-pub fn cumulative(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
-    let mut sum = 0.0;
-    logits
-        .iter()
-        .map(|&l| {
-            sum += (l - max).exp();
-            sum
-        })
-        .collect()
-}
-
-/// [`cumulative`] with token `excluded` given no mass; `None` when no other
-/// token has any. The scale is set by the largest remaining logit, so the
-/// others keep their precision however sure the row is of `excluded`.
-pub fn cumulative_without(logits: &[f32], excluded: u32) -> Option<Vec<f32>> {
-    let e = excluded as usize;
-    let others = || {
-        logits
+impl RowWeights {
+    pub fn new(logits: &[f32], original: u32) -> RowWeights {
+        let original = original as usize;
+        let m = logits
             .iter()
             .enumerate()
-            .filter(move |&(t, _)| t != e)
-            .map(|(_, &l)| l)
-    };
-    let max = others().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return None;
+            .filter(|&(t, _)| t != original)
+            .fold(f32::NEG_INFINITY, |m, (_, &l)| m.max(l));
+        let weights: Vec<f32> = match m.is_finite() {
+            true => logits.iter().map(|&l| (l - m).exp()).collect(),
+            // No other token has any mass: only the original can be drawn.
+            false => (0..logits.len())
+                .map(|t| (t == original) as u8 as f32)
+                .collect(),
+        };
+        let others = weights
+            .iter()
+            .enumerate()
+            .filter(|&(t, _)| t != original)
+            .map(|(_, &w)| w as f64)
+            .sum();
+        RowWeights {
+            weights,
+            original,
+            others,
+        }
     }
-    let mut sum = 0.0;
-    let cdf: Vec<f32> = logits
-        .iter()
-        .enumerate()
-        .map(|(t, &l)| {
-            if t != e {
-                sum += (l - max).exp();
+
+    /// One draw from the whole row (`u` uniform in [0, 1)).
+    pub fn draw(&self, u: f64) -> u32 {
+        let own = self.weights[self.original] as f64;
+        if !own.is_finite() {
+            return self.original as u32;
+        }
+        self.walk(None, self.others + own, &[u])[0]
+    }
+
+    /// One draw per uniform in `us` from the row without the original;
+    /// `None` when no other token has any mass.
+    pub fn draw_others(&self, us: &[f64]) -> Option<Vec<u32>> {
+        (self.others > 0.0).then(|| self.walk(Some(self.original), self.others, us))
+    }
+
+    /// The draws at `us · total` along the cumulative weights (leaving out
+    /// `skip`), all in one pass over the row.
+    fn walk(&self, skip: Option<usize>, total: f64, us: &[f64]) -> Vec<u32> {
+        let mut order: Vec<usize> = (0..us.len()).collect();
+        order.sort_by(|&a, &b| us[a].total_cmp(&us[b]));
+        let mut out = vec![0u32; us.len()];
+        let (mut next, mut cumulative, mut last) = (0, 0.0, 0);
+        for (t, &w) in self.weights.iter().enumerate() {
+            if Some(t) == skip || w <= 0.0 {
+                continue;
             }
-            sum
-        })
-        .collect();
-    (sum > 0.0).then_some(cdf)
+            cumulative += w as f64;
+            last = t;
+            while next < order.len() && us[order[next]] * total < cumulative {
+                out[order[next]] = t as u32;
+                next += 1;
+            }
+            if next == order.len() {
+                return out;
+            }
+        }
+        // Rounding at the very end: the last token with weight.
+        for &i in &order[next..] {
+            out[i] = last as u32;
+        }
+        out
+    }
 }
 
 /// The main model's task for one batch.
@@ -307,8 +338,9 @@ fn position_slots(
     special: &SpecialIds,
     rng: &mut Rng,
 ) -> (u32, Vec<u32>) {
+    let weights = RowWeights::new(row, original);
     let input = if masked {
-        draw(&cumulative(row), rng)
+        weights.draw(rng.unit())
     } else {
         original
     };
@@ -316,16 +348,16 @@ fn position_slots(
     if input != original {
         candidates.push(original);
     }
-    let others = cumulative_without(row, original);
-    while candidates.len() < CANDIDATES - 1 {
-        let t = others.as_ref().map(|cdf| draw(cdf, rng));
-        // Without other mass, or in the rounding case of a draw at the
-        // very end of the row, a deterministic stand-in keeps the slot
-        // wrong.
-        candidates.push(match t {
-            Some(t) if t != original => t,
-            _ => next_other(original, row.len() as u32, special),
-        });
+    let us: Vec<f64> = (candidates.len()..CANDIDATES - 1)
+        .map(|_| rng.unit())
+        .collect();
+    match weights.draw_others(&us) {
+        Some(drawn) => candidates.extend(drawn),
+        // Without other mass, a deterministic stand-in keeps the slots wrong.
+        None => candidates.resize(
+            CANDIDATES - 1,
+            next_other(original, row.len() as u32, special),
+        ),
     }
     (input, candidates)
 }
@@ -404,12 +436,13 @@ mod tests {
         // The original (token 1) has almost all the mass; the others keep
         // their 2 : 1 : 1 proportions.
         let logits = [1.0f32.ln(), 40.0, 0.5f32.ln(), 0.25f32.ln(), 0.25f32.ln()];
-        let cdf = cumulative_without(&logits, 1).unwrap();
+        let weights = RowWeights::new(&logits, 1);
         let mut rng = Rng::new(5);
         let n = 20_000;
+        let us: Vec<f64> = (0..n).map(|_| rng.unit()).collect();
         let mut counts = [0usize; 5];
-        for _ in 0..n {
-            counts[draw(&cdf, &mut rng) as usize] += 1;
+        for t in weights.draw_others(&us).unwrap() {
+            counts[t as usize] += 1;
         }
         assert_eq!(counts[1], 0, "{counts:?}");
         for (t, p) in [(0, 0.5), (2, 0.25), (3, 0.125), (4, 0.125)] {
@@ -418,17 +451,23 @@ mod tests {
                 "{counts:?}"
             );
         }
-        assert!(cumulative_without(&[f32::NEG_INFINITY, 0.0], 1).is_none());
+        // A row far surer of the original than f32 can weigh keeps it.
+        let sure = RowWeights::new(&[0.0, 200.0, 0.0], 1);
+        assert_eq!(sure.draw(0.5), 1);
+        assert!(RowWeights::new(&[f32::NEG_INFINITY, 0.0], 1)
+            .draw_others(&[0.5])
+            .is_none());
     }
 
     #[test]
     fn draws_follow_the_distribution() {
-        let cdf = cumulative(&[0.0f32.ln(), 0.5f32.ln(), 0.25f32.ln(), 0.25f32.ln()]);
+        let logits = [0.0f32.ln(), 0.5f32.ln(), 0.25f32.ln(), 0.25f32.ln()];
+        let weights = RowWeights::new(&logits, 3);
         let mut rng = Rng::new(3);
         let n = 20_000;
         let mut counts = [0usize; 4];
         for _ in 0..n {
-            counts[draw(&cdf, &mut rng) as usize] += 1;
+            counts[weights.draw(rng.unit()) as usize] += 1;
         }
         assert_eq!(counts[0], 0);
         for (t, p) in [(1, 0.5), (2, 0.25), (3, 0.25)] {

@@ -126,7 +126,11 @@ pub fn build(
                 model, objective, stats, params, seed,
             )?)
         }
-        "mcbert" => Box::new(MultiChoice::new(model, size, weight, params, seed)?),
+        "mcbert" => {
+            let mut objective = MultiChoice::new(model, size, weight, params, seed)?;
+            objective.model.head.candidate_gradient = config.objective.candidate_gradient;
+            Box::new(objective)
+        }
         other => return Err(unknown_kind(other)),
     })
 }

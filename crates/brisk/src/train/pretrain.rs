@@ -343,6 +343,7 @@ pub const VALIDATION_MASKING: ObjectiveConfig = ObjectiveConfig {
     exit_threshold: f64::INFINITY,
     exit_warmup: 0,
     exit_weight: 0.0,
+    candidate_gradient: true,
 };
 
 /// What one evaluation measured (see [`crate::pretrain::probes`]): the
