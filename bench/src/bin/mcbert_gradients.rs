@@ -10,7 +10,10 @@
 //!   model's input embeddings; the difference is the candidates' part);
 //! - the cosine between the controller's gradient and the candidates' part.
 //!
-//! It prints one JSON object per batch and their means.
+//! It prints one JSON object per batch and their means. With `--electra`
+//! it measures ELECTRA instead, for comparison: its generator's MLM loss
+//! and λ × the discriminator's (which reaches the table through the input
+//! path only).
 //!
 //!   cargo run --release -p brisk-bench --bin mcbert-gradients -- \
 //!       --corpus corpora/wiki-mini [--preset mini] [--run runs/x] [--batches 4]
@@ -44,6 +47,9 @@ struct Args {
     batches: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Measure ELECTRA's generator and discriminator instead.
+    #[arg(long)]
+    electra: bool,
 }
 
 const WORDS: &str = "bert.embeddings.word_embeddings.weight";
@@ -74,6 +80,9 @@ fn main() -> anyhow::Result<()> {
         .num_threads(args.threads)
         .build_global()?;
     let corpus = PreparedCorpus::open(&args.corpus)?;
+    if args.electra {
+        return electra(&args, &corpus);
+    }
     let mut config = Preset::from_name(&args.preset)?.config();
     config.model.vocab_size = corpus.manifest.tokenizer.vocab_size;
     let o = &mut config.objective;
@@ -152,6 +161,72 @@ fn main() -> anyhow::Result<()> {
             "choice_candidates": sums[3],
             "cosine_controller_candidates": sums[4],
             "choice_over_controller": sums[1] / sums[0],
+        })
+    );
+    Ok(())
+}
+
+/// ELECTRA's generator loss and λ × discriminator loss on the table, per
+/// batch and their means.
+fn electra(args: &Args, corpus: &PreparedCorpus) -> anyhow::Result<()> {
+    use brisk::model::electra::Electra;
+    let mut config = Preset::from_name(&args.preset)?.config();
+    config.model.vocab_size = corpus.manifest.tokenizer.vocab_size;
+    let o = &mut config.objective;
+    (o.kind, o.mask_token_prob, o.random_token_prob) = ("electra".into(), 0.85, 0.0);
+    let (m, o) = (&corpus.manifest, &config.objective);
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = Electra::new(&config.model, Some(o.generator_size), &[], &mut params, 42)?;
+    if let Some(run) = &args.run {
+        params.load(&brisk::train::checkpoint::latest_weights(run)?)?;
+    }
+    let batch = config.train.batch_size;
+    let mut sums = [0.0f64; 2];
+    for b in 0..args.batches {
+        let tokens: Vec<u32> = (b * batch..(b + 1) * batch)
+            .flat_map(|i| corpus.sequence(Split::Train, i).tokens.to_vec())
+            .collect();
+        let mut masking = Rng::new(b as u64);
+        let masked = mask_tokens(
+            &tokens,
+            &m.special_ids,
+            m.tokenizer.vocab_size,
+            o,
+            &mut masking,
+        );
+        let l = brisk::pretrain::electra::losses(
+            &model,
+            &tokens,
+            &masked,
+            (batch, m.seq_len),
+            o.discriminator_weight,
+            &mut Rng::new(1000 + b as u64),
+            None,
+            &mut Ctx::eval(),
+        )?;
+        let generator = l.generator.context("a learned generator")?;
+        let row = [
+            norm(&table_gradient(&params, &generator)?),
+            norm(&table_gradient(
+                &params,
+                &(&l.discriminator * o.discriminator_weight)?,
+            )?),
+        ];
+        for (s, v) in sums.iter_mut().zip(row) {
+            *s += v / args.batches as f64;
+        }
+        println!(
+            "{}",
+            serde_json::json!({"batch": b, "generator": row[0], "discriminator": row[1]})
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "mean": true,
+            "generator": sums[0],
+            "discriminator": sums[1],
+            "discriminator_over_generator": sums[1] / sums[0],
         })
     );
     Ok(())
