@@ -36,6 +36,7 @@ use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
 use crate::error::Result;
+use crate::model::fused::kernels::{self, exp_f32, simd};
 use crate::model::mcbert::McBert;
 use crate::model::{Ctx, InputMix, Params};
 
@@ -176,40 +177,101 @@ pub fn losses(
     })
 }
 
+/// Weights per block in [`RowWeights`]' walk: a draw skips whole blocks by
+/// their sums and walks token by token only inside the block it lands in.
+const BLOCK: usize = 64;
+
 /// One row of the controller's softmax, without normalising: weights
 /// `exp(logit − m)` where `m` is the largest logit of the tokens other than
 /// `original`, so that those keep their precision however sure the row is
 /// of the original (whose weight may then be huge, or infinite).
+///
+/// This runs on every position of every batch (a vocabulary of exps per
+/// row), so the exps are the vectorised [`exp_f32`] and the draws walk
+/// block sums rather than every token.
 pub struct RowWeights {
     weights: Vec<f32>,
+    /// Per [`BLOCK`] of tokens, the sum of their weights, the original's
+    /// left out.
+    blocks: Vec<f64>,
     original: usize,
     /// The total weight of the tokens other than the original.
     others: f64,
 }
 
+/// `w = exp(l − m)` for each logit `l`; −∞ stays exactly 0 (the fast exp
+/// would give its floor).
+#[inline(always)]
+fn exponentiate(w: &mut [f32], logits: &[f32], m: f32) {
+    for (w, &l) in w.iter_mut().zip(logits) {
+        *w = match l == f32::NEG_INFINITY {
+            true => 0.0,
+            false => exp_f32(l - m),
+        };
+    }
+}
+
+/// The largest of `x`, −∞ when empty.
+#[inline(always)]
+fn largest(x: &[f32]) -> f32 {
+    match x.is_empty() {
+        true => f32::NEG_INFINITY,
+        false => kernels::max(x),
+    }
+}
+
+/// The sum of each [`BLOCK`] of `weights`, `original`'s left out (it may
+/// be ∞).
+#[inline(always)]
+fn block_sums(weights: &[f32], original: usize) -> Vec<f64> {
+    weights
+        .chunks(BLOCK)
+        .enumerate()
+        .map(|(b, c)| match original / BLOCK == b {
+            true => c
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| b * BLOCK + i != original)
+                .map(|(_, &w)| w as f64)
+                .sum(),
+            false => sum_f64(c),
+        })
+        .collect()
+}
+
+/// Σ x in f64, in eight lanes so that it vectorises.
+#[inline(always)]
+fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&w| w as f64).sum::<f64>()
+}
+
 impl RowWeights {
     pub fn new(logits: &[f32], original: u32) -> RowWeights {
         let original = original as usize;
-        let m = logits
-            .iter()
-            .enumerate()
-            .filter(|&(t, _)| t != original)
-            .fold(f32::NEG_INFINITY, |m, (_, &l)| m.max(l));
-        let weights: Vec<f32> = match m.is_finite() {
-            true => logits.iter().map(|&l| (l - m).exp()).collect(),
-            // No other token has any mass: only the original can be drawn.
-            false => (0..logits.len())
-                .map(|t| (t == original) as u8 as f32)
-                .collect(),
+        let m = simd!(largest(&logits[..original]).max(largest(&logits[original + 1..])));
+        let mut weights = vec![0f32; logits.len()];
+        // With no finite other logit, only the original can be drawn.
+        if m.is_finite() {
+            simd!(exponentiate(&mut weights, logits, m));
+        }
+        // The original's own weight, exactly: it may overflow to ∞.
+        weights[original] = match m.is_finite() {
+            true => (logits[original] - m).exp(),
+            false => 1.0,
         };
-        let others = weights
-            .iter()
-            .enumerate()
-            .filter(|&(t, _)| t != original)
-            .map(|(_, &w)| w as f64)
-            .sum();
+        let blocks = simd!(block_sums(&weights, original));
+        let others = blocks.iter().sum();
         RowWeights {
             weights,
+            blocks,
             original,
             others,
         }
@@ -221,37 +283,62 @@ impl RowWeights {
         if !own.is_finite() {
             return self.original as u32;
         }
-        self.walk(None, self.others + own, &[u])[0]
+        self.walk(true, self.others + own, &[u])[0]
     }
 
     /// One draw per uniform in `us` from the row without the original;
     /// `None` when no other token has any mass.
     pub fn draw_others(&self, us: &[f64]) -> Option<Vec<u32>> {
-        (self.others > 0.0).then(|| self.walk(Some(self.original), self.others, us))
+        (self.others > 0.0).then(|| self.walk(false, self.others, us))
     }
 
-    /// The draws at `us · total` along the cumulative weights (leaving out
-    /// `skip`), all in one pass over the row.
-    fn walk(&self, skip: Option<usize>, total: f64, us: &[f64]) -> Vec<u32> {
+    /// Token `t`'s weight in a walk (the original's only when included).
+    fn weight(&self, t: usize, with_original: bool) -> f32 {
+        match t == self.original && !with_original {
+            true => 0.0,
+            false => self.weights[t],
+        }
+    }
+
+    /// The draws at `us · total` along the cumulative weights (the
+    /// original's only when `with_original`), all in one pass over the row.
+    fn walk(&self, with_original: bool, total: f64, us: &[f64]) -> Vec<u32> {
         let mut order: Vec<usize> = (0..us.len()).collect();
         order.sort_by(|&a, &b| us[a].total_cmp(&us[b]));
         let mut out = vec![0u32; us.len()];
-        let (mut next, mut cumulative, mut last) = (0, 0.0, 0);
-        for (t, &w) in self.weights.iter().enumerate() {
-            if Some(t) == skip || w <= 0.0 {
+        let (mut next, mut cumulative) = (0, 0.0);
+        let own_block = self.original / BLOCK;
+        for (b, &sum) in self.blocks.iter().enumerate() {
+            let block = match b == own_block && with_original {
+                true => sum + self.weights[self.original] as f64,
+                false => sum,
+            };
+            // The next draw lies beyond this block: skip it whole.
+            if cumulative + block < us[order[next]] * total {
+                cumulative += block;
                 continue;
             }
-            cumulative += w as f64;
-            last = t;
-            while next < order.len() && us[order[next]] * total < cumulative {
-                out[order[next]] = t as u32;
-                next += 1;
-            }
-            if next == order.len() {
-                return out;
+            let end = ((b + 1) * BLOCK).min(self.weights.len());
+            for t in b * BLOCK..end {
+                let w = self.weight(t, with_original);
+                if w <= 0.0 {
+                    continue;
+                }
+                cumulative += w as f64;
+                while next < order.len() && us[order[next]] * total < cumulative {
+                    out[order[next]] = t as u32;
+                    next += 1;
+                }
+                if next == order.len() {
+                    return out;
+                }
             }
         }
         // Rounding at the very end: the last token with weight.
+        let last = (0..self.weights.len())
+            .rev()
+            .find(|&t| self.weight(t, with_original) > 0.0)
+            .unwrap_or(0);
         for &i in &order[next..] {
             out[i] = last as u32;
         }
@@ -457,6 +544,41 @@ mod tests {
         assert!(RowWeights::new(&[f32::NEG_INFINITY, 0.0], 1)
             .draw_others(&[0.5])
             .is_none());
+    }
+
+    #[test]
+    fn block_walk_draws_what_a_token_by_token_walk_draws() {
+        // A vocabulary of several blocks, some tokens with no mass, the
+        // original inside a block; every draw equals the plain inverse CDF
+        // over the same weights.
+        let mut rng = Rng::new(9);
+        let v = 5 * BLOCK + 17;
+        let logits: Vec<f32> = (0..v)
+            .map(|t| match t % 13 {
+                0 => f32::NEG_INFINITY,
+                _ => (rng.unit() * 8.0 - 4.0) as f32,
+            })
+            .collect();
+        let original = 2 * BLOCK + 5;
+        let weights = RowWeights::new(&logits, original as u32);
+        let plain = |u: f64, with_original: bool| -> u32 {
+            let w = |t: usize| weights.weight(t, with_original) as f64;
+            let total: f64 = (0..v).map(w).sum();
+            let mut cumulative = 0.0;
+            for t in 0..v {
+                cumulative += w(t);
+                if w(t) > 0.0 && u * total < cumulative {
+                    return t as u32;
+                }
+            }
+            unreachable!()
+        };
+        let us: Vec<f64> = (0..2000).map(|_| rng.unit()).collect();
+        let others = weights.draw_others(&us).unwrap();
+        for (&u, &got) in us.iter().zip(&others) {
+            assert_eq!(got, plain(u, false), "u = {u}");
+            assert_eq!(weights.draw(u), plain(u, true), "u = {u}");
+        }
     }
 
     #[test]
