@@ -89,7 +89,13 @@ fn main() -> anyhow::Result<()> {
     (o.kind, o.mask_token_prob, o.random_token_prob) = ("mcbert".into(), 1.0, 0.0);
     let (m, o) = (&corpus.manifest, &config.objective);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let mut model = McBert::new(&config.model, o.generator_size, &mut params, 42)?;
+    let mut model = McBert::new(
+        &config.model,
+        o.generator_size,
+        o.controller_shares,
+        &mut params,
+        42,
+    )?;
     if let Some(run) = &args.run {
         params.load(&brisk::train::checkpoint::latest_weights(run)?)?;
     }

@@ -4,14 +4,14 @@
 
 mod support;
 
-use brisk::config::{Kernels, ModelConfig, Position, Preset};
+use brisk::config::{Kernels, ModelConfig, Position, Preset, SharedEmbeddings};
 use brisk::corpus::generated::Rng;
 use brisk::corpus::tokenizer::SpecialIds;
 use brisk::model::mcbert::McBert;
 use brisk::model::{Ctx, Params};
 use brisk::pretrain::mcbert::losses;
 use brisk::pretrain::mlm::{mask_tokens, MaskedBatch};
-use brisk::train::optim::{gradients, AdamW};
+use brisk::train::optim::{gradients, gradients_or_zeros, AdamW};
 use candle_core::{DType, Device};
 
 const SPECIAL: SpecialIds = SpecialIds {
@@ -51,45 +51,79 @@ fn batch(seed: u64) -> (Vec<u32>, MaskedBatch) {
 
 #[test]
 fn every_parameter_gets_a_gradient_and_embeddings_are_shared() {
-    for (position, kernels) in [
-        (Position::Absolute, Kernels::Fused),
-        (Position::TupeR, Kernels::Reference),
+    for (position, kernels, share) in [
+        (Position::Absolute, Kernels::Fused, SharedEmbeddings::All),
+        (Position::TupeR, Kernels::Reference, SharedEmbeddings::All),
+        (Position::Absolute, Kernels::Fused, SharedEmbeddings::Words),
+        (Position::Rope, Kernels::Fused, SharedEmbeddings::Words),
     ] {
         let cfg = config(position, kernels);
         let mut params = Params::new(Device::Cpu, DType::F32);
-        let model = McBert::new(&cfg, 0.5, &mut params, 2).unwrap();
-        assert!(
-            !params
-                .iter()
-                .any(|(n, _)| n.starts_with("generator.embeddings.")),
-            "the controller reads the main model's embeddings"
-        );
+        let model = McBert::new(&cfg, 0.5, share, &mut params, 2).unwrap();
+        let own: Vec<String> = params
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| n.starts_with("generator.embeddings."))
+            .collect();
+        match share {
+            SharedEmbeddings::All => {
+                assert!(own.is_empty(), "the controller reads the main model's embeddings: {own:?}")
+            }
+            // Its own type embeddings and LayerNorm (and positions where the
+            // model has a table), never a word table.
+            SharedEmbeddings::Words => {
+                assert!(own.iter().any(|n| n.contains("LayerNorm")), "{own:?}");
+                assert!(own.iter().all(|n| !n.contains("word")), "{own:?}");
+                assert_eq!(
+                    own.iter().any(|n| n.contains("position")),
+                    position != Position::Rope,
+                    "{own:?}"
+                );
+            }
+        }
         let (tokens, masked) = batch(5);
-        let mut rng = Rng::new(6);
-        let losses = losses(
-            &model,
-            &tokens,
-            &masked,
-            (2, 12),
-            50.0,
-            &SPECIAL,
-            &mut Rng::new(7),
-            None,
-            &mut Ctx::train(&mut rng),
-        )
-        .unwrap();
+        // Fused ops keep their activations for one backward: one forward
+        // per backward.
+        let forward = || {
+            let mut rng = Rng::new(6);
+            losses(
+                &model,
+                &tokens,
+                &masked,
+                (2, 12),
+                50.0,
+                &SPECIAL,
+                &mut Rng::new(7),
+                None,
+                &mut Ctx::train(&mut rng),
+            )
+            .unwrap()
+        };
+        let losses = forward();
         let total = losses.total.to_scalar::<f32>().unwrap();
         // An untrained main model is close to uniform over the 10 slots.
         let choice = losses.choice.to_scalar::<f32>().unwrap();
         assert!((choice - 10f32.ln()).abs() < 0.5, "{choice}");
         assert!(total.is_finite());
+        // The controller's own loss reaches the main model's word table
+        // whatever else it shares.
+        let store = forward().controller.backward().unwrap();
+        let grads = gradients_or_zeros(&params, &store, &|_| true).unwrap();
+        let (_, words) = params
+            .split(&grads)
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| *n == "bert.embeddings.word_embeddings.weight")
+            .unwrap();
+        let words: Vec<f32> = words.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(words.iter().any(|v| *v != 0.0), "{share:?}");
         let grads = gradients(&params, &losses.total.backward().unwrap()).unwrap();
         for (name, g) in params.split(&grads).unwrap() {
             let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
             assert!(g.iter().all(|v| v.is_finite()), "{position:?} {name}");
             assert!(
                 g.iter().any(|v| *v != 0.0),
-                "{position:?} {kernels:?}: {name} has a zero gradient"
+                "{position:?} {kernels:?} {share:?}: {name} has a zero gradient"
             );
         }
     }
@@ -99,7 +133,7 @@ fn every_parameter_gets_a_gradient_and_embeddings_are_shared() {
 fn the_loss_falls_on_a_tiny_model() {
     let cfg = config(Position::Absolute, Kernels::Fused);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+    let model = McBert::new(&cfg, 0.5, SharedEmbeddings::All, &mut params, 3).unwrap();
     let mut train = Preset::Tiny.config().train;
     train.weight_decay = 0.0;
     let mut opt = AdamW::new(&params, &train).unwrap();
@@ -169,7 +203,7 @@ fn the_fused_choice_head_equals_the_reference() {
     use candle_core::Var;
     let cfg = config(Position::Absolute, Kernels::Fused);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+    let model = McBert::new(&cfg, 0.5, SharedEmbeddings::All, &mut params, 3).unwrap();
     assert!(model.head.is_fused());
     let mut rng = Rng::new(4);
     let hidden =
@@ -210,7 +244,7 @@ fn the_fused_choice_head_equals_the_reference() {
 fn the_fused_controller_reads_every_row_as_the_reference() {
     let cfg = config(Position::Absolute, Kernels::Fused);
     let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+    let model = McBert::new(&cfg, 0.5, SharedEmbeddings::All, &mut params, 3).unwrap();
     let (tokens, _) = batch(8);
     let ids = candle_core::Tensor::from_vec(tokens, (2, 12), &Device::Cpu).unwrap();
     let hidden = model.control(&ids, &mut Ctx::eval()).unwrap();
@@ -236,7 +270,7 @@ fn stopping_the_candidate_gradient_leaves_the_table_to_the_input_path() {
     for kernels in [Kernels::Fused, Kernels::Reference] {
         let cfg = config(Position::Absolute, kernels);
         let mut params = Params::new(Device::Cpu, DType::F32);
-        let mut model = McBert::new(&cfg, 0.5, &mut params, 3).unwrap();
+        let mut model = McBert::new(&cfg, 0.5, SharedEmbeddings::All, &mut params, 3).unwrap();
         let mut rng = Rng::new(4);
         let values = random_values(24 * 16, &mut rng);
         let hidden = Var::from_vec(values, (2, 12, 16), &Device::Cpu).unwrap();

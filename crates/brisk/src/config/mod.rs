@@ -165,6 +165,9 @@ pub struct ObjectiveConfig {
     /// candidates' word embeddings (the table the controller decodes with);
     /// the main model's input path trains them either way.
     pub candidate_gradient: bool,
+    /// MC-BERT: what the meta controller shares of the main model's
+    /// embeddings.
+    pub controller_shares: SharedEmbeddings,
 }
 
 impl ObjectiveConfig {
@@ -172,6 +175,20 @@ impl ObjectiveConfig {
     pub fn learned_generator(&self) -> Option<f64> {
         (self.generator == Generator::Learned).then_some(self.generator_size)
     }
+}
+
+/// What a generator or meta controller shares with the main model's
+/// embeddings (`objective.controller_shares`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedEmbeddings {
+    /// Word, position and type embeddings and their LayerNorm: the same
+    /// tensors (HF ELECTRA's layout).
+    All,
+    /// The word table alone; position and type embeddings and their
+    /// LayerNorm are its own (MC-BERT's code, where the controller reads
+    /// the main model's token embeddings through its own projection).
+    Words,
 }
 
 /// ELECTRA's source of replacements (`objective.generator`).

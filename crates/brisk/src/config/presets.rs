@@ -3,7 +3,7 @@
 
 use super::{
     Config, DataConfig, EvalConfig, Generator, Kernels, ModelConfig, Norm, NotesConfig,
-    ObjectiveConfig, Position, Schedule, TrainConfig,
+    ObjectiveConfig, Position, Schedule, SharedEmbeddings, TrainConfig,
 };
 use crate::error::{Error, Result};
 
@@ -194,6 +194,7 @@ impl Preset {
                 exit_warmup: 100,
                 exit_weight: 1.0,
                 candidate_gradient: true,
+                controller_shares: SharedEmbeddings::All,
             },
             train: TrainConfig {
                 batch_size: s.batch,

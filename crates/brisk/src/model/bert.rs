@@ -11,7 +11,7 @@ use super::norm::LayerNorm;
 use super::params::{Ctx, Group, GroupBuilder, Params};
 use super::rotary;
 use super::untied_positions::{content_scale, UntiedPositions};
-use crate::config::{Kernels, ModelConfig, Norm, Position};
+use crate::config::{Kernels, ModelConfig, Norm, Position, SharedEmbeddings};
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
 
@@ -103,9 +103,24 @@ struct Embeddings {
 
 impl Embeddings {
     fn new(params: &mut Params, cfg: &ModelConfig, rng: &mut Rng) -> Result<Embeddings> {
-        let (h, std) = (cfg.hidden_size, cfg.initializer_range);
-        let mut g = params.group("bert.embeddings");
-        g.normal("word_embeddings.weight", &[cfg.vocab_size, h], std, rng);
+        Embeddings::build(params, cfg, "bert.embeddings", cfg.hidden_size, None, rng)
+    }
+
+    /// The embeddings as group `name`, `width` wide; with `word`, that
+    /// (shared) word table instead of one of their own.
+    fn build(
+        params: &mut Params,
+        cfg: &ModelConfig,
+        name: &str,
+        width: usize,
+        word: Option<Tensor>,
+        rng: &mut Rng,
+    ) -> Result<Embeddings> {
+        let (h, std) = (width, cfg.initializer_range);
+        let mut g = params.group(name);
+        if word.is_none() {
+            g.normal("word_embeddings.weight", &[cfg.vocab_size, h], std, rng);
+        }
         // Rotary positions need no table (and an unused one would get no
         // gradient); TUPE reads this one in its position term.
         if cfg.position != Position::Rope {
@@ -125,7 +140,8 @@ impl Embeddings {
         LayerNorm::add(&mut g, "LayerNorm", h);
         let g = g.finish()?;
         let add_positions = cfg.position == Position::Absolute;
-        let fused = runs_fused(cfg, g)
+        // The fused kernel reads the word table from the group itself.
+        let fused = (word.is_none() && runs_fused(cfg, g))
             .then(|| {
                 EmbeddingSpec::of(
                     g,
@@ -137,7 +153,10 @@ impl Embeddings {
             })
             .transpose()?;
         Ok(Embeddings {
-            word: g.view("word_embeddings.weight")?,
+            word: match word {
+                Some(word) => word,
+                None => g.view("word_embeddings.weight")?,
+            },
             position: (cfg.position != Position::Rope)
                 .then(|| g.view("position_embeddings.weight"))
                 .transpose()?,
@@ -446,17 +465,32 @@ impl Bert {
 
     /// An encoder (`cfg`, tensors named `{prefix}.*`) that reads the
     /// embeddings of `other`: the same tensors, so a step moves both
-    /// models' views. When the widths differ, the embeddings are projected
-    /// to `cfg.hidden_size`. With TUPE it has its own position projections
-    /// over the shared position table.
+    /// models' views. `share` says which: all of them (HF ELECTRA's
+    /// layout), or the word table alone, with position and type embeddings
+    /// and their LayerNorm of its own (`{prefix}.embeddings.*`, MC-BERT's
+    /// code). When the widths differ, the embeddings are projected to
+    /// `cfg.hidden_size`. With TUPE it has its own position projections
+    /// over the (shared or own) position table.
     pub fn sharing_embeddings(
         params: &mut Params,
         cfg: &ModelConfig,
         prefix: &str,
         other: &Bert,
+        share: SharedEmbeddings,
         rng: &mut Rng,
     ) -> Result<Bert> {
-        let mut bert = Bert::build(params, cfg, prefix, other.embeddings.clone(), rng)?;
+        let embeddings = match share {
+            SharedEmbeddings::All => other.embeddings.clone(),
+            SharedEmbeddings::Words => Embeddings::build(
+                params,
+                cfg,
+                &format!("{prefix}.embeddings"),
+                other.embeddings.word.dim(1)?,
+                Some(other.embeddings.word.clone()),
+                rng,
+            )?,
+        };
+        let mut bert = Bert::build(params, cfg, prefix, embeddings, rng)?;
         let width = other.embeddings.word.dim(1)?;
         if width != cfg.hidden_size {
             let mut g = params.group(&format!("{prefix}.embeddings_project"));

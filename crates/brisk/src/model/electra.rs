@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor};
 use super::bert::{Active, Bert, InputMix, MlmHead};
 use super::discriminator::DiscriminatorHead;
 use super::params::{Ctx, Params};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, SharedEmbeddings};
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
 
@@ -116,6 +116,7 @@ impl Electra {
                     &gen_cfg,
                     "generator",
                     &discriminator,
+                    SharedEmbeddings::All,
                     &mut rng,
                 )?;
                 let head = MlmHead::named(

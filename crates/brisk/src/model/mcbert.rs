@@ -14,7 +14,7 @@ use super::fused::Activation;
 use super::fused::ChoiceSpec;
 use super::norm::LayerNorm;
 use super::params::{Ctx, Params};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, SharedEmbeddings};
 use crate::corpus::generated::Rng;
 use crate::error::Result;
 
@@ -167,6 +167,7 @@ impl McBert {
     pub fn new(
         cfg: &ModelConfig,
         controller_size: f64,
+        share: SharedEmbeddings,
         params: &mut Params,
         seed: u64,
     ) -> Result<McBert> {
@@ -174,14 +175,12 @@ impl McBert {
         let main = Bert::new(params, cfg, &mut rng)?;
         let head = ChoiceHead::new(params, cfg, &main, &mut rng)?;
         let c_cfg = generator_config(cfg, controller_size)?;
-        let controller = Bert::sharing_embeddings(params, &c_cfg, "generator", &main, &mut rng)?;
-        let controller_head = MlmHead::named(
-            params,
-            "generator_predictions",
-            &c_cfg,
-            &controller,
-            &mut rng,
-        )?;
+        let controller =
+            Bert::sharing_embeddings(params, &c_cfg, "generator", &main, share, &mut rng)?;
+        // Tied to the main model's word table, which the controller reads
+        // whatever else it shares.
+        let controller_head =
+            MlmHead::named(params, "generator_predictions", &c_cfg, &main, &mut rng)?;
         Ok(McBert {
             main,
             head,

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::mlm::MaskedBatch;
 use super::objective::{Batch, BatchLoss, Objective};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, SharedEmbeddings};
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
 use crate::error::Result;
@@ -55,12 +55,13 @@ impl MultiChoice {
     pub fn new(
         cfg: &ModelConfig,
         controller_size: f64,
+        share: SharedEmbeddings,
         weight: f64,
         params: &mut Params,
         seed: u64,
     ) -> Result<MultiChoice> {
         Ok(MultiChoice {
-            model: McBert::new(cfg, controller_size, params, seed)?,
+            model: McBert::new(cfg, controller_size, share, params, seed)?,
             weight,
         })
     }

@@ -127,7 +127,14 @@ pub fn build(
             )?)
         }
         "mcbert" => {
-            let mut objective = MultiChoice::new(model, size, weight, params, seed)?;
+            let mut objective = MultiChoice::new(
+                model,
+                size,
+                config.objective.controller_shares,
+                weight,
+                params,
+                seed,
+            )?;
             objective.model.head.candidate_gradient = config.objective.candidate_gradient;
             Box::new(objective)
         }

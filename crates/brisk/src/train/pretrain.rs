@@ -344,6 +344,7 @@ pub const VALIDATION_MASKING: ObjectiveConfig = ObjectiveConfig {
     exit_warmup: 0,
     exit_weight: 0.0,
     candidate_gradient: true,
+    controller_shares: crate::config::SharedEmbeddings::All,
 };
 
 /// What one evaluation measured (see [`crate::pretrain::probes`]): the
