@@ -67,7 +67,10 @@ fn every_parameter_gets_a_gradient_and_embeddings_are_shared() {
             .collect();
         match share {
             SharedEmbeddings::All => {
-                assert!(own.is_empty(), "the controller reads the main model's embeddings: {own:?}")
+                assert!(
+                    own.is_empty(),
+                    "the controller reads the main model's embeddings: {own:?}"
+                )
             }
             // Its own type embeddings and LayerNorm (and positions where the
             // model has a table), never a word table.

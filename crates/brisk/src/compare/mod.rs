@@ -74,10 +74,23 @@ pub const DEFAULT_VARIANTS: &str = "baseline,tupe-r,tnf,tupe-r+tnf";
 pub fn parse_variants(text: &str) -> Result<Vec<Variant>> {
     let mut variants: Vec<Variant> = Vec::new();
     for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let mut sets = Vec::new();
+        // Each setting with whether it was written out (`key=value`) rather
+        // than taken from a named block.
+        let mut sets: Vec<(String, bool)> = Vec::new();
+        let key = |s: &str| s.split('=').next().unwrap_or_default().to_string();
         for block in name.split('+') {
             if block.contains('=') {
-                sets.push(block.to_string());
+                // A written-out setting replaces a block's (`mcbert+objective.
+                // mask_token_prob=0.85`); written out twice is a mistake.
+                match sets.iter().position(|(s, _)| key(s) == key(block)) {
+                    Some(i) if !sets[i].1 => sets[i] = (block.to_string(), true),
+                    Some(_) => {
+                        return Err(Error::Usage(format!(
+                            "--variants: {name:?} sets the same config key twice"
+                        )))
+                    }
+                    None => sets.push((block.to_string(), true)),
+                }
                 continue;
             }
             let Some((_, block_sets)) = BLOCKS.iter().find(|(b, _)| *b == block) else {
@@ -88,14 +101,20 @@ pub fn parse_variants(text: &str) -> Result<Vec<Variant>> {
                     known.join(", ")
                 )));
             };
-            sets.extend(block_sets.iter().map(|s| s.to_string()));
+            for set in block_sets.iter() {
+                match sets.iter().find(|(s, _)| key(s) == key(set)) {
+                    // Written out earlier: that one stands.
+                    Some((_, true)) => {}
+                    Some((_, false)) => {
+                        return Err(Error::Usage(format!(
+                            "--variants: {name:?} sets the same config key twice"
+                        )))
+                    }
+                    None => sets.push((set.to_string(), false)),
+                }
+            }
         }
-        let keys: Vec<&str> = sets.iter().filter_map(|s| s.split('=').next()).collect();
-        if (1..keys.len()).any(|i| keys[..i].contains(&keys[i])) {
-            return Err(Error::Usage(format!(
-                "--variants: {name:?} sets the same config key twice"
-            )));
-        }
+        let sets: Vec<String> = sets.into_iter().map(|(s, _)| s).collect();
         if variants.iter().any(|v| v.name == name) {
             return Err(Error::Usage(format!(
                 "--variants: {name:?} is listed twice"
@@ -496,6 +515,21 @@ mod tests {
             ["model.position=rope", "train.learning_rate=4e-3"]
         );
         assert!(parse_variants("tupe-a+tupe-r").is_err());
+        // A written-out setting replaces a block's, wherever it stands.
+        for text in [
+            "mcbert+objective.mask_token_prob=0.85",
+            "objective.mask_token_prob=0.85+mcbert",
+        ] {
+            let v = parse_variants(text).unwrap();
+            let masking: Vec<&String> = v[0]
+                .sets
+                .iter()
+                .filter(|s| s.contains("mask_token"))
+                .collect();
+            assert_eq!(masking, ["objective.mask_token_prob=0.85"], "{text}");
+            assert_eq!(v[0].sets.len(), 3, "{text}");
+        }
+        assert!(parse_variants("rope+train.steps=1+train.steps=2").is_err());
     }
 
     fn point(step: f64, val_loss: f64) -> EvalPoint {
