@@ -48,7 +48,7 @@ for variant in $variants; do
     masking=()
     case "$kind" in
         electra) masking=(--set objective.mask_token_prob=0.85 --set objective.random_token_prob=0) ;;
-        mcbert) masking=(--set objective.mask_token_prob=1 --set objective.random_token_prob=0) ;;
+        mcbert) masking=(--set objective.mask_token_prob=0.85 --set objective.random_token_prob=0) ;;
     esac
     echo "== $variant" >&2
     "$brisk" pretrain --preset "$preset" --set "data.corpus=$corpus" --set "objective.kind=$kind" \

@@ -148,7 +148,7 @@ pub struct CompareArgs {
     /// exit (ELECTRA's early exit after layers 2 and 3),
     /// tupe-a, tupe-r, rope, tnf, pre-ln, no-dropout, or several joined by +;
     /// a key=value block sets any config field (replacing a named block's
-    /// value for it, as in mcbert+objective.mask_token_prob=0.85).
+    /// value for it, as in mcbert+objective.mask_token_prob=1).
     #[arg(long, value_name = "LIST", default_value = brisk::compare::DEFAULT_VARIANTS)]
     pub variants: String,
     /// Give every variant the training FLOPs of the first one's step
