@@ -103,6 +103,24 @@ impl<'a> GroupBuilder<'a> {
         self.push(local, shape, values.into_iter());
     }
 
+    /// A tensor drawn uniformly from `[-bound, bound)` (PyTorch's LSTM and
+    /// linear initialisation).
+    pub fn uniform(&mut self, local: &str, shape: &[usize], bound: f64, rng: &mut Rng) {
+        let n: usize = shape.iter().product();
+        let values: Vec<f64> = (0..n).map(|_| bound * (2.0 * rng.unit() - 1.0)).collect();
+        self.push(local, shape, values.into_iter());
+    }
+
+    /// A tensor with the given values, in row-major order.
+    pub fn values(&mut self, local: &str, shape: &[usize], values: Vec<f64>) {
+        assert_eq!(
+            values.len(),
+            shape.iter().product::<usize>(),
+            "{local}: shape and values differ"
+        );
+        self.push(local, shape, values.into_iter());
+    }
+
     pub fn zeros(&mut self, local: &str, shape: &[usize]) {
         self.push(
             local,

@@ -3,7 +3,9 @@
 //! Devlin et al., 2019), with tasks described in TOML, GLUE's metrics, and
 //! several seeds reported as mean ± std.
 
+pub mod bilstm;
 pub mod classifier;
+pub mod crf;
 pub mod data;
 pub mod finetune;
 pub mod metrics;

@@ -356,6 +356,11 @@ impl<T> MatMut<T> {
         }
     }
 
+    /// The first element's address.
+    pub fn ptr(self) -> *mut T {
+        self.ptr
+    }
+
     pub fn col(self, c: usize) -> MatMut<T> {
         MatMut {
             ptr: self.ptr.wrapping_add(c),
