@@ -48,6 +48,12 @@ pub enum Command {
     /// Write the HTML report (loss charts, config differences, final
     /// numbers) of any set of pre-training runs; the first is the baseline.
     Report(ReportArgs),
+    /// Label every word (named entities, parts of speech) with a
+    /// BiLSTM-CRF over concatenated embeddings: train, predict, eval.
+    Tag {
+        #[command(subcommand)]
+        command: crate::tag::TagCommand,
+    },
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]

@@ -4,6 +4,7 @@
 mod args;
 mod compare;
 mod pretrain;
+mod tag;
 mod tune;
 
 use std::process::ExitCode;
@@ -51,6 +52,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::compare(args),
         Command::Report(args) => compare::report(args),
         Command::Predict(args) => tune::predict(args),
+        Command::Tag { command } => tag::tag(command),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),

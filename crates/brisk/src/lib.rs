@@ -7,7 +7,9 @@
 //! - [`model`]: the BERT encoder and its heads;
 //! - [`pretrain`]: objectives (masked LM);
 //! - [`train`]: optimiser, schedule, checkpoints and the training loop;
-//! - [`tasks`]: fine-tuning and evaluation on downstream tasks;
+//! - [`tasks`]: fine-tuning and evaluation on downstream tasks, word-level
+//!   labelling (BiLSTM-CRF) and parsing (biaffine);
+//! - [`embed`]: word-level features those read, concatenated;
 //! - [`hf`]: HuggingFace BERT checkpoints in and out;
 //! - [`encoder`]: a pre-trained encoder (HF or brisk) with its tokenizer:
 //!   text in, hidden states and sentence vectors out;
@@ -20,6 +22,7 @@
 pub mod compare;
 pub mod config;
 pub mod corpus;
+pub mod embed;
 pub mod encoder;
 pub mod error;
 pub mod hf;

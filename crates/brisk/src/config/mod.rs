@@ -15,7 +15,7 @@ mod presets;
 mod resolve;
 
 pub use presets::Preset;
-pub use resolve::{resolve, ConfigSource};
+pub use resolve::{layered, resolve, ConfigSource};
 
 use serde::{Deserialize, Serialize};
 

@@ -60,6 +60,31 @@ pub fn resolve(source: &ConfigSource) -> Result<Config> {
     Ok(config)
 }
 
+/// Any config with defaults (the tagger's, say): `defaults`, then the
+/// file's keys, then `--set` overrides, each key checked against the
+/// defaults' (arrays such as `[[embeddings]]` are replaced whole).
+pub fn layered<T: serde::Serialize + serde::de::DeserializeOwned>(
+    defaults: &T,
+    file: Option<&Path>,
+    sets: &[String],
+) -> Result<T> {
+    let mut tree = Table::try_from(defaults).expect("defaults serialise");
+    if let Some(path) = file {
+        let origin = format!("in {}", path.display());
+        merge_file(&mut tree, read_table(path)?, "", &origin)?;
+    }
+    for set in sets {
+        apply_set(&mut tree, set)?;
+    }
+    serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
+        Error::Config(format!(
+            "bad value for `{}`: {}",
+            e.path(),
+            e.inner().message()
+        ))
+    })
+}
+
 fn read_table(path: &Path) -> Result<Table> {
     let text = std::fs::read_to_string(path)
         .map(crate::run::strip_bom)

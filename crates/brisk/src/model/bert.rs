@@ -592,6 +592,30 @@ impl Bert {
         self.run(ids, token_types, pad_mask, mix, None, ctx)
     }
 
+    /// Every layer's output `[batch, len, hidden]`, in order (the last one
+    /// through the final LayerNorm, with pre-LN), for features that mix
+    /// layers.
+    pub fn forward_layers(
+        &self,
+        ids: &Tensor,
+        token_types: Option<&Tensor>,
+        pad_mask: Option<&Tensor>,
+        ctx: &mut Ctx,
+    ) -> Result<Vec<Tensor>> {
+        let mut outputs = Vec::with_capacity(self.layers.len());
+        let last = {
+            let mut keep = |_: usize, x: &Tensor, _: Option<&Active>| {
+                outputs.push(x.clone());
+                Ok(None)
+            };
+            self.run(ids, token_types, pad_mask, None, Some(&mut keep), ctx)?
+        };
+        if let Some(l) = outputs.last_mut() {
+            *l = last;
+        }
+        Ok(outputs)
+    }
+
     /// The encoder with early exit (pre-training: no padding, one segment):
     /// after each layer `exit` may shrink the set of tokens the following
     /// layers update ([`ExitDecision`]). The tokens that left keep their

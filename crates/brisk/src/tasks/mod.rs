@@ -5,11 +5,15 @@
 
 pub mod bilstm;
 pub mod classifier;
+pub mod conll;
 pub mod crf;
 pub mod data;
 pub mod finetune;
 pub mod metrics;
 pub mod predict;
+pub mod scheme;
+pub mod tagger;
+pub mod word_tasks;
 
 pub use data::{Task, TaskSpec};
 pub use finetune::{finetune, NotesMode, Recipe, SeedResult};

@@ -1,0 +1,119 @@
+//! Pre-trained static word vectors in the word2vec / GloVe text format:
+//! `word v1 v2 ...` per line, with an optional `count dim` header line.
+//! Frozen.
+//!
+//! Lookup: the word as written, then lowercased (GloVe's vocabulary is
+//! lowercase), then with every digit replaced by `0`; a word found none of
+//! these ways gets the zero vector. How many words fell back is reported.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::FeatureTable;
+use crate::error::{Error, Result};
+
+/// `kind = "static"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// The vectors file (plain or `.gz`).
+    pub path: PathBuf,
+}
+
+/// Vectors by word, all of one width.
+pub struct StaticVectors {
+    pub dim: usize,
+    index: HashMap<String, usize>,
+    values: Vec<f32>,
+}
+
+impl StaticVectors {
+    /// Reads the vectors of the words in `wanted` (and of their lowercase
+    /// and digit-normalised forms) only, so a large file costs one pass and
+    /// little memory.
+    pub fn read(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<StaticVectors> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let reader: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::read::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        let mut dim = None;
+        let mut index = HashMap::new();
+        let mut values = Vec::new();
+        for (i, line) in BufReader::new(reader).lines().enumerate() {
+            let at = |m: String| Error::data(path, format!("line {}: {m}", i + 1));
+            let line = line.map_err(|e| at(e.to_string()))?;
+            let mut fields = line.split_whitespace();
+            let Some(word) = fields.next() else { continue };
+            let rest: Vec<&str> = fields.collect();
+            if i == 0 && rest.len() == 1 && word.parse::<usize>().is_ok() {
+                continue; // the word2vec header: count and width
+            }
+            match dim {
+                None => dim = Some(rest.len()),
+                Some(d) if d != rest.len() => {
+                    return Err(at(format!(
+                        "{} values where the first vector has {d}",
+                        rest.len()
+                    )))
+                }
+                _ => {}
+            }
+            if rest.is_empty() {
+                return Err(at(format!("the word {word:?} has no values")));
+            }
+            if !wanted(word) || index.contains_key(word) {
+                continue;
+            }
+            for v in &rest {
+                values.push(
+                    v.parse::<f32>()
+                        .map_err(|_| at(format!("{v:?} is not a number")))?,
+                );
+            }
+            index.insert(word.to_string(), index.len());
+        }
+        let dim = dim.ok_or_else(|| Error::data(path, "holds no vectors"))?;
+        Ok(StaticVectors { dim, index, values })
+    }
+
+    /// The forms a word is looked up by, in order.
+    pub fn forms(word: &str) -> [String; 3] {
+        let lower = word.to_lowercase();
+        let digits = lower
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '0' } else { c })
+            .collect();
+        [word.to_string(), lower, digits]
+    }
+
+    /// A word's vector, `None` when no form is known.
+    pub fn get(&self, word: &str) -> Option<&[f32]> {
+        Self::forms(word)
+            .iter()
+            .find_map(|f| self.index.get(f))
+            .map(|&i| &self.values[i * self.dim..(i + 1) * self.dim])
+    }
+
+    /// The table of every word of `sentences`, and how many words had no
+    /// vector.
+    pub fn table(&self, sentences: &[Vec<String>]) -> (FeatureTable, usize) {
+        let mut values = Vec::new();
+        let mut missing = 0;
+        let zero = vec![0f32; self.dim];
+        for w in sentences.iter().flatten() {
+            match self.get(w) {
+                Some(v) => values.extend_from_slice(v),
+                None => {
+                    missing += 1;
+                    values.extend_from_slice(&zero);
+                }
+            }
+        }
+        (FeatureTable::owned(self.dim, sentences, values), missing)
+    }
+}
