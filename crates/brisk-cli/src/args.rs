@@ -54,6 +54,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::tag::TagCommand,
     },
+    /// Parse sentences into dependency trees with a biaffine parser over
+    /// concatenated embeddings: train, predict, eval.
+    Parse {
+        #[command(subcommand)]
+        command: crate::tag::TagCommand,
+    },
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]

@@ -19,6 +19,7 @@ use args::{
 use brisk::config::{self, Config, ConfigSource};
 use brisk::corpus::{self, generated, Input};
 use brisk::run::{self, Existing, RunDir};
+use brisk::tasks::word_tasks::WordTaskKind;
 
 fn main() -> ExitCode {
     brisk::runtime::keep_freed_memory();
@@ -52,7 +53,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::compare(args),
         Command::Report(args) => compare::report(args),
         Command::Predict(args) => tune::predict(args),
-        Command::Tag { command } => tag::tag(command),
+        Command::Tag { command } => tag::run_command(WordTaskKind::Tagging, command),
+        Command::Parse { command } => tag::run_command(WordTaskKind::Parsing, command),
         Command::Corpus {
             command: CorpusCommand::Prepare(args),
         } => corpus_prepare(args),

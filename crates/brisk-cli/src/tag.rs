@@ -1,5 +1,7 @@
-//! `brisk tag train | predict | eval`: word-level labelling (BiLSTM-CRF)
-//! over concatenated embeddings, on a built-in or TOML word-level task.
+//! `brisk tag train | predict | eval` and `brisk parse train | predict |
+//! eval`: word-level labelling (BiLSTM-CRF) and dependency parsing
+//! (biaffine) over concatenated embeddings, on a built-in or TOML
+//! word-level task.
 
 use std::path::{Path, PathBuf};
 
@@ -8,27 +10,28 @@ use clap::{Args, Subcommand};
 use crate::pretrain::{install_stop_handler, STOP};
 use crate::{init_threads, usage};
 use brisk::run::{self, Existing, RunDir};
-use brisk::tasks::tagger::{self, Predictor, TaggerConfig};
+use brisk::tasks::labelling::{self, Predictor, WordModelConfig};
+use brisk::tasks::word_tasks::WordTaskKind;
 use brisk::tasks::word_tasks::{read_labelled, read_plain, WordTask};
 
 #[derive(Debug, Subcommand)]
 pub enum TagCommand {
-    /// Train a BiLSTM-CRF tagger on a word-level task (conll03-ner,
-    /// ewt-upos, or a TOML task file) over a list of embeddings; keeps the
-    /// best model on dev and scores test with it.
+    /// Train on a word-level task (a built-in one or a TOML task file) over
+    /// a list of embeddings; keeps the best model on dev and scores test
+    /// with it.
     Train(TagTrainArgs),
-    /// Label sentences with a trained tagger: plain text (one sentence per
-    /// line) or a file in the task's format; writes CoNLL columns (word,
-    /// then gold when the input has it, then the prediction).
+    /// Label (or parse) sentences with a trained model: plain text (one
+    /// sentence per line) or a file in the task's format; writes CoNLL
+    /// columns (position, word, gold when the input has it, prediction).
     Predict(TagPredictArgs),
-    /// Score a trained tagger on a labelled file (default: the task's test
+    /// Score a trained model on a labelled file (default: the task's test
     /// file) with the task's metric.
     Eval(TagEvalArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TagTrainArgs {
-    /// A built-in task (conll03-ner, ewt-upos) or a TOML task file.
+    /// A built-in task (tag: conll03-ner, ewt-upos; parse: ewt-deps) or a TOML task file.
     #[arg(long)]
     pub task: String,
     /// The features to concatenate: comma-separated `kind[:path][+key=value]`,
@@ -108,16 +111,17 @@ pub(crate) fn data_dir(flag: Option<&Path>) -> PathBuf {
     }
 }
 
-pub(crate) fn tag(command: TagCommand) -> anyhow::Result<()> {
+/// `brisk tag ...` (`kind` Tagging) or `brisk parse ...` (Parsing).
+pub(crate) fn run_command(kind: WordTaskKind, command: TagCommand) -> anyhow::Result<()> {
     match command {
-        TagCommand::Train(args) => train(args),
+        TagCommand::Train(args) => train(kind, args),
         TagCommand::Predict(args) => predict(args),
         TagCommand::Eval(args) => eval(args),
     }
 }
 
 /// Defaults, then the file, then `--embeddings`, `--set` and the flags.
-fn resolve(args: &TagTrainArgs) -> anyhow::Result<TaggerConfig> {
+fn resolve(kind: WordTaskKind, args: &TagTrainArgs) -> anyhow::Result<WordModelConfig> {
     let mut sets = args.set.clone();
     if let Some(seed) = args.seed {
         sets.push(format!("train.seed={seed}"));
@@ -125,7 +129,11 @@ fn resolve(args: &TagTrainArgs) -> anyhow::Result<TaggerConfig> {
     if let Some(e) = args.epochs {
         sets.push(format!("train.epochs={e}"));
     }
-    let mut config = brisk::config::layered(&TaggerConfig::default(), args.config.as_deref(), &sets)?;
+    let defaults = match kind {
+        WordTaskKind::Tagging => WordModelConfig::default(),
+        WordTaskKind::Parsing => WordModelConfig::parser_default(),
+    };
+    let mut config = brisk::config::layered(&defaults, args.config.as_deref(), &sets)?;
     if let Some(spec) = &args.embeddings {
         config.embeddings = brisk::embed::parse_spec(spec)?;
     }
@@ -133,12 +141,16 @@ fn resolve(args: &TagTrainArgs) -> anyhow::Result<TaggerConfig> {
     Ok(config)
 }
 
-fn train(args: TagTrainArgs) -> anyhow::Result<()> {
+fn train(kind: WordTaskKind, args: TagTrainArgs) -> anyhow::Result<()> {
     init_threads(args.threads)?;
     let task = WordTask::resolve(&args.task, &data_dir(args.data_dir.as_deref()))?;
-    if task.spec.kind != brisk::tasks::word_tasks::WordTaskKind::Tagging {
+    if task.spec.kind != kind {
+        let (is, command) = match task.spec.kind {
+            WordTaskKind::Tagging => ("a tagging", "brisk tag train"),
+            WordTaskKind::Parsing => ("a parsing", "brisk parse train"),
+        };
         return Err(usage(&format!(
-            "task {:?} is a parsing task: use `brisk parse train`",
+            "task {:?} is {is} task: use `{command}`",
             task.spec.name
         )));
     }
@@ -146,21 +158,24 @@ fn train(args: TagTrainArgs) -> anyhow::Result<()> {
         let Some(out) = &args.out else {
             return Err(usage("--resume needs --out DIR, the run to continue"));
         };
-        let saved: tagger::SavedTagger = run::read_json(&out.join("model.json"))?;
+        let saved: labelling::SavedModel = run::read_json(&out.join("model.json"))?;
         let mut config = saved.config;
         if let Some(e) = args.epochs {
             config.train.epochs = e;
         }
         config
     } else {
-        resolve(&args)?
+        resolve(kind, &args)?
     };
     // Bad data is an error before a run directory exists.
-    let prepared = tagger::prepare(task, config)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| run::default_run_path("tag", &prepared.task.spec.name));
+    let prepared = labelling::prepare(task, config)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let command = match kind {
+            WordTaskKind::Tagging => "tag",
+            WordTaskKind::Parsing => "parse",
+        };
+        run::default_run_path(command, &prepared.task.spec.name)
+    });
     let existing = match (args.resume, args.force) {
         (true, _) => Existing::Resume,
         (false, true) => Existing::Overwrite,
@@ -181,12 +196,12 @@ fn train(args: TagTrainArgs) -> anyhow::Result<()> {
     if !quiet {
         eprintln!("training in {}", out.display());
     }
-    let options = tagger::TrainOptions {
+    let options = labelling::TrainOptions {
         resume: args.resume,
         stop: &STOP,
     };
     let summary = brisk::runtime::on_pool(|| {
-        tagger::train(prepared, &out, &options, |line| {
+        labelling::train(prepared, &out, &options, |line| {
             if !quiet {
                 eprintln!("  {line}");
             }
@@ -221,17 +236,13 @@ fn predict(args: TagPredictArgs) -> anyhow::Result<()> {
             let data = read_labelled(&predictor.saved.task, &args.file)?;
             (data.iter().map(|s| s.words.clone()).collect(), Some(data))
         }
-        other => {
-            return Err(usage(&format!(
-                "--format {other:?}: expected text or task"
-            )))
-        }
+        other => return Err(usage(&format!("--format {other:?}: expected text or task"))),
     };
     let predicted = brisk::runtime::on_pool(|| {
         predictor.predict(words.clone(), &mut |line| eprintln!("  {line}"))
     })?;
     let tmp = tempfile_path(args.output.as_deref());
-    tagger::write_conll(&tmp, &words, gold.as_deref(), &predicted)?;
+    labelling::write_conll(&tmp, &words, gold.as_deref(), &predicted)?;
     match &args.output {
         Some(_) => {}
         None => {
@@ -258,22 +269,23 @@ fn eval(args: TagEvalArgs) -> anyhow::Result<()> {
     let file = match &args.file {
         Some(f) => f.clone(),
         None => {
-            let task = WordTask::resolve(&spec.name, &data_dir(args.data_dir.as_deref()))
-                .map_err(|_| {
+            let task = WordTask::resolve(&spec.name, &data_dir(args.data_dir.as_deref())).map_err(
+                |_| {
                     usage(&format!(
                         "task {:?} is not built in: name the labelled file to score",
                         spec.name
                     ))
-                })?;
-            task.test.ok_or_else(|| usage("the task has no test file: name one"))?
+                },
+            )?;
+            task.test
+                .ok_or_else(|| usage("the task has no test file: name one"))?
         }
     };
     let data = read_labelled(spec, &file)?;
     let words: Vec<Vec<String>> = data.iter().map(|s| s.words.clone()).collect();
-    let predicted = brisk::runtime::on_pool(|| {
-        predictor.predict(words, &mut |line| eprintln!("  {line}"))
-    })?;
-    let scores = tagger::score(spec, &data, &predicted);
+    let predicted =
+        brisk::runtime::on_pool(|| predictor.predict(words, &mut |line| eprintln!("  {line}")))?;
+    let scores = labelling::score(spec, &data, &predicted);
     println!(
         "{}: {} {:.2}",
         file.display(),

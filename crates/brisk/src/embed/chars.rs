@@ -48,7 +48,10 @@ impl Default for CharConfig {
 
 /// Every character of the training words, sorted.
 pub fn alphabet<'a>(sentences: impl Iterator<Item = &'a [String]>) -> Vec<char> {
-    let set: BTreeSet<char> = sentences.flat_map(|s| s.iter()).flat_map(|w| w.chars()).collect();
+    let set: BTreeSet<char> = sentences
+        .flat_map(|s| s.iter())
+        .flat_map(|w| w.chars())
+        .collect();
     set.into_iter().collect()
 }
 
@@ -77,7 +80,13 @@ impl CharEmbedding {
             0.1,
             rng,
         )?;
-        let lstm = BiLstm::new(params, &format!("{prefix}.lstm"), config.dim, config.hidden, rng)?;
+        let lstm = BiLstm::new(
+            params,
+            &format!("{prefix}.lstm"),
+            config.dim,
+            config.hidden,
+            rng,
+        )?;
         let index = chars
             .iter()
             .enumerate()

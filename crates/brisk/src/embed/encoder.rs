@@ -90,6 +90,7 @@ pub struct FeatureEncoder {
     config: EncoderConfig,
     layers: usize,
     model_hash: String,
+    cache_dir: PathBuf,
     encoder: Option<Encoder>,
 }
 
@@ -112,8 +113,15 @@ impl FeatureEncoder {
             config: config.clone(),
             layers,
             model_hash: format!("{:x}", h.finalize()),
+            cache_dir: cache_dir(),
             encoder: None,
         })
+    }
+
+    /// Caches in `dir` instead of [`cache_dir`].
+    pub fn caching_in(mut self, dir: &Path) -> FeatureEncoder {
+        self.cache_dir = dir.to_path_buf();
+        self
     }
 
     /// The features of every word of `sentences`, from the cache when
@@ -126,7 +134,7 @@ impl FeatureEncoder {
     ) -> Result<(FeatureTable, Source)> {
         let data_hash = words_hash(sentences);
         let stem = format!("{}-{}", &self.model_hash[..20], &data_hash[..20]);
-        let dir = cache_dir();
+        let dir = self.cache_dir.clone();
         let file = dir.join(format!("{stem}.f16"));
         if self.config.cache {
             if let Some(table) = FeatureTable::open_f16(&file, sentences)? {

@@ -44,7 +44,10 @@ pub enum EmbeddingConfig {
 impl EmbeddingConfig {
     /// Computed once before training (not trained).
     pub fn is_frozen(&self) -> bool {
-        matches!(self, EmbeddingConfig::Encoder(_) | EmbeddingConfig::Static(_))
+        matches!(
+            self,
+            EmbeddingConfig::Encoder(_) | EmbeddingConfig::Static(_)
+        )
     }
 
     /// A short name for tables and logs.
@@ -81,7 +84,11 @@ pub fn parse_spec(spec: &str) -> Result<Vec<EmbeddingConfig>> {
             let key = match kind {
                 "encoder" => "model",
                 "static" => "path",
-                other => return Err(bad(format!("{other:?} takes no path (only encoder:PATH and static:PATH do)"))),
+                other => {
+                    return Err(bad(format!(
+                        "{other:?} takes no path (only encoder:PATH and static:PATH do)"
+                    )))
+                }
             };
             table.insert(key.into(), toml::Value::String(p.into()));
         }
@@ -96,8 +103,11 @@ pub fn parse_spec(spec: &str) -> Result<Vec<EmbeddingConfig>> {
                 .unwrap_or_else(|| toml::Value::String(v.into()));
             table.insert(k.into(), value);
         }
-        let config = EmbeddingConfig::deserialize(toml::Value::Table(table))
-            .map_err(|e| bad(format!("{item:?}: {e} (kinds: encoder:PATH, static:PATH, chars, word)")))?;
+        let config = EmbeddingConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+            bad(format!(
+                "{item:?}: {e} (kinds: encoder:PATH, static:PATH, chars, word)"
+            ))
+        })?;
         out.push(config);
     }
     if out.is_empty() {

@@ -3,12 +3,14 @@
 //! Devlin et al., 2019), with tasks described in TOML, GLUE's metrics, and
 //! several seeds reported as mean ± std.
 
+pub mod biaffine;
 pub mod bilstm;
 pub mod classifier;
 pub mod conll;
 pub mod crf;
 pub mod data;
 pub mod finetune;
+pub mod labelling;
 pub mod metrics;
 pub mod predict;
 pub mod scheme;

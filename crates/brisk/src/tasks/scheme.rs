@@ -82,7 +82,8 @@ impl Scheme {
         let mut tags = vec!["O".to_string(); len];
         let mut previous: Option<&Span> = None;
         for span in spans {
-            let follows_same = previous.is_some_and(|p| p.end == span.start && p.label == span.label);
+            let follows_same =
+                previous.is_some_and(|p| p.end == span.start && p.label == span.label);
             for (i, tag) in tags[span.start..span.end].iter_mut().enumerate() {
                 let one = span.end - span.start == 1;
                 let prefix = match self {
@@ -171,7 +172,11 @@ fn conlleval_spans(tags: &[&str]) -> Vec<Span> {
     let mut begin = 0;
     let mut prev = ('O', "");
     for i in 0..=tags.len() {
-        let cur = if i < tags.len() { split(tags[i]) } else { ('O', "") };
+        let cur = if i < tags.len() {
+            split(tags[i])
+        } else {
+            ('O', "")
+        };
         let ends = matches!(prev.0, 'E' | 'S')
             || (matches!(prev.0, 'B' | 'I') && matches!(cur.0, 'B' | 'S' | 'O'))
             || (prev.0 != 'O' && prev.1 != cur.1);
@@ -373,10 +378,16 @@ mod tests {
     #[test]
     fn strict_mode_drops_ill_formed_spans() {
         let t = tags("I-PER I-PER O B-LOC I-LOC");
-        assert_eq!(spans(&t, Mode::Strict(Scheme::Bio)), vec![span(3, 5, "LOC")]);
+        assert_eq!(
+            spans(&t, Mode::Strict(Scheme::Bio)),
+            vec![span(3, 5, "LOC")]
+        );
         assert_eq!(spans(&t, Mode::Conlleval).len(), 2);
         let t = tags("B-PER I-PER O S-LOC");
-        assert_eq!(spans(&t, Mode::Strict(Scheme::Bioes)), vec![span(3, 4, "LOC")]);
+        assert_eq!(
+            spans(&t, Mode::Strict(Scheme::Bioes)),
+            vec![span(3, 4, "LOC")]
+        );
     }
 
     #[test]

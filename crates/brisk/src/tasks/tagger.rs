@@ -3,147 +3,22 @@
 //! BiLSTM layers, a linear layer to tag scores and a linear-chain CRF.
 //! Span tasks train on BIOES tags (transitions the scheme forbids fixed at
 //! −∞) and are scored on spans; plain labels (parts of speech) train as
-//! they are and are scored by accuracy.
-//!
-//! Training: Adam, the learning rate decayed as lr / (1 + 0.05·epoch)
-//! (Ma & Hovy's schedule), gradient norm clipped at 5, batches of
-//! sentences of similar length, dev scored after each epoch, the best
-//! model kept, early stopping. A checkpoint after each epoch makes the run
-//! resumable.
-//!
-//! Run directory: `model.json` (the resolved config, the task, the
-//! vocabularies and tags: what prediction rebuilds the model from),
-//! `best/model.safetensors`, `checkpoints/epoch-NNNN/`, `metrics.jsonl`
-//! (one row per epoch), `predictions-dev.conll`, `predictions-test.conll`
-//! and `summary.json`.
+//! they are and are scored by accuracy. Training and the run directory:
+//! [`super::labelling`].
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use candle_core::Tensor;
 
-use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
-
-use super::bilstm::BiLstm;
 use super::crf::{Allowed, Crf};
-use super::scheme::{as_strs, span_f1, spans, Mode, Scheme};
-use super::word_tasks::{Labelled, WordTask, WordTaskSpec};
+use super::labelling::{Predicted, SavedModel, Split, WordEncoder, WordModel};
+use super::scheme::{as_strs, spans, Mode, Scheme};
+use super::word_tasks::Labelled;
 use crate::corpus::generated::Rng;
-use crate::embed::encoder::{FeatureEncoder, Source};
-use crate::embed::static_vectors::StaticVectors;
-use crate::embed::{vocabularies, EmbeddingConfig, Embedder, FeatureTable, Vocabulary};
 use crate::error::{Error, Result};
 use crate::model::{Ctx, Params};
-use crate::run::{read_json, write_atomic, write_json};
-use crate::train::optim::{clip_scale, grad_norm, gradients, AdamW};
-
-/// Everything a tagging run is configured by (`--config`, `--set`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaggerConfig {
-    pub embeddings: Vec<EmbeddingConfig>,
-    pub model: TaggerModelConfig,
-    pub train: TaggerTrainConfig,
-}
-
-/// `[model]`: the BiLSTM over the concatenation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaggerModelConfig {
-    /// Hidden size of each direction.
-    pub hidden: usize,
-    pub layers: usize,
-    /// Dropout on the concatenated features and on each BiLSTM's output.
-    pub dropout: f64,
-}
-
-/// `[train]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaggerTrainConfig {
-    pub epochs: usize,
-    /// Sentences per batch.
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub max_grad_norm: f64,
-    /// Stop after this many epochs without a better dev score (0: never).
-    pub patience: usize,
-    /// Keep only the first N training sentences (0: all).
-    pub max_train: usize,
-    pub seed: u64,
-}
-
-impl Default for TaggerConfig {
-    fn default() -> Self {
-        TaggerConfig {
-            embeddings: vec![
-                EmbeddingConfig::Word(Default::default()),
-                EmbeddingConfig::Chars(Default::default()),
-            ],
-            model: TaggerModelConfig {
-                hidden: 256,
-                layers: 1,
-                dropout: 0.33,
-            },
-            train: TaggerTrainConfig {
-                epochs: 30,
-                batch_size: 32,
-                learning_rate: 2e-3,
-                max_grad_norm: 5.0,
-                patience: 5,
-                max_train: 0,
-                seed: 0,
-            },
-        }
-    }
-}
-
-impl TaggerConfig {
-    /// The config as TOML, as written to a run's `config.toml`.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a tagger config serialises to TOML")
-    }
-
-    pub fn check(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Config(m.to_string()));
-        if self.embeddings.is_empty() {
-            return bad("`embeddings`: at least one embedding is needed");
-        }
-        if self.model.hidden == 0 || self.model.layers == 0 {
-            return bad("`model.hidden` and `model.layers` must be at least 1");
-        }
-        if !(0.0..1.0).contains(&self.model.dropout) {
-            return bad("`model.dropout` must be in [0, 1)");
-        }
-        if self.train.epochs == 0 || self.train.batch_size == 0 {
-            return bad("`train.epochs` and `train.batch_size` must be at least 1");
-        }
-        for e in &self.embeddings {
-            if let EmbeddingConfig::Encoder(c) = e {
-                c.last_layers()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Paths made absolute, so the saved model works from any folder.
-    fn absolute(mut self) -> Result<TaggerConfig> {
-        for e in &mut self.embeddings {
-            let path = match e {
-                EmbeddingConfig::Encoder(c) => &mut c.model,
-                EmbeddingConfig::Static(c) => &mut c.path,
-                _ => continue,
-            };
-            *path = std::fs::canonicalize(&*path).map_err(|err| Error::io(&*path, err))?;
-        }
-        Ok(self)
-    }
-}
 
 /// The tags the CRF scores: BIOES over the training data's span types, or
 /// the plain labels.
-fn tag_set(scheme: Scheme, train: &[Labelled]) -> Vec<String> {
+pub fn tag_set(scheme: Scheme, train: &[Labelled]) -> Vec<String> {
     let mut types = std::collections::BTreeSet::new();
     for s in train {
         match scheme {
@@ -207,166 +82,41 @@ fn decode_tags(scheme: Scheme, tags: &[String], path: &[usize]) -> Vec<String> {
     }
 }
 
-/// A split's sentences and frozen features.
-pub struct Split {
-    pub data: Vec<Labelled>,
-    pub words: Vec<Vec<String>>,
-    /// One entry per embedding (`None` for trained ones).
-    pub frozen: Vec<Option<FeatureTable>>,
-}
-
-impl Split {
-    fn new(data: Vec<Labelled>) -> Split {
-        let words = data.iter().map(|s| s.words.clone()).collect();
-        Split {
-            data,
-            words,
-            frozen: Vec::new(),
-        }
-    }
-
-    fn frozen_refs(&self) -> Vec<Option<&FeatureTable>> {
-        self.frozen.iter().map(Option::as_ref).collect()
-    }
-}
-
-/// Computes the frozen features of every split (encoders: from the cache
-/// when there). Returns each embedding's width (0 for trained ones) and
-/// the seconds spent running encoders.
-pub fn compute_features(
-    configs: &[EmbeddingConfig],
-    splits: &mut [&mut Split],
-    progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<usize>, f64)> {
-    let mut dims = vec![0; configs.len()];
-    let mut encoder_s = 0.0;
-    for split in splits.iter_mut() {
-        split.frozen = configs.iter().map(|_| None).collect();
-    }
-    for (i, config) in configs.iter().enumerate() {
-        match config {
-            EmbeddingConfig::Encoder(c) => {
-                let mut enc = FeatureEncoder::new(c)?;
-                for split in splits.iter_mut() {
-                    let started = Instant::now();
-                    let (table, source) = enc.features(&split.words, progress)?;
-                    if source == Source::Encoder {
-                        encoder_s += started.elapsed().as_secs_f64();
-                    }
-                    progress(&format!(
-                        "features of {} ({} sentences): {}",
-                        config.label(),
-                        split.words.len(),
-                        match source {
-                            Source::Cache => "read from the cache".to_string(),
-                            Source::Encoder =>
-                                format!("computed in {:.1} s", started.elapsed().as_secs_f64()),
-                        }
-                    ));
-                    dims[i] = table.dim;
-                    split.frozen[i] = Some(table);
-                }
-            }
-            EmbeddingConfig::Static(c) => {
-                let mut wanted = std::collections::HashSet::new();
-                for split in splits.iter() {
-                    for w in split.words.iter().flatten() {
-                        wanted.extend(StaticVectors::forms(w));
-                    }
-                }
-                let vectors = StaticVectors::read(&c.path, &|w| wanted.contains(w))?;
-                for split in splits.iter_mut() {
-                    let (table, missing) = vectors.table(&split.words);
-                    progress(&format!(
-                        "{}: {missing} of {} words have no vector (zeros)",
-                        config.label(),
-                        split.words.iter().map(Vec::len).sum::<usize>()
-                    ));
-                    dims[i] = table.dim;
-                    split.frozen[i] = Some(table);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok((dims, encoder_s))
-}
-
-/// What prediction rebuilds a trained tagger from (`model.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SavedTagger {
-    pub config: TaggerConfig,
-    pub task: WordTaskSpec,
-    pub vocabularies: Vec<Vocabulary>,
-    pub frozen_dims: Vec<usize>,
-    pub tags: Vec<String>,
-}
-
 /// The model.
 pub struct Tagger {
     pub scheme: Scheme,
     pub tags: Vec<String>,
-    pub embedder: Embedder,
-    lstms: Vec<BiLstm>,
+    pub encoder: WordEncoder,
     out_w: Tensor,
     out_b: Tensor,
     crf: Crf,
-    dropout: f64,
 }
 
 impl Tagger {
-    pub fn new(params: &mut Params, saved: &SavedTagger, rng: &mut Rng) -> Result<Tagger> {
-        let cfg = &saved.config;
-        let embedder = Embedder::new(
-            params,
-            &cfg.embeddings,
-            &saved.vocabularies,
-            &saved.frozen_dims,
-            rng,
-        )?;
-        let mut input = embedder.width;
-        let mut lstms = Vec::new();
-        for l in 0..cfg.model.layers {
-            lstms.push(BiLstm::new(
-                params,
-                &format!("lstm.{l}"),
-                input,
-                cfg.model.hidden,
-                rng,
-            )?);
-            input = 2 * cfg.model.hidden;
-        }
-        let k = saved.tags.len();
+    pub fn new(params: &mut Params, saved: &SavedModel, rng: &mut Rng) -> Result<Tagger> {
+        let tags = &saved.labels;
+        let encoder = WordEncoder::new(params, saved, false, rng)?;
+        let (k, input) = (tags.len(), encoder.width());
         let bound = 1.0 / (input as f64).sqrt();
         let mut g = params.group("tag_scores");
         g.uniform("weight", &[k, input], bound, rng);
         g.zeros("bias", &[k]);
         let g = g.finish()?;
         let (out_w, out_b) = (g.view("weight")?, g.view("bias")?);
-        let crf = Crf::new(params, "crf", k, allowed(saved.task.scheme, &saved.tags))?;
+        let crf = Crf::new(params, "crf", k, allowed(saved.task.scheme, tags))?;
         Ok(Tagger {
             scheme: saved.task.scheme,
-            tags: saved.tags.clone(),
-            embedder,
-            lstms,
+            tags: tags.clone(),
+            encoder,
             out_w,
             out_b,
             crf,
-            dropout: cfg.model.dropout,
         })
     }
 
     /// Tag scores `[batch, longest, tags]` for sentences `ids` of `split`.
     fn emissions(&self, split: &Split, ids: &[usize], ctx: &mut Ctx) -> Result<Tensor> {
-        let sentences: Vec<&[String]> = ids.iter().map(|&i| split.words[i].as_slice()).collect();
-        let lengths: Vec<usize> = sentences.iter().map(|s| s.len()).collect();
-        let mut x = self
-            .embedder
-            .forward(&sentences, ids, &split.frozen_refs())?;
-        x = ctx.dropout(&x, self.dropout)?;
-        for lstm in &self.lstms {
-            x = ctx.dropout(&lstm.forward(&x, &lengths)?, self.dropout)?;
-        }
+        let x = self.encoder.forward(split, ids, ctx)?;
         let (b, t, h) = x.dims3()?;
         let scores = x
             .reshape((b * t, h))?
@@ -374,9 +124,11 @@ impl Tagger {
             .broadcast_add(&self.out_b)?;
         Ok(scores.reshape((b, t, self.tags.len()))?)
     }
+}
 
+impl WordModel for Tagger {
     /// The mean negative log-likelihood of the gold tags of `ids`.
-    pub fn loss(&self, split: &Split, ids: &[usize], ctx: &mut Ctx) -> Result<Tensor> {
+    fn loss(&self, split: &Split, ids: &[usize], ctx: &mut Ctx) -> Result<Tensor> {
         let gold = ids
             .iter()
             .map(|&i| encode_gold(self.scheme, &self.tags, &split.data[i].labels))
@@ -385,499 +137,19 @@ impl Tagger {
         self.crf.loss(&emissions, &gold)
     }
 
-    /// Predicted labels (in the task's scheme) of every sentence of `split`.
-    pub fn predict(&self, split: &Split, batch_size: usize) -> Result<Vec<Vec<String>>> {
-        let order = by_length(&split.words);
+    /// Viterbi's tags, in the task's scheme.
+    fn predict(&self, split: &Split, batch_size: usize) -> Result<Predicted> {
         let mut out = vec![Vec::new(); split.words.len()];
-        for ids in order.chunks(batch_size.max(1)) {
+        for ids in split.by_length().chunks(batch_size.max(1)) {
             let emissions = self.emissions(split, ids, &mut Ctx::eval())?;
             let lengths: Vec<usize> = ids.iter().map(|&i| split.words[i].len()).collect();
             for (&i, path) in ids.iter().zip(self.crf.decode(&emissions, &lengths)?) {
                 out[i] = decode_tags(self.scheme, &self.tags, &path);
             }
         }
-        Ok(out)
-    }
-}
-
-/// Sentence indices, longest first.
-fn by_length(words: &[Vec<String>]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..words.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(words[i].len()));
-    order
-}
-
-/// The task's metric on predicted labels: span F1 (conlleval's reading)
-/// or accuracy, with the details.
-pub fn score(spec: &WordTaskSpec, gold: &[Labelled], predicted: &[Vec<String>]) -> Scores {
-    let gold_labels: Vec<Vec<String>> = gold.iter().map(|s| s.labels.clone()).collect();
-    match spec.metric.as_str() {
-        "span-f1" => {
-            let s = span_f1(&gold_labels, predicted, Mode::Conlleval);
-            Scores {
-                main: s.f1,
-                metric: "f1".into(),
-                details: serde_json::json!({
-                    "precision": s.precision,
-                    "recall": s.recall,
-                    "f1": s.f1,
-                    "gold_spans": s.gold,
-                    "predicted_spans": s.predicted,
-                    "per_type_f1": s.per_type.iter().map(|(k, v)| (k.clone(), v.2)).collect::<BTreeMap<_, _>>(),
-                }),
-            }
-        }
-        _ => {
-            let (mut right, mut all) = (0usize, 0usize);
-            for (g, p) in gold_labels.iter().zip(predicted) {
-                all += g.len();
-                right += g.iter().zip(p).filter(|(a, b)| a == b).count();
-            }
-            let acc = right as f64 / all.max(1) as f64;
-            Scores {
-                main: acc,
-                metric: "accuracy".into(),
-                details: serde_json::json!({ "accuracy": acc, "words": all }),
-            }
-        }
-    }
-}
-
-/// A score on a split.
-#[derive(Debug, Clone, Serialize)]
-pub struct Scores {
-    pub main: f64,
-    pub metric: String,
-    pub details: serde_json::Value,
-}
-
-/// CoNLL output: the words, the gold labels when known, the predictions.
-pub fn write_conll(
-    path: &Path,
-    words: &[Vec<String>],
-    gold: Option<&[Labelled]>,
-    predicted: &[Vec<String>],
-) -> Result<()> {
-    let mut text = String::new();
-    for (i, (w, p)) in words.iter().zip(predicted).enumerate() {
-        for (j, (word, tag)) in w.iter().zip(p).enumerate() {
-            text.push_str(word);
-            if let Some(g) = gold {
-                text.push(' ');
-                text.push_str(&g[i].labels[j]);
-            }
-            text.push(' ');
-            text.push_str(tag);
-            text.push('\n');
-        }
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
-}
-
-/// Options of one training run.
-pub struct TrainOptions<'a> {
-    pub resume: bool,
-    /// Set by Ctrl-C: stop after the current batch (the last epoch's
-    /// checkpoint stays the resume point).
-    pub stop: &'a AtomicBool,
-}
-
-/// `summary.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TagSummary {
-    pub task: String,
-    pub embeddings: Vec<String>,
-    pub metric: String,
-    pub best_epoch: usize,
-    pub epochs_run: usize,
-    pub dev: f64,
-    pub test: Option<f64>,
-    pub dev_details: serde_json::Value,
-    pub test_details: Option<serde_json::Value>,
-    pub parameters: usize,
-    /// Mean seconds per training epoch (dev scoring excluded).
-    pub epoch_s: f64,
-    /// Seconds spent running encoders for features (0 when cached).
-    pub encoder_s: f64,
-    pub peak_rss_mb: f64,
-    pub stopped: bool,
-}
-
-/// `checkpoints/epoch-NNNN/state.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EpochState {
-    format_version: u32,
-    epoch: usize,
-    step: u64,
-    best: Option<(f64, usize)>,
-    stale: usize,
-    epoch_s: Vec<f64>,
-}
-
-const STATE_VERSION: u32 = 1;
-
-/// A task's data read and checked, and the config: everything that can
-/// fail on bad input, done before a run directory exists.
-pub struct Prepared {
-    pub task: WordTask,
-    pub config: TaggerConfig,
-    pub train: Split,
-    pub dev: Split,
-    pub test: Option<Split>,
-}
-
-/// Reads and checks the task's files.
-pub fn prepare(task: WordTask, config: TaggerConfig) -> Result<Prepared> {
-    config.check()?;
-    let config = config.absolute()?;
-    let mut train = task.read(&task.train)?;
-    if config.train.max_train > 0 {
-        train.truncate(config.train.max_train);
-    }
-    let dev = task.read(&task.dev)?;
-    let test = task.test.as_ref().map(|t| task.read(t)).transpose()?;
-    Ok(Prepared {
-        train: Split::new(train),
-        dev: Split::new(dev),
-        test: test.map(Split::new),
-        task,
-        config,
-    })
-}
-
-fn epoch_dir(out: &Path, epoch: usize) -> PathBuf {
-    out.join("checkpoints").join(format!("epoch-{epoch:04}"))
-}
-
-fn latest_epoch(out: &Path) -> Result<Option<usize>> {
-    let dir = out.join("checkpoints");
-    if !dir.is_dir() {
-        return Ok(None);
-    }
-    let mut best = None;
-    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-        let name = entry.map_err(|e| Error::io(&dir, e))?.file_name();
-        if let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("epoch-"))
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            best = best.max(Some(n));
-        }
-    }
-    Ok(best)
-}
-
-/// Writes an epoch's checkpoint atomically and removes older ones.
-fn save_epoch(out: &Path, params: &Params, opt: &AdamW, state: &EpochState) -> Result<()> {
-    let target = epoch_dir(out, state.epoch);
-    let parent = target.parent().expect("under checkpoints/");
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = parent.join(format!(".epoch-{:04}.tmp", state.epoch));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    params.save(&tmp.join("model.safetensors"))?;
-    opt.save(&tmp.join("optimizer.safetensors"))?;
-    write_json(&tmp.join("state.json"), state)?;
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
-    }
-    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
-    for e in 1..state.epoch {
-        let old = epoch_dir(out, e);
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|err| Error::io(&old, err))?;
-        }
-    }
-    Ok(())
-}
-
-/// Batches of sentences of similar length, in an order fixed by the seed
-/// and the epoch.
-fn epoch_batches(words: &[Vec<String>], batch: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
-    let mut rng = Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut order: Vec<usize> = (0..words.len()).collect();
-    shuffle(&mut order, &mut rng);
-    // Sort within windows of 50 batches, so each batch has little padding
-    // yet batches still differ between epochs.
-    for window in order.chunks_mut(50 * batch) {
-        window.sort_by_key(|&i| words[i].len());
-    }
-    let mut batches: Vec<Vec<usize>> = order.chunks(batch).map(<[usize]>::to_vec).collect();
-    shuffle(&mut batches, &mut rng);
-    batches
-}
-
-fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, rng.below(i + 1));
-    }
-}
-
-/// The peak resident memory of this process in MB (Linux; 0 elsewhere).
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
+        Ok(Predicted {
+            labels: out,
+            heads: Vec::new(),
         })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// Trains a tagger into `out` (which exists), evaluating dev after each
-/// epoch and test with the best model at the end.
-pub fn train(
-    mut prepared: Prepared,
-    out: &Path,
-    options: &TrainOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<TagSummary> {
-    let config = prepared.config.clone();
-    let spec = prepared.task.spec.clone();
-    let (frozen_dims, encoder_s) = {
-        let mut splits: Vec<&mut Split> = vec![&mut prepared.train, &mut prepared.dev];
-        if let Some(t) = prepared.test.as_mut() {
-            splits.push(t);
-        }
-        compute_features(&config.embeddings, &mut splits, &mut progress)?
-    };
-    let (train, dev) = (&prepared.train, &prepared.dev);
-    let saved = if options.resume && out.join("model.json").exists() {
-        read_json::<SavedTagger>(&out.join("model.json"))?
-    } else {
-        SavedTagger {
-            vocabularies: vocabularies(&config.embeddings, &train.words),
-            tags: tag_set(spec.scheme, &train.data),
-            frozen_dims,
-            config: config.clone(),
-            task: spec.clone(),
-        }
-    };
-    let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = Tagger::new(&mut params, &saved, &mut Rng::new(config.train.seed))?;
-    let mut train_cfg = crate::config::Preset::Tiny.config().train;
-    train_cfg.weight_decay = 0.0;
-    train_cfg.adam_epsilon = 1e-8;
-    let mut opt = AdamW::new(&params, &train_cfg)?;
-
-    let mut state = EpochState {
-        format_version: STATE_VERSION,
-        epoch: 0,
-        step: 0,
-        best: None,
-        stale: 0,
-        epoch_s: Vec::new(),
-    };
-    let mut log = String::new();
-    match latest_epoch(out)?.filter(|_| options.resume) {
-        Some(epoch) => {
-            let dir = epoch_dir(out, epoch);
-            state = read_json(&dir.join("state.json"))?;
-            if state.format_version != STATE_VERSION {
-                return Err(Error::data(
-                    dir.join("state.json"),
-                    format!("checkpoint format {}, this brisk reads {STATE_VERSION}", state.format_version),
-                ));
-            }
-            params.load(&dir.join("model.safetensors"))?;
-            opt.load(&dir.join("optimizer.safetensors"), state.step)?;
-            let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
-            for line in text.lines() {
-                let row: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| Error::data(out.join("metrics.jsonl"), e.to_string()))?;
-                if row["epoch"].as_u64().is_some_and(|e| e as usize <= epoch) {
-                    log.push_str(line);
-                    log.push('\n');
-                }
-            }
-            progress(&format!("resuming after epoch {epoch}"));
-        }
-        None => {
-            write_json(&out.join("model.json"), &saved)?;
-        }
-    }
-    let parameters = params.count();
-    let mut stopped = false;
-    let seed = config.train.seed;
-    while state.epoch < config.train.epochs {
-        if config.train.patience > 0 && state.stale >= config.train.patience {
-            break;
-        }
-        let epoch = state.epoch + 1;
-        let lr = config.train.learning_rate / (1.0 + 0.05 * (epoch - 1) as f64);
-        let batches = epoch_batches(&train.words, config.train.batch_size, seed, epoch);
-        let mut dropout_rng = Rng::new(seed.wrapping_add(0x5eed) ^ (epoch as u64) << 20);
-        let started = Instant::now();
-        let mut heartbeat = crate::progress::Heartbeat::new();
-        let (mut loss_sum, mut words) = (0.0, 0usize);
-        for (b, ids) in batches.iter().enumerate() {
-            if options.stop.load(Ordering::SeqCst) {
-                stopped = true;
-                break;
-            }
-            let loss = model.loss(train, ids, &mut Ctx::train(&mut dropout_rng))?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(Error::Training(format!(
-                    "the loss became {value} in epoch {epoch} (try a smaller train.learning_rate)"
-                )));
-            }
-            loss_sum += value * ids.len() as f64;
-            words += ids.len();
-            let grads = gradients(&params, &loss.backward()?)?;
-            let norm = grad_norm(&grads)?;
-            opt.update(&grads, lr, clip_scale(norm, config.train.max_grad_norm))?;
-            state.step += 1;
-            if heartbeat.due() {
-                let secs = started.elapsed().as_secs_f64();
-                let done = (b + 1) as f64;
-                progress(&format!(
-                    "epoch {epoch}/{}  batch {}/{}  loss {:.3}  {:.0} sentences/s  epoch ends in {}",
-                    config.train.epochs,
-                    b + 1,
-                    batches.len(),
-                    loss_sum / words.max(1) as f64,
-                    words as f64 / secs,
-                    crate::progress::short_duration(secs / done * (batches.len() as f64 - done)),
-                ));
-            }
-        }
-        if stopped {
-            progress(&format!(
-                "stopped in epoch {epoch}; resume from the end of epoch {} with --resume",
-                state.epoch
-            ));
-            break;
-        }
-        let train_s = started.elapsed().as_secs_f64();
-        let eval_started = Instant::now();
-        let predicted = model.predict(dev, 64)?;
-        let scores = score(&spec, &dev.data, &predicted);
-        let eval_s = eval_started.elapsed().as_secs_f64();
-        state.epoch = epoch;
-        state.epoch_s.push(train_s);
-        let improved = state.best.is_none_or(|(b, _)| scores.main > b);
-        if improved {
-            params.save(&ensure_dir(&out.join("best"))?.join("model.safetensors"))?;
-            write_conll(&out.join("predictions-dev.conll"), &dev.words, Some(&dev.data), &predicted)?;
-            state.best = Some((scores.main, epoch));
-            state.stale = 0;
-        } else {
-            state.stale += 1;
-        }
-        let row = serde_json::json!({
-            "epoch": epoch,
-            "step": state.step,
-            "loss": loss_sum / words.max(1) as f64,
-            "lr": lr,
-            "train_s": train_s,
-            "eval_s": eval_s,
-            "dev": scores.main,
-            "dev_details": scores.details,
-        });
-        log.push_str(&row.to_string());
-        log.push('\n');
-        write_atomic(&out.join("metrics.jsonl"), log.as_bytes())?;
-        save_epoch(out, &params, &opt, &state)?;
-        progress(&format!(
-            "epoch {epoch}/{}  loss {:.3}  dev {} {:.2}{}  ({:.0} s train, {:.1} s dev)",
-            config.train.epochs,
-            loss_sum / words.max(1) as f64,
-            scores.metric,
-            100.0 * scores.main,
-            if improved { " (best)" } else { "" },
-            train_s,
-            eval_s
-        ));
-    }
-    let (best_score, best_epoch) = state.best.ok_or_else(|| {
-        Error::Training("stopped before the first epoch ended: nothing to keep".into())
-    })?;
-    params.load(&out.join("best").join("model.safetensors"))?;
-    let dev_scores = score(&spec, &dev.data, &model.predict(dev, 64)?);
-    let test_scores = match &prepared.test {
-        Some(test) => {
-            let predicted = model.predict(test, 64)?;
-            write_conll(&out.join("predictions-test.conll"), &test.words, Some(&test.data), &predicted)?;
-            Some(score(&spec, &test.data, &predicted))
-        }
-        None => None,
-    };
-    let summary = TagSummary {
-        task: spec.name.clone(),
-        embeddings: config.embeddings.iter().map(EmbeddingConfig::label).collect(),
-        metric: dev_scores.metric.clone(),
-        best_epoch,
-        epochs_run: state.epoch,
-        dev: best_score,
-        test: test_scores.as_ref().map(|s| s.main),
-        dev_details: dev_scores.details,
-        test_details: test_scores.map(|s| s.details),
-        parameters,
-        epoch_s: state.epoch_s.iter().sum::<f64>() / state.epoch_s.len().max(1) as f64,
-        encoder_s,
-        peak_rss_mb: peak_rss_mb(),
-        stopped,
-    };
-    write_json(&out.join("summary.json"), &summary)?;
-    Ok(summary)
-}
-
-fn ensure_dir(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    Ok(dir.to_path_buf())
-}
-
-/// A trained tagger loaded from its run directory, for `tag predict` and
-/// `tag eval`.
-pub struct Predictor {
-    pub saved: SavedTagger,
-    pub model: Tagger,
-    _params: Params,
-}
-
-impl Predictor {
-    pub fn load(run: &Path) -> Result<Predictor> {
-        let file = run.join("model.json");
-        if !file.is_file() {
-            return Err(Error::data(
-                run,
-                "has no model.json (is it a `brisk tag train` run directory?)",
-            ));
-        }
-        let saved: SavedTagger = read_json(&file)?;
-        let mut params = Params::new(Device::Cpu, DType::F32);
-        let model = Tagger::new(&mut params, &saved, &mut Rng::new(0))?;
-        params.load(&run.join("best").join("model.safetensors"))?;
-        Ok(Predictor {
-            saved,
-            model,
-            _params: params,
-        })
-    }
-
-    /// Labels for sentences of words.
-    pub fn predict(
-        &self,
-        sentences: Vec<Vec<String>>,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<Vec<Vec<String>>> {
-        let data = sentences
-            .into_iter()
-            .map(|words| Labelled {
-                labels: vec![String::new(); words.len()],
-                heads: Vec::new(),
-                words,
-            })
-            .collect();
-        let mut split = Split::new(data);
-        compute_features(&self.saved.config.embeddings, &mut [&mut split], progress)?;
-        self.model.predict(&split, 64)
     }
 }

@@ -153,7 +153,10 @@ impl WordTask {
         let train = base.join(&spec.train);
         let dev = base.join(&spec.dev);
         let test = spec.test.as_ref().map(|t| base.join(t));
-        for file in [Some(&train), Some(&dev), test.as_ref()].into_iter().flatten() {
+        for file in [Some(&train), Some(&dev), test.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if !file.is_file() {
                 return Err(Error::data(
                     file,
@@ -236,15 +239,13 @@ pub fn read_labelled(spec: &WordTaskSpec, path: &Path) -> Result<Vec<Labelled>> 
             for (head, &line) in s.column(h).iter().zip(&s.lines) {
                 match head.parse::<usize>() {
                     Ok(v) if v <= s.len() => labelled.heads.push(v),
-                    _ => {
-                        return Err(at(
-                            line,
-                            format!(
-                                "head {head:?} is not a word of this {}-word sentence (0: the root)",
-                                s.len()
-                            ),
-                        ))
-                    }
+                    _ => return Err(at(
+                        line,
+                        format!(
+                            "head {head:?} is not a word of this {}-word sentence (0: the root)",
+                            s.len()
+                        ),
+                    )),
                 }
             }
         }
