@@ -239,13 +239,15 @@ pub fn read_labelled(spec: &WordTaskSpec, path: &Path) -> Result<Vec<Labelled>> 
             for (head, &line) in s.column(h).iter().zip(&s.lines) {
                 match head.parse::<usize>() {
                     Ok(v) if v <= s.len() => labelled.heads.push(v),
-                    _ => return Err(at(
-                        line,
-                        format!(
+                    _ => {
+                        return Err(at(
+                            line,
+                            format!(
                             "head {head:?} is not a word of this {}-word sentence (0: the root)",
                             s.len()
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
         }
