@@ -24,6 +24,7 @@ pub struct StaticConfig {
 }
 
 /// Vectors by word, all of one width.
+#[derive(Debug)]
 pub struct StaticVectors {
     pub dim: usize,
     index: HashMap<String, usize>,
@@ -115,5 +116,39 @@ impl StaticVectors {
             }
         }
         (FeatureTable::owned(self.dim, sentences, values), missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_formats_and_falls_back_to_lowercase_digits_then_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let glove = dir.path().join("glove.txt");
+        std::fs::write(&glove, "the 1 2\nparis 3 4\n00 5 6\nunused 7 8\n").unwrap();
+        let w2v = dir.path().join("w2v.txt");
+        std::fs::write(&w2v, "2 2\nthe 1 2\nparis 3 4\n").unwrap();
+        for path in [&glove, &w2v] {
+            let v = StaticVectors::read(path, &|w| w != "unused").unwrap();
+            assert_eq!(v.dim, 2);
+            assert_eq!(v.get("Paris"), Some(&[3.0, 4.0][..]));
+            assert_eq!(v.get("the"), Some(&[1.0, 2.0][..]));
+            assert_eq!(v.get("unused"), None, "only wanted words are kept");
+        }
+        let v = StaticVectors::read(&glove, &|_| true).unwrap();
+        assert_eq!(v.get("42"), Some(&[5.0, 6.0][..]), "digits read as 0");
+        let sentences = vec![vec!["The".to_string(), "Atlantis".to_string()]];
+        let (table, missing) = v.table(&sentences);
+        assert_eq!(missing, 1);
+        let mut row = [9f32; 2];
+        table.copy_word(0, 1, &mut row);
+        assert_eq!(row, [0.0, 0.0]);
+        std::fs::write(&glove, "the 1 2\nparis 3\n").unwrap();
+        let err = StaticVectors::read(&glove, &|_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 }
