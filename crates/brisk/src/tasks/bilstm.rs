@@ -86,11 +86,30 @@ impl BiLstm {
     }
 
     /// The fused recurrence. `lengths[i]` is the number of real steps of
-    /// row `i`; steps past it give zeros.
+    /// row `i`; steps past it give zeros. The input projection runs on the
+    /// real steps only (packed), not on the padding.
     pub fn forward(&self, x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-        let gates = self.input_gates(x)?;
-        let (b, t, _) = gates.dims3()?;
+        let (b, t, d) = x.dims3()?;
         check_lengths(lengths, b, t)?;
+        if d != self.input {
+            return Err(Error::Tensor(format!(
+                "BiLSTM over inputs of width {d}, built for {}",
+                self.input
+            )));
+        }
+        let flat = x.reshape((b * t, d))?;
+        let words: Vec<u32> = (0..b)
+            .flat_map(|r| (0..lengths[r]).map(move |i| (r * t + i) as u32))
+            .collect();
+        let packed = if words.len() == b * t {
+            flat.contiguous()?
+        } else {
+            flat.index_select(
+                &Tensor::from_vec(words.clone(), words.len(), x.device())?,
+                0,
+            )?
+        };
+        let gates = packed.matmul(&self.w_ih.t()?)?.broadcast_add(&self.bias)?;
         let op = LstmOp::new(
             lengths,
             t,
@@ -162,11 +181,14 @@ fn check_lengths(lengths: &[usize], batch: usize, steps: usize) -> Result<()> {
     Ok(())
 }
 
-/// The recurrence of both directions: input gates `[batch, steps, 2, 4H]`
-/// and recurrent weights `[2, 4H, H]` to states `[batch, steps, 2H]`.
+/// The recurrence of both directions: input gates of the real steps,
+/// packed sentence after sentence (`[words, 2, 4H]`), and recurrent
+/// weights `[2, 4H, H]` to states `[batch, steps, 2H]`.
 struct LstmOp {
     steps: usize,
     hidden: usize,
+    /// The packed index of each row's first step.
+    offsets: Vec<usize>,
     /// Row indices, longest sentence first.
     order: Vec<usize>,
     /// Rows still running at each step (a prefix of `order`).
@@ -192,9 +214,18 @@ impl LstmOp {
         let live = (0..steps)
             .map(|t| lengths.iter().filter(|&&l| l > t).count())
             .collect();
+        let offsets = lengths
+            .iter()
+            .scan(0, |acc, &l| {
+                let at = *acc;
+                *acc += l;
+                Some(at)
+            })
+            .collect();
         LstmOp {
             steps,
             hidden,
+            offsets,
             order,
             live,
             keep,
@@ -239,7 +270,7 @@ impl LstmOp {
             }
             let pre = &mut gates[t * b * g4..(t * b + n) * g4];
             for (r, row) in pre.chunks_mut(g4).enumerate() {
-                let src = (self.order[r] * t_len + t) * 2 * g4 + d * g4;
+                let src = (self.offsets[self.order[r]] + t) * 2 * g4 + d * g4;
                 row.copy_from_slice(&gx[src..src + g4]);
             }
             before[t * b * h..(t * b + n) * h].copy_from_slice(&state[..n * h]);
@@ -309,7 +340,7 @@ impl LstmOp {
     }
 
     /// One direction's backward: its part of the input gates' gradient
-    /// (written into `dgx`, `[batch, steps, 2, 4H]`) and the gradient of its
+    /// (written into `dgx`, `[words, 2, 4H]`) and the gradient of its
     /// recurrent weights.
     #[allow(clippy::too_many_arguments)]
     fn direction_backward<T: Float>(
@@ -376,7 +407,7 @@ impl LstmOp {
                 );
             }
             for r in 0..n {
-                let row = self.order[r] * t_len + t;
+                let row = self.offsets[self.order[r]] + t;
                 // SAFETY: each direction writes its own half of row `row`.
                 unsafe {
                     let dst = dgx.row(row).col(d * g4).ptr();
@@ -404,8 +435,9 @@ impl LstmOp {
 
     fn backward<T: Float>(&self, w_hh: &[T], dy: &[T]) -> candle_core::Result<(Vec<T>, Vec<T>)> {
         let saved = self.saved.take::<Saved<T>>("fused BiLSTM")?;
-        let (b, t_len, h) = (self.batch(), self.steps, self.hidden);
-        let mut dgx = zeros::<T>(b * t_len * 8 * h);
+        let (t_len, h) = (self.steps, self.hidden);
+        let words: usize = (0..t_len).map(|t| self.live[t]).sum();
+        let mut dgx = zeros::<T>(words * 8 * h);
         let dst = MatMut::rows(&mut dgx, 8 * h);
         let w = |d: usize| &w_hh[d * 4 * h * h..(d + 1) * 4 * h * h];
         let part = |d: usize| {
