@@ -232,6 +232,25 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// Writes a file atomically: a temporary name in the same directory, then a
 /// rename, so a crash never leaves a half-written file under the real name.
+/// Builds the directory `target` atomically: `fill` writes into a
+/// temporary sibling (`.NAME.tmp`), which then replaces `target`, so a
+/// crash never leaves a half-written directory under the real name.
+pub fn write_dir_atomic(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    fill(&tmp)?;
+    if target.exists() {
+        std::fs::remove_dir_all(target).map_err(|e| Error::io(target, e))?;
+    }
+    std::fs::rename(&tmp, target).map_err(|e| Error::io(target, e))
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_sibling(path);
     let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

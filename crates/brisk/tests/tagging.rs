@@ -1,4 +1,5 @@
-//! Word-level labelling: span F1 against `seqeval` (fixture made by
+//! Word-level labelling: span F1 against `seqeval` and span counts against
+//! the `conlleval` package's port of conlleval.pl (fixture made by
 //! `tests/fixtures/seqeval/make.py`), a small BiLSTM-CRF overfitting real
 //! CoNLL-2003 sentences, gradients reaching every parameter, and the
 //! encoder-feature cache.
@@ -21,7 +22,7 @@ use brisk::tasks::word_tasks::WordTask;
 use candle_core::{DType, Device};
 
 #[test]
-fn span_f1_equals_seqeval_default_and_strict_modes() {
+fn span_f1_equals_seqeval_and_conlleval() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seqeval/spans.json");
     let cases: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -40,6 +41,18 @@ fn span_f1_equals_seqeval_default_and_strict_modes() {
             Mode::Conlleval
         };
         let got = span_f1(&tags(&case["gold"]), &tags(&case["predicted"]), mode);
+        if let Some(c) = case.get("conlleval") {
+            let counts = (got.gold, got.predicted, got.correct);
+            let want = (
+                c["gold"].as_u64().unwrap() as usize,
+                c["pred"].as_u64().unwrap() as usize,
+                c["correct"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(
+                counts, want,
+                "case {i}: spans (gold, predicted, correct) vs conlleval"
+            );
+        }
         for (name, ours) in [
             ("precision", got.precision),
             ("recall", got.recall),

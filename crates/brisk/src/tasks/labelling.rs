@@ -574,21 +574,11 @@ fn latest_epoch(out: &Path) -> Result<Option<usize>> {
 
 /// Writes an epoch's checkpoint atomically and removes older ones.
 fn save_epoch(out: &Path, params: &Params, opt: &AdamW, state: &EpochState) -> Result<()> {
-    let target = epoch_dir(out, state.epoch);
-    let parent = target.parent().expect("under checkpoints/");
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = parent.join(format!(".epoch-{:04}.tmp", state.epoch));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    params.save(&tmp.join("model.safetensors"))?;
-    opt.save(&tmp.join("optimizer.safetensors"))?;
-    write_json(&tmp.join("state.json"), state)?;
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
-    }
-    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+    crate::run::write_dir_atomic(&epoch_dir(out, state.epoch), |tmp| {
+        params.save(&tmp.join("model.safetensors"))?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        write_json(&tmp.join("state.json"), state)
+    })?;
     for e in 1..state.epoch {
         let old = epoch_dir(out, e);
         if old.exists() {

@@ -123,23 +123,13 @@ pub fn save(
     keep: usize,
     extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let dir = checkpoints_dir(run_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let name = step_dir_name(state.step);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    params.save(&tmp.join("model.safetensors"))?;
-    opt.save(&tmp.join("optimizer.safetensors"))?;
-    write_json(&tmp.join("state.json"), state)?;
-    extra(&tmp)?;
-    let target = dir.join(&name);
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
-    }
-    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+    let target = checkpoints_dir(run_dir).join(step_dir_name(state.step));
+    crate::run::write_dir_atomic(&target, |tmp| {
+        params.save(&tmp.join("model.safetensors"))?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        write_json(&tmp.join("state.json"), state)?;
+        extra(tmp)
+    })?;
     prune(run_dir, keep.max(1))?;
     Ok(target)
 }
