@@ -887,7 +887,15 @@ impl Predictor {
             })
             .collect();
         let mut split = Split::new(data);
-        compute_features(&self.saved.config.embeddings, &mut [&mut split], progress)?;
+        // New text is encoded, not cached: the cache is for data sets that
+        // are read again.
+        let mut configs = self.saved.config.embeddings.clone();
+        for c in &mut configs {
+            if let EmbeddingConfig::Encoder(e) = c {
+                e.cache = false;
+            }
+        }
+        compute_features(&configs, &mut [&mut split], progress)?;
         self.model.predict(&split, 64)
     }
 }
