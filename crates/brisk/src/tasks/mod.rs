@@ -1,7 +1,10 @@
 //! Using pre-trained encoders on downstream tasks: GLUE-style sentence and
 //! sentence-pair classification and regression (BERT's fine-tuning,
 //! Devlin et al., 2019), with tasks described in TOML, GLUE's metrics, and
-//! several seeds reported as mean ± std.
+//! several seeds reported as mean ± std; and word-level tasks over
+//! concatenated embeddings: BiLSTM-CRF labelling ([`tagger`]: [`bilstm`],
+//! [`crf`], [`scheme`]) and biaffine dependency parsing ([`biaffine`]),
+//! trained by [`labelling`] on CoNLL files ([`conll`], [`word_tasks`]).
 
 pub mod biaffine;
 pub mod bilstm;
