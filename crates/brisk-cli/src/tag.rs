@@ -241,25 +241,14 @@ fn predict(args: TagPredictArgs) -> anyhow::Result<()> {
     let predicted = brisk::runtime::on_pool(|| {
         predictor.predict(words.clone(), &mut |line| eprintln!("  {line}"))
     })?;
-    let tmp = tempfile_path(args.output.as_deref());
-    labelling::write_conll(&tmp, &words, gold.as_deref(), &predicted)?;
     match &args.output {
-        Some(_) => {}
-        None => {
-            print!("{}", std::fs::read_to_string(&tmp)?);
-            std::fs::remove_file(&tmp)?;
-        }
+        Some(path) => labelling::write_conll(path, &words, gold.as_deref(), &predicted)?,
+        None => print!(
+            "{}",
+            labelling::conll_text(&words, gold.as_deref(), &predicted)
+        ),
     }
     Ok(())
-}
-
-/// Where predictions are written: the output file, or a temporary file
-/// printed afterwards.
-fn tempfile_path(output: Option<&Path>) -> PathBuf {
-    match output {
-        Some(p) => p.to_path_buf(),
-        None => std::env::temp_dir().join(format!("brisk-tag-{}.conll", std::process::id())),
-    }
 }
 
 fn eval(args: TagEvalArgs) -> anyhow::Result<()> {

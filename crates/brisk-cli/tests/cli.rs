@@ -8,17 +8,8 @@ use std::process::{Command, Output};
 mod minilm;
 use minilm::minilm_dir;
 
-fn brisk(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_brisk"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the brisk binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{brisk, stderr};
 
 /// Flags for a quick built-in corpus.
 const SMALL: &[&str] = &[

@@ -3,19 +3,9 @@
 //! resume, predict and score end to end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn brisk(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_brisk"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the brisk binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{brisk, stderr};
 
 fn shared_data() -> PathBuf {
     let dir = match std::env::var_os("BRISK_SHARED_DIR") {

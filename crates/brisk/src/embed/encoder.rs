@@ -258,12 +258,7 @@ fn encode_words(
             encoder.config.num_hidden_layers
         )));
     }
-    let offsets: Vec<usize> = std::iter::once(0)
-        .chain(sentences.iter().scan(0, |acc, s| {
-            *acc += s.len();
-            Some(*acc)
-        }))
-        .collect();
+    let offsets = super::offsets(sentences);
     let mut values = vec![0f32; offsets[sentences.len()] * dim];
     let windows = windows(encoder, sentences)?;
     let mut order: Vec<usize> = (0..windows.len()).collect();

@@ -130,6 +130,7 @@ enum Store {
     F16(memmap2::Mmap),
 }
 
+/// Index of each sentence's first word, then the total.
 fn offsets(sentences: &[Vec<String>]) -> Vec<usize> {
     std::iter::once(0)
         .chain(sentences.iter().scan(0, |acc, s| {

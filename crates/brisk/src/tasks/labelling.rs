@@ -449,12 +449,11 @@ pub struct Scores {
 
 /// CoNLL output, one word per line: its position (1-based), the word,
 /// the gold label (and head) when known, the predicted label (and head).
-pub fn write_conll(
-    path: &Path,
+pub fn conll_text(
     words: &[Vec<String>],
     gold: Option<&[Labelled]>,
     predicted: &Predicted,
-) -> Result<()> {
+) -> String {
     let mut text = String::new();
     let parsing = !predicted.heads.is_empty();
     for (i, w) in words.iter().enumerate() {
@@ -475,7 +474,17 @@ pub fn write_conll(
         }
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
+    text
+}
+
+/// [`conll_text`] written atomically to `path`.
+pub fn write_conll(
+    path: &Path,
+    words: &[Vec<String>],
+    gold: Option<&[Labelled]>,
+    predicted: &Predicted,
+) -> Result<()> {
+    write_atomic(path, conll_text(words, gold, predicted).as_bytes())
 }
 
 /// Options of one training run.
