@@ -60,6 +60,10 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::tag::TagCommand,
     },
+    /// Search which embeddings a tagger or parser should concatenate (ACE:
+    /// a REINFORCE controller over subsets, the dev score as reward), or
+    /// run a baseline of the same budget (all, random, weighted).
+    Ace(crate::ace::AceArgs),
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]

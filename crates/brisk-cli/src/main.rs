@@ -1,6 +1,7 @@
 //! The `brisk` command line: raw flags and TOML are resolved into a checked
 //! config here, then handed to the library.
 
+mod ace;
 mod args;
 mod compare;
 mod pretrain;
@@ -53,6 +54,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::compare(args),
         Command::Report(args) => compare::report(args),
         Command::Predict(args) => tune::predict(args),
+        Command::Ace(args) => ace::ace(args),
         Command::Tag { command } => tag::run_command(WordTaskKind::Tagging, command),
         Command::Parse { command } => tag::run_command(WordTaskKind::Parsing, command),
         Command::Corpus {

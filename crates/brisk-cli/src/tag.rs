@@ -47,16 +47,23 @@ pub struct TagTrainArgs {
     /// Training epochs (train.epochs).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Run directory [default: runs/tag-<task>-<YYYYmmdd-HHMMSS>].
+    #[command(flatten)]
+    pub run: WordRunFlags,
+}
+
+/// The flags of a word-level run (`tag train`, `parse train`, `ace`).
+#[derive(Debug, Args)]
+pub struct WordRunFlags {
+    /// Run directory [default: runs/<command>-<task>-<YYYYmmdd-HHMMSS>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Overwrite the run directory if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Continue the run in --out after its last finished epoch.
+    /// Continue the run in --out from its last finished epoch (ace: episode).
     #[arg(long)]
     pub resume: bool,
-    /// Random seed (initialisation, data order, dropout).
+    /// Random seed (initialisation, data order, dropout; ace: the draws).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Worker threads [default: every core].
@@ -68,6 +75,43 @@ pub struct TagTrainArgs {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl WordRunFlags {
+    /// The `--out` a resumed run needs.
+    pub(crate) fn resumed_out(&self) -> anyhow::Result<&Path> {
+        self.out
+            .as_deref()
+            .ok_or_else(|| usage("--resume needs --out DIR, the run to continue"))
+    }
+
+    /// Creates (or, resuming, reopens) the run directory `out`, records how
+    /// it was made and, for a new run, writes `config_toml` as
+    /// `config.toml`.
+    pub(crate) fn open(&self, out: &Path, config_toml: &str) -> anyhow::Result<()> {
+        let existing = match (self.resume, self.force) {
+            (true, _) => Existing::Resume,
+            (false, true) => Existing::Overwrite,
+            (false, false) => Existing::Refuse,
+        };
+        let dir = RunDir::create(out, existing)?;
+        if self.resume {
+            dir.append_resumed_provenance()?;
+        } else {
+            dir.write_provenance()?;
+            run::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Prints a progress line unless `--quiet`.
+    pub(crate) fn progress(&self) -> impl Fn(&str) + '_ {
+        move |line| {
+            if !self.quiet {
+                eprintln!("  {line}");
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -123,7 +167,7 @@ pub(crate) fn run_command(kind: WordTaskKind, command: TagCommand) -> anyhow::Re
 /// Defaults, then the file, then `--embeddings`, `--set` and the flags.
 fn resolve(kind: WordTaskKind, args: &TagTrainArgs) -> anyhow::Result<WordModelConfig> {
     let mut sets = args.set.clone();
-    if let Some(seed) = args.seed {
+    if let Some(seed) = args.run.seed {
         sets.push(format!("train.seed={seed}"));
     }
     if let Some(e) = args.epochs {
@@ -142,8 +186,8 @@ fn resolve(kind: WordTaskKind, args: &TagTrainArgs) -> anyhow::Result<WordModelC
 }
 
 fn train(kind: WordTaskKind, args: TagTrainArgs) -> anyhow::Result<()> {
-    init_threads(args.threads)?;
-    let task = WordTask::resolve(&args.task, &data_dir(args.data_dir.as_deref()))?;
+    init_threads(args.run.threads)?;
+    let task = WordTask::resolve(&args.task, &data_dir(args.run.data_dir.as_deref()))?;
     if task.spec.kind != kind {
         let (is, command) = match task.spec.kind {
             WordTaskKind::Tagging => ("a tagging", "brisk tag train"),
@@ -154,10 +198,8 @@ fn train(kind: WordTaskKind, args: TagTrainArgs) -> anyhow::Result<()> {
             task.spec.name
         )));
     }
-    let config = if args.resume {
-        let Some(out) = &args.out else {
-            return Err(usage("--resume needs --out DIR, the run to continue"));
-        };
+    let config = if args.run.resume {
+        let out = args.run.resumed_out()?;
         let saved: labelling::SavedModel = run::read_json(&out.join("model.json"))?;
         let mut config = saved.config;
         if let Some(e) = args.epochs {
@@ -169,43 +211,24 @@ fn train(kind: WordTaskKind, args: TagTrainArgs) -> anyhow::Result<()> {
     };
     // Bad data is an error before a run directory exists.
     let prepared = labelling::prepare(task, config)?;
-    let out = args.out.clone().unwrap_or_else(|| {
+    let out = args.run.out.clone().unwrap_or_else(|| {
         let command = match kind {
             WordTaskKind::Tagging => "tag",
             WordTaskKind::Parsing => "parse",
         };
         run::default_run_path(command, &prepared.task.spec.name)
     });
-    let existing = match (args.resume, args.force) {
-        (true, _) => Existing::Resume,
-        (false, true) => Existing::Overwrite,
-        (false, false) => Existing::Refuse,
-    };
-    let dir = RunDir::create(&out, existing)?;
-    if args.resume {
-        dir.append_resumed_provenance()?;
-    } else {
-        dir.write_provenance()?;
-        run::write_atomic(
-            &out.join("config.toml"),
-            prepared.config.to_toml().as_bytes(),
-        )?;
-    }
+    args.run.open(&out, &prepared.config.to_toml())?;
     install_stop_handler()?;
-    let quiet = args.quiet;
-    if !quiet {
+    if !args.run.quiet {
         eprintln!("training in {}", out.display());
     }
     let options = labelling::TrainOptions {
-        resume: args.resume,
+        resume: args.run.resume,
         stop: &STOP,
     };
     let summary = brisk::runtime::on_pool(|| {
-        labelling::train(prepared, &out, &options, |line| {
-            if !quiet {
-                eprintln!("  {line}");
-            }
-        })
+        labelling::train(prepared, &out, &options, args.run.progress())
     })?;
     println!(
         "{}: best dev {} {:.2} (epoch {}){}",

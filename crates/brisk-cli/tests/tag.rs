@@ -260,4 +260,106 @@ fn a_parser_trains_and_writes_trees() {
         ],
         "{text}"
     );
+    // A search over two candidates gives a parser that reads its subset
+    // (the ROOT's features narrowed to it).
+    let out = brisk(
+        &[
+            "ace",
+            "--task",
+            &t,
+            "--out",
+            "search",
+            "--episodes",
+            "3",
+            "--quiet",
+            "--candidates",
+            "word+dim=16,chars+dim=8+hidden=8",
+            "--set",
+            "model.hidden=16",
+            "--set",
+            "model.layers=1",
+            "--set",
+            "train.batch_size=4",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let episodes = std::fs::read_to_string(dir.join("search/episodes.jsonl")).unwrap();
+    assert!(
+        episodes.contains("[true,false]") || episodes.contains("[false,true]"),
+        "a subset was tried: {episodes}"
+    );
+    let out = brisk(&["parse", "predict", "--model", "search", "plain.txt"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn an_embedding_search_runs_resumes_and_gives_a_tagger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let text = std::fs::read_to_string(shared_data().join("conll2003/train.txt")).unwrap();
+    std::fs::write(dir.join("ner.txt"), first_sentences(&text, 30)).unwrap();
+    let t = task(
+        dir,
+        "ner.txt",
+        "conll",
+        "kind = \"tagging\"\nword = 0\nlabel = 3\nscheme = \"iob1\"\nmetric = \"span-f1\"",
+    );
+    // Candidates named once in a file, reused by each run.
+    std::fs::write(
+        dir.join("candidates.toml"),
+        "[[candidates]]\nname = \"words\"\nkind = \"word\"\ndim = 16\n\n\
+         [[candidates]]\nname = \"letters\"\nkind = \"chars\"\ndim = 8\nhidden = 8\n",
+    )
+    .unwrap();
+    let search = |strategy: &str, out: &str, episodes: &str, resume: bool| {
+        let mut args = vec![
+            "ace",
+            "--task",
+            &t,
+            "--candidates",
+            "candidates.toml",
+            "--strategy",
+            strategy,
+            "--episodes",
+            episodes,
+            "--out",
+            out,
+            "--set",
+            "model.hidden=16",
+            "--set",
+            "train.batch_size=8",
+        ];
+        if resume {
+            args.push("--resume");
+        }
+        brisk(&args, dir)
+    };
+    let out = search("ace", "run", "2", false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("episode 2/2  action"), "{log}");
+    assert!(log.contains("best"), "{log}");
+    let out = search("ace", "run", "3", true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming after episode 2 of 3"));
+    let episodes = std::fs::read_to_string(dir.join("run/episodes.jsonl")).unwrap();
+    assert_eq!(episodes.lines().count(), 3);
+    for f in ["report.html", "search.json", "summary.json", "model.json"] {
+        assert!(dir.join("run").join(f).exists(), "{f}");
+    }
+    let html = std::fs::read_to_string(dir.join("run/report.html")).unwrap();
+    assert!(html.contains("letters") && html.contains("<svg"), "{html}");
+    // The result is a tagger.
+    std::fs::write(dir.join("plain.txt"), "EU rejects German call\n").unwrap();
+    let out = brisk(&["tag", "predict", "--model", "run", "plain.txt"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 5);
+
+    let out = search("weighted", "weighted", "1", false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = search("best", "bad", "1", false);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--strategy"), "{}", stderr(&out));
+    assert!(!dir.join("bad").exists());
 }

@@ -124,8 +124,9 @@ static CREATED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new(
 /// Files that mean a run directory holds work worth keeping: training
 /// metrics, checkpoints, results and summaries anywhere in it, or a
 /// prepared corpus at its top.
-const WORK_FILES: [&str; 4] = [
+const WORK_FILES: [&str; 5] = [
     "metrics.jsonl",
+    "episodes.jsonl",
     "checkpoints",
     "results.json",
     "summary.json",

@@ -121,6 +121,7 @@ fn small_config(epochs: usize) -> WordModelConfig {
             dropout: 0.0,
             arc_mlp: 32,
             rel_mlp: 16,
+            embedding_weights: false,
         },
         train: TrainSection {
             epochs,
@@ -181,6 +182,8 @@ fn every_tagger_parameter_gets_a_finite_nonzero_gradient() {
     .unwrap();
     let mut config = small_config(1);
     config.model.layers = 2;
+    // The per-embedding scales ("All + weight") are trained too.
+    config.model.embedding_weights = true;
     let data = task.read(&task.train).unwrap();
     let saved = SavedModel {
         vocabularies: vocabularies(
@@ -191,6 +194,7 @@ fn every_tagger_parameter_gets_a_finite_nonzero_gradient() {
         frozen_dims: vec![0, 0],
         config,
         task: task.spec.clone(),
+        selection: None,
     };
     let split = Split::new(data);
     let mut params = Params::new(Device::Cpu, DType::F32);

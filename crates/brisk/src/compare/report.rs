@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::plot::{line_chart_svg, Series, PALETTE};
 use crate::train::pretrain::PLATEAU_MARGIN;
 
-const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\
+pub(crate) const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\
 table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto}th,td{border:1px solid #ccc;padding:4px 8px}\
 td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}\
 figure{margin:1em 0}svg{max-width:100%;height:auto}";
@@ -29,7 +29,7 @@ pub const FINAL_KEYS: [(&str, &str); 8] = [
     ("wall_s", "wall-clock s"),
 ];
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -18,8 +18,9 @@ pub mod static_vectors;
 pub mod word;
 
 use std::path::Path;
+use std::sync::Mutex;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::generated::Rng;
@@ -227,19 +228,29 @@ enum Piece {
 
 /// The concatenation a task model reads: one piece per configured
 /// embedding, in order.
+///
+/// A *selection* (ACE's action) says which pieces enter it: an unselected
+/// piece is zeros, so the width, and the model reading it, stay the same
+/// whatever is selected. With *weights* ("All + weight" in ACE's
+/// comparison) piece `l` is scaled by σ(w_l), w trained with the model.
 pub struct Embedder {
     pieces: Vec<Piece>,
     pub dims: Vec<usize>,
     pub width: usize,
+    selection: Mutex<Vec<bool>>,
+    /// `[pieces]`: the logits of the per-piece scales, when weighted.
+    weights: Option<Tensor>,
 }
 
 impl Embedder {
-    /// `frozen_dims[i]`: the width of piece `i` when it is frozen.
+    /// `frozen_dims[i]`: the width of piece `i` when it is frozen. Every
+    /// piece starts selected; `weighted` adds the trained scales.
     pub fn new(
         params: &mut Params,
         configs: &[EmbeddingConfig],
         vocabularies: &[Vocabulary],
         frozen_dims: &[usize],
+        weighted: bool,
         rng: &mut Rng,
     ) -> Result<Embedder> {
         let mut pieces = Vec::new();
@@ -272,16 +283,86 @@ impl Embedder {
                 Piece::Word(w) => w.dim(),
             })
             .collect();
+        // Logits start at 0: every piece at half scale, as ACE's
+        // controller starts every candidate at probability 1/2.
+        let weights = if weighted {
+            Some(params.zeros("embeddings.weights", &[pieces.len()])?)
+        } else {
+            None
+        };
         Ok(Embedder {
             width: dims.iter().sum(),
+            selection: Mutex::new(vec![true; pieces.len()]),
             dims,
             pieces,
+            weights,
         })
     }
 
-    /// `[batch, longest, width]` for sentences `ids` of a split whose frozen
-    /// features are `frozen` (one entry per piece, `None` for trained
-    /// ones). Padding rows are zero.
+    /// Which pieces enter the concatenation (one flag per piece).
+    pub fn selection(&self) -> Vec<bool> {
+        self.selection.lock().expect("selection lock").clone()
+    }
+
+    /// Selects the pieces flagged in `selection`; the others become zeros.
+    pub fn select(&self, selection: &[bool]) -> Result<()> {
+        if selection.len() != self.pieces.len() {
+            return Err(Error::Usage(format!(
+                "a selection of {} embeddings for a model of {}",
+                selection.len(),
+                self.pieces.len()
+            )));
+        }
+        *self.selection.lock().expect("selection lock") = selection.to_vec();
+        Ok(())
+    }
+
+    /// Whether parameter `name` belongs to an unselected piece (and so
+    /// gets no gradient).
+    pub fn is_unselected(&self, name: &str) -> bool {
+        self.selection()
+            .iter()
+            .enumerate()
+            .any(|(i, &s)| !s && name.starts_with(&format!("embeddings.{i}.")))
+    }
+
+    /// σ(w_l) of each piece when weighted.
+    pub fn scales(&self) -> Result<Option<Vec<f64>>> {
+        let Some(w) = &self.weights else {
+            return Ok(None);
+        };
+        Ok(Some(
+            w.to_dtype(DType::F64)?
+                .to_vec1::<f64>()?
+                .into_iter()
+                .map(sigmoid)
+                .collect(),
+        ))
+    }
+
+    /// The columns of the full concatenation that the selected pieces
+    /// fill, `None` when every piece is selected.
+    pub fn selected_columns(&self) -> Result<Option<Tensor>> {
+        let selection = self.selection();
+        if selection.iter().all(|&s| s) {
+            return Ok(None);
+        }
+        let mut columns = Vec::new();
+        let mut start = 0u32;
+        for (&dim, &s) in self.dims.iter().zip(&selection) {
+            if s {
+                columns.extend(start..start + dim as u32);
+            }
+            start += dim as u32;
+        }
+        let n = columns.len();
+        Ok(Some(Tensor::from_vec(columns, n, &Device::Cpu)?))
+    }
+
+    /// `[batch, longest, selected width]` for sentences `ids` of a split
+    /// whose frozen features are `frozen` (one entry per piece, `None` for
+    /// trained ones): the selected pieces only, in order (the full width
+    /// when all are). Padding rows are zero.
     pub fn forward(
         &self,
         sentences: &[&[String]],
@@ -307,9 +388,20 @@ impl Embedder {
             }
         }
         let gather = Tensor::from_vec(gather, b * t, &dev)?;
+        let selection = self.selection();
+        // σ(w) as one tensor op, so its gradient reaches w.
+        let scales = match &self.weights {
+            Some(w) => Some((w.neg()?.exp()? + 1.0)?.recip()?),
+            None => None,
+        };
         let mut parts = Vec::with_capacity(self.pieces.len());
         for (i, piece) in self.pieces.iter().enumerate() {
             let dim = self.dims[i];
+            if !selection[i] {
+                // Left out: the reader skips its columns (see
+                // `selected_columns`), as if they were zeros.
+                continue;
+            }
             let part = match piece {
                 Piece::Frozen { .. } => {
                     let table = frozen[i].ok_or_else(|| {
@@ -333,10 +425,18 @@ impl Embedder {
                 Piece::Chars(c) => scatter(&c.forward(&words)?, &gather, (b, t, dim))?,
                 Piece::Word(w) => scatter(&w.forward(&words)?, &gather, (b, t, dim))?,
             };
+            let part = match &scales {
+                Some(s) => part.broadcast_mul(&s.narrow(0, i, 1)?)?,
+                None => part,
+            };
             parts.push(part);
         }
         Ok(Tensor::cat(&parts, D::Minus1)?)
     }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// Rows of `per_word` (`[words, dim]`) laid out as `[batch, steps, dim]`,

@@ -202,6 +202,10 @@ fn log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 impl WordModel for Parser {
+    fn encoder(&self) -> &WordEncoder {
+        &self.encoder
+    }
+
     /// Mean cross-entropy of the gold heads plus that of the gold
     /// relations at the gold heads.
     fn loss(&self, split: &Split, ids: &[usize], ctx: &mut Ctx) -> Result<Tensor> {

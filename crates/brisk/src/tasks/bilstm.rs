@@ -89,12 +89,28 @@ impl BiLstm {
     /// row `i`; steps past it give zeros. The input projection runs on the
     /// real steps only (packed), not on the padding.
     pub fn forward(&self, x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        self.forward_columns(x, lengths, None)
+    }
+
+    /// [`BiLstm::forward`] over the input columns `columns` only (`x` holds
+    /// just those): the same function as `forward` with the other columns
+    /// zero, without multiplying the zeros (ACE's unselected embeddings).
+    pub fn forward_columns(
+        &self,
+        x: &Tensor,
+        lengths: &[usize],
+        columns: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         check_lengths(lengths, b, t)?;
-        if d != self.input {
+        let w_ih = match columns {
+            Some(c) => self.w_ih.index_select(c, 1)?,
+            None => self.w_ih.clone(),
+        };
+        if d != w_ih.dim(1)? {
             return Err(Error::Tensor(format!(
                 "BiLSTM over inputs of width {d}, built for {}",
-                self.input
+                w_ih.dim(1)?
             )));
         }
         let flat = x.reshape((b * t, d))?;
@@ -109,7 +125,7 @@ impl BiLstm {
                 0,
             )?
         };
-        let gates = packed.matmul(&self.w_ih.t()?)?.broadcast_add(&self.bias)?;
+        let gates = packed.matmul(&w_ih.t()?)?.broadcast_add(&self.bias)?;
         let op = LstmOp::new(
             lengths,
             t,

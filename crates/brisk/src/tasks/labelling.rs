@@ -35,7 +35,7 @@ use crate::embed::{vocabularies, Embedder, EmbeddingConfig, FeatureTable, Vocabu
 use crate::error::{Error, Result};
 use crate::model::{Ctx, Params};
 use crate::run::{read_json, write_atomic, write_json};
-use crate::train::optim::{clip_scale, grad_norm, gradients, AdamW};
+use crate::train::optim::{clip_scale, grad_norm, gradients_or_zeros, AdamW};
 
 /// A word-level model: a loss to train and predictions to score.
 pub trait WordModel: Send + Sync {
@@ -43,6 +43,8 @@ pub trait WordModel: Send + Sync {
     fn loss(&self, split: &Split, ids: &[usize], ctx: &mut Ctx) -> Result<Tensor>;
     /// Predictions for every sentence of `split`.
     fn predict(&self, split: &Split, batch_size: usize) -> Result<Predicted>;
+    /// The features and BiLSTMs under the model's scorer.
+    fn encoder(&self) -> &WordEncoder;
 }
 
 /// Predictions: a label per word (tags, or relations) and, from a parser,
@@ -100,6 +102,10 @@ pub struct ModelSection {
     /// Parser: width of the relation MLPs (Dozat & Manning: 100).
     #[serde(default = "default_rel_mlp")]
     pub rel_mlp: usize,
+    /// Scale each embedding by a trained σ(w) ("All + weight" in ACE's
+    /// comparison).
+    #[serde(default)]
+    pub embedding_weights: bool,
 }
 
 fn default_arc_mlp() -> usize {
@@ -139,6 +145,7 @@ impl Default for WordModelConfig {
                 dropout: 0.33,
                 arc_mlp: default_arc_mlp(),
                 rel_mlp: default_rel_mlp(),
+                embedding_weights: false,
             },
             train: TrainSection {
                 epochs: 30,
@@ -258,8 +265,12 @@ impl WordEncoder {
             &cfg.embeddings,
             &saved.vocabularies,
             &saved.frozen_dims,
+            cfg.model.embedding_weights,
             rng,
         )?;
+        if let Some(selection) = &saved.selection {
+            embedder.select(selection)?;
+        }
         let root = if root {
             Some(params.normal("root", &[1, 1, embedder.width], 0.1, rng)?)
         } else {
@@ -286,6 +297,10 @@ impl WordEncoder {
         })
     }
 
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
     /// The width of each word's output.
     pub fn width(&self) -> usize {
         2 * self.hidden
@@ -302,7 +317,14 @@ impl WordEncoder {
         let mut x = self
             .embedder
             .forward(&sentences, ids, &split.frozen_refs())?;
+        // With embeddings left out (ACE), the first BiLSTM reads only the
+        // selected columns.
+        let columns = self.embedder.selected_columns()?;
         if let Some(root) = &self.root {
+            let root = match &columns {
+                Some(c) => root.index_select(c, 2)?,
+                None => root.clone(),
+            };
             let (b, _, d) = x.dims3()?;
             x = Tensor::cat(&[&root.broadcast_as((b, 1, d))?, &x], 1)?;
             for l in &mut lengths {
@@ -310,8 +332,9 @@ impl WordEncoder {
             }
         }
         x = ctx.dropout(&x, self.dropout)?;
-        for lstm in &self.lstms {
-            x = ctx.dropout(&lstm.forward(&x, &lengths)?, self.dropout)?;
+        for (i, lstm) in self.lstms.iter().enumerate() {
+            let cols = if i == 0 { columns.as_ref() } else { None };
+            x = ctx.dropout(&lstm.forward_columns(&x, &lengths, cols)?, self.dropout)?;
         }
         Ok(x)
     }
@@ -388,6 +411,10 @@ pub struct SavedModel {
     pub frozen_dims: Vec<usize>,
     /// The tagger's CRF tags, or the parser's relations.
     pub labels: Vec<String>,
+    /// The embeddings the model reads (ACE's choice; the others are
+    /// zeros); `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Vec<bool>>,
 }
 
 /// The task's metric on predictions: span F1 (conlleval's reading),
@@ -632,6 +659,124 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// A model ready to train on prepared splits: their frozen features
+/// computed, the model's description, its parameters.
+pub struct Setup {
+    pub saved: SavedModel,
+    pub params: Params,
+    pub model: Box<dyn WordModel>,
+    /// Seconds spent running encoders for features (0 when cached).
+    pub encoder_s: f64,
+}
+
+/// Computes the features of every split and builds the model: `saved`
+/// (a resumed run's `model.json`) or a new description from the
+/// training data.
+pub fn setup(
+    prepared: &mut Prepared,
+    saved: Option<SavedModel>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Setup> {
+    let config = &prepared.config;
+    let (frozen_dims, encoder_s) = {
+        let mut splits: Vec<&mut Split> = vec![&mut prepared.train, &mut prepared.dev];
+        if let Some(t) = prepared.test.as_mut() {
+            splits.push(t);
+        }
+        compute_features(&config.embeddings, &mut splits, progress)?
+    };
+    let saved = match saved {
+        Some(saved) => saved,
+        None => SavedModel {
+            vocabularies: vocabularies(&config.embeddings, &prepared.train.words),
+            labels: label_set(&prepared.task.spec, &prepared.train.data),
+            frozen_dims,
+            config: config.clone(),
+            task: prepared.task.spec.clone(),
+            selection: None,
+        },
+    };
+    let mut params = Params::new(Device::Cpu, DType::F32);
+    let model = build(&mut params, &saved, &mut Rng::new(config.train.seed))?;
+    Ok(Setup {
+        saved,
+        params,
+        model,
+        encoder_s,
+    })
+}
+
+/// Adam without weight decay, as the word-level models train.
+pub fn optimizer(params: &Params) -> Result<AdamW> {
+    let mut train_cfg = crate::config::Preset::Tiny.config().train;
+    train_cfg.weight_decay = 0.0;
+    train_cfg.adam_epsilon = 1e-8;
+    AdamW::new(params, &train_cfg)
+}
+
+/// The learning rate of `epoch` (from 1): lr / (1 + 0.05·(epoch − 1)).
+pub fn epoch_lr(train: &TrainSection, epoch: usize) -> f64 {
+    train.learning_rate / (1.0 + 0.05 * (epoch - 1) as f64)
+}
+
+/// One pass over the training split. `epoch` fixes the batch order and
+/// dropout; `label` starts the progress lines. Returns the mean loss per
+/// sentence, or `None` when `stop` was set (the pass is then unfinished).
+#[allow(clippy::too_many_arguments)]
+pub fn train_epoch(
+    model: &dyn WordModel,
+    params: &Params,
+    opt: &mut AdamW,
+    train: &Split,
+    cfg: &TrainSection,
+    epoch: usize,
+    lr: f64,
+    step: &mut u64,
+    stop: &AtomicBool,
+    label: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<f64>> {
+    let batches = epoch_batches(&train.words, cfg.batch_size, cfg.seed, epoch);
+    let mut dropout_rng = Rng::new(cfg.seed.wrapping_add(0x5eed) ^ (epoch as u64) << 20);
+    let started = Instant::now();
+    let mut heartbeat = crate::progress::Heartbeat::new();
+    let (mut loss_sum, mut sentences) = (0.0, 0usize);
+    for (b, ids) in batches.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let loss = model.loss(train, ids, &mut Ctx::train(&mut dropout_rng))?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            return Err(Error::Training(format!(
+                "the loss became {value} in epoch {epoch} (try a smaller train.learning_rate)"
+            )));
+        }
+        loss_sum += value * ids.len() as f64;
+        sentences += ids.len();
+        // Unselected embeddings (ACE) get zeros: with Adam's moments
+        // fresh each episode, they stay as they are.
+        let embedder = model.encoder().embedder();
+        let grads = gradients_or_zeros(params, &loss.backward()?, &|n| embedder.is_unselected(n))?;
+        let norm = grad_norm(&grads)?;
+        opt.update(&grads, lr, clip_scale(norm, cfg.max_grad_norm))?;
+        *step += 1;
+        if heartbeat.due() {
+            let secs = started.elapsed().as_secs_f64();
+            let done = (b + 1) as f64;
+            progress(&format!(
+                "{label}  batch {}/{}  loss {:.3}  {:.0} sentences/s  epoch ends in {}",
+                b + 1,
+                batches.len(),
+                loss_sum / sentences.max(1) as f64,
+                sentences as f64 / secs,
+                crate::progress::short_duration(secs / done * (batches.len() as f64 - done)),
+            ));
+        }
+    }
+    Ok(Some(loss_sum / sentences.max(1) as f64))
+}
+
 /// Trains a tagger or parser into `out` (which exists), evaluating dev after each
 /// epoch and test with the best model at the end.
 pub fn train(
@@ -642,31 +787,19 @@ pub fn train(
 ) -> Result<WordSummary> {
     let config = prepared.config.clone();
     let spec = prepared.task.spec.clone();
-    let (frozen_dims, encoder_s) = {
-        let mut splits: Vec<&mut Split> = vec![&mut prepared.train, &mut prepared.dev];
-        if let Some(t) = prepared.test.as_mut() {
-            splits.push(t);
-        }
-        compute_features(&config.embeddings, &mut splits, &mut progress)?
-    };
-    let (train, dev) = (&prepared.train, &prepared.dev);
-    let saved = if options.resume && out.join("model.json").exists() {
-        read_json::<SavedModel>(&out.join("model.json"))?
+    let resumed = if options.resume && out.join("model.json").exists() {
+        Some(read_json::<SavedModel>(&out.join("model.json"))?)
     } else {
-        SavedModel {
-            vocabularies: vocabularies(&config.embeddings, &train.words),
-            labels: label_set(&spec, &train.data),
-            frozen_dims,
-            config: config.clone(),
-            task: spec.clone(),
-        }
+        None
     };
-    let mut params = Params::new(Device::Cpu, DType::F32);
-    let model = build(&mut params, &saved, &mut Rng::new(config.train.seed))?;
-    let mut train_cfg = crate::config::Preset::Tiny.config().train;
-    train_cfg.weight_decay = 0.0;
-    train_cfg.adam_epsilon = 1e-8;
-    let mut opt = AdamW::new(&params, &train_cfg)?;
+    let Setup {
+        saved,
+        params,
+        model,
+        encoder_s,
+    } = setup(&mut prepared, resumed, &mut progress)?;
+    let (train, dev) = (&prepared.train, &prepared.dev);
+    let mut opt = optimizer(&params)?;
 
     let mut state = EpochState {
         format_version: STATE_VERSION,
@@ -709,57 +842,35 @@ pub fn train(
     }
     let parameters = params.count();
     let mut stopped = false;
-    let seed = config.train.seed;
     while state.epoch < config.train.epochs {
         if config.train.patience > 0 && state.stale >= config.train.patience {
             break;
         }
         let epoch = state.epoch + 1;
-        let lr = config.train.learning_rate / (1.0 + 0.05 * (epoch - 1) as f64);
-        let batches = epoch_batches(&train.words, config.train.batch_size, seed, epoch);
-        let mut dropout_rng = Rng::new(seed.wrapping_add(0x5eed) ^ (epoch as u64) << 20);
+        let lr = epoch_lr(&config.train, epoch);
         let started = Instant::now();
-        let mut heartbeat = crate::progress::Heartbeat::new();
-        let (mut loss_sum, mut words) = (0.0, 0usize);
-        for (b, ids) in batches.iter().enumerate() {
-            if options.stop.load(Ordering::SeqCst) {
-                stopped = true;
-                break;
-            }
-            let loss = model.loss(train, ids, &mut Ctx::train(&mut dropout_rng))?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(Error::Training(format!(
-                    "the loss became {value} in epoch {epoch} (try a smaller train.learning_rate)"
-                )));
-            }
-            loss_sum += value * ids.len() as f64;
-            words += ids.len();
-            let grads = gradients(&params, &loss.backward()?)?;
-            let norm = grad_norm(&grads)?;
-            opt.update(&grads, lr, clip_scale(norm, config.train.max_grad_norm))?;
-            state.step += 1;
-            if heartbeat.due() {
-                let secs = started.elapsed().as_secs_f64();
-                let done = (b + 1) as f64;
-                progress(&format!(
-                    "epoch {epoch}/{}  batch {}/{}  loss {:.3}  {:.0} sentences/s  epoch ends in {}",
-                    config.train.epochs,
-                    b + 1,
-                    batches.len(),
-                    loss_sum / words.max(1) as f64,
-                    words as f64 / secs,
-                    crate::progress::short_duration(secs / done * (batches.len() as f64 - done)),
-                ));
-            }
-        }
-        if stopped {
+        let label = format!("epoch {epoch}/{}", config.train.epochs);
+        let Some(loss) = train_epoch(
+            model.as_ref(),
+            &params,
+            &mut opt,
+            train,
+            &config.train,
+            epoch,
+            lr,
+            &mut state.step,
+            options.stop,
+            &label,
+            &mut progress,
+        )?
+        else {
+            stopped = true;
             progress(&format!(
                 "stopped in epoch {epoch}; resume from the end of epoch {} with --resume",
                 state.epoch
             ));
             break;
-        }
+        };
         let train_s = started.elapsed().as_secs_f64();
         let eval_started = Instant::now();
         let predicted = model.predict(dev, 64)?;
@@ -784,7 +895,7 @@ pub fn train(
         let row = serde_json::json!({
             "epoch": epoch,
             "step": state.step,
-            "loss": loss_sum / words.max(1) as f64,
+            "loss": loss,
             "lr": lr,
             "train_s": train_s,
             "eval_s": eval_s,
@@ -798,7 +909,7 @@ pub fn train(
         progress(&format!(
             "epoch {epoch}/{}  loss {:.3}  dev {} {:.2}{}  ({:.0} s train, {:.1} s dev)",
             config.train.epochs,
-            loss_sum / words.max(1) as f64,
+            loss,
             scores.metric,
             100.0 * scores.main,
             if improved { " (best)" } else { "" },
@@ -810,20 +921,8 @@ pub fn train(
         Error::Training("stopped before the first epoch ended: nothing to keep".into())
     })?;
     params.load(&out.join("best").join("model.safetensors"))?;
-    let dev_scores = score(&spec, &dev.data, &model.predict(dev, 64)?);
-    let test_scores = match &prepared.test {
-        Some(test) => {
-            let predicted = model.predict(test, 64)?;
-            write_conll(
-                &out.join("predictions-test.conll"),
-                &test.words,
-                Some(&test.data),
-                &predicted,
-            )?;
-            Some(score(&spec, &test.data, &predicted))
-        }
-        None => None,
-    };
+    let (dev_scores, test_scores) =
+        final_scores(model.as_ref(), &spec, dev, prepared.test.as_ref(), out)?;
     let summary = WordSummary {
         task: spec.name.clone(),
         embeddings: config
@@ -846,6 +945,32 @@ pub fn train(
     };
     write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// The kept model's dev scores, and its test scores with the test
+/// predictions written to `out/predictions-test.conll`.
+pub fn final_scores(
+    model: &dyn WordModel,
+    spec: &WordTaskSpec,
+    dev: &Split,
+    test: Option<&Split>,
+    out: &Path,
+) -> Result<(Scores, Option<Scores>)> {
+    let dev_scores = score(spec, &dev.data, &model.predict(dev, 64)?);
+    let test_scores = match test {
+        Some(test) => {
+            let predicted = model.predict(test, 64)?;
+            write_conll(
+                &out.join("predictions-test.conll"),
+                &test.words,
+                Some(&test.data),
+                &predicted,
+            )?;
+            Some(score(spec, &test.data, &predicted))
+        }
+        None => None,
+    };
+    Ok((dev_scores, test_scores))
 }
 
 fn ensure_dir(dir: &Path) -> Result<PathBuf> {

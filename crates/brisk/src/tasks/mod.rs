@@ -6,6 +6,8 @@
 //! [`crf`], [`scheme`]) and biaffine dependency parsing ([`biaffine`]),
 //! trained by [`labelling`] on CoNLL files ([`conll`], [`word_tasks`]).
 
+pub mod ace;
+mod ace_report;
 pub mod biaffine;
 pub mod bilstm;
 pub mod classifier;

@@ -127,6 +127,10 @@ impl Tagger {
 }
 
 impl WordModel for Tagger {
+    fn encoder(&self) -> &WordEncoder {
+        &self.encoder
+    }
+
     /// The mean negative log-likelihood of the gold tags of `ids`.
     fn loss(&self, split: &Split, ids: &[usize], ctx: &mut Ctx) -> Result<Tensor> {
         let gold = ids
