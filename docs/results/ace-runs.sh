@@ -51,7 +51,8 @@ kind = "encoder"
 model = "$MLM"
 TOML
 out=runs/ace-$task-$strategy-s$seed
-if [ -f "$out/search.json" ]; then exit 0; fi
+# Finished (not stopped by Ctrl-C): nothing to do.
+if grep -qs '"stopped": false' "$out/search.json"; then exit 0; fi
 if [ -f "$out/state/controller.json" ]; then
   $B ace --task "$task" --out "$out" --resume --threads 2 2>&1 | tee -a "$out.log"
 else

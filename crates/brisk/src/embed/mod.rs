@@ -340,23 +340,22 @@ impl Embedder {
         ))
     }
 
-    /// The columns of the full concatenation that the selected pieces
-    /// fill, `None` when every piece is selected.
-    pub fn selected_columns(&self) -> Result<Option<Tensor>> {
+    /// The column blocks (`(first, width)`) of the full concatenation that
+    /// the selected pieces fill, `None` when every piece is selected.
+    pub fn selected_blocks(&self) -> Option<Vec<(usize, usize)>> {
         let selection = self.selection();
         if selection.iter().all(|&s| s) {
-            return Ok(None);
+            return None;
         }
-        let mut columns = Vec::new();
-        let mut start = 0u32;
+        let mut blocks = Vec::new();
+        let mut first = 0;
         for (&dim, &s) in self.dims.iter().zip(&selection) {
             if s {
-                columns.extend(start..start + dim as u32);
+                blocks.push((first, dim));
             }
-            start += dim as u32;
+            first += dim;
         }
-        let n = columns.len();
-        Ok(Some(Tensor::from_vec(columns, n, &Device::Cpu)?))
+        Some(blocks)
     }
 
     /// `[batch, longest, selected width]` for sentences `ids` of a split
@@ -399,7 +398,7 @@ impl Embedder {
             let dim = self.dims[i];
             if !selection[i] {
                 // Left out: the reader skips its columns (see
-                // `selected_columns`), as if they were zeros.
+                // `selected_blocks`), as if they were zeros.
                 continue;
             }
             let part = match piece {

@@ -92,19 +92,22 @@ impl BiLstm {
         self.forward_columns(x, lengths, None)
     }
 
-    /// [`BiLstm::forward`] over the input columns `columns` only (`x` holds
-    /// just those): the same function as `forward` with the other columns
-    /// zero, without multiplying the zeros (ACE's unselected embeddings).
+    /// [`BiLstm::forward`] over the input column blocks `blocks` only
+    /// (`(first column, width)`; `x` holds just those, in order): the same
+    /// function as `forward` with the other columns zero, without
+    /// multiplying the zeros (ACE's unselected embeddings). Blocks are cut
+    /// with `narrow` and joined with `cat`, whose gradients are block
+    /// copies.
     pub fn forward_columns(
         &self,
         x: &Tensor,
         lengths: &[usize],
-        columns: Option<&Tensor>,
+        blocks: Option<&[(usize, usize)]>,
     ) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         check_lengths(lengths, b, t)?;
-        let w_ih = match columns {
-            Some(c) => self.w_ih.index_select(c, 1)?,
+        let w_ih = match blocks {
+            Some(blocks) => columns_of(&self.w_ih, blocks, 1)?,
             None => self.w_ih.clone(),
         };
         if d != w_ih.dim(1)? {
@@ -184,6 +187,15 @@ impl BiLstm {
         }
         Ok(Tensor::cat(&directions, D::Minus1)?)
     }
+}
+
+/// The column blocks `blocks` (`(first, width)`) of `t` along `dim`, joined.
+pub fn columns_of(t: &Tensor, blocks: &[(usize, usize)], dim: usize) -> Result<Tensor> {
+    let parts = blocks
+        .iter()
+        .map(|&(first, width)| t.narrow(dim, first, width))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, dim)?)
 }
 
 fn check_lengths(lengths: &[usize], batch: usize, steps: usize) -> Result<()> {

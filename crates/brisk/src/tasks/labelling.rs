@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::biaffine::{self, Parser};
-use super::bilstm::BiLstm;
+use super::bilstm::{columns_of, BiLstm};
 use super::scheme::{span_f1, Mode};
 use super::tagger::{tag_set, Tagger};
 use super::word_tasks::{Labelled, WordTask, WordTaskKind, WordTaskSpec};
@@ -319,10 +319,10 @@ impl WordEncoder {
             .forward(&sentences, ids, &split.frozen_refs())?;
         // With embeddings left out (ACE), the first BiLSTM reads only the
         // selected columns.
-        let columns = self.embedder.selected_columns()?;
+        let blocks = self.embedder.selected_blocks();
         if let Some(root) = &self.root {
-            let root = match &columns {
-                Some(c) => root.index_select(c, 2)?,
+            let root = match &blocks {
+                Some(b) => columns_of(root, b, 2)?,
                 None => root.clone(),
             };
             let (b, _, d) = x.dims3()?;
@@ -333,7 +333,7 @@ impl WordEncoder {
         }
         x = ctx.dropout(&x, self.dropout)?;
         for (i, lstm) in self.lstms.iter().enumerate() {
-            let cols = if i == 0 { columns.as_ref() } else { None };
+            let cols = if i == 0 { blocks.as_deref() } else { None };
             x = ctx.dropout(&lstm.forward_columns(&x, &lengths, cols)?, self.dropout)?;
         }
         Ok(x)
