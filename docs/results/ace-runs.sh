@@ -9,13 +9,14 @@
 #   brisk pretrain --preset mini --set data.corpus=corpora/wiki-mini --set objective.kind=electra \
 #       --set objective.mask_token_prob=0.85 --budget 12m --out runs/ace-electra-mini
 #   brisk pretrain --preset mini --set data.corpus=corpora/wiki-mini --budget 12m --out runs/ace-mlm-mini
-# Usage: docs/results/ace-runs.sh TASK STRATEGY SEED [EPISODES] [extra brisk ace flags...]
+# Usage: [THREADS=n] docs/results/ace-runs.sh TASK STRATEGY SEED [EPISODES] [extra brisk ace flags...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MINILM=${MINILM:-$(.ci/fetch-minilm)}
 ELECTRA=${ELECTRA:-runs/ace-electra-mini}
 MLM=${MLM:-runs/ace-mlm-mini}
 B=./target/release/brisk
+THREADS=${THREADS:-2}
 task=$1 strategy=$2 seed=$3 episodes=${4:-30}
 shift $(( $# < 4 ? $# : 4 ))
 mkdir -p runs
@@ -54,9 +55,9 @@ out=runs/ace-$task-$strategy-s$seed
 # Finished (not stopped by Ctrl-C): nothing to do.
 if grep -qs '"stopped": false' "$out/search.json"; then exit 0; fi
 if [ -f "$out/state/controller.json" ]; then
-  $B ace --task "$task" --out "$out" --resume --threads 2 2>&1 | tee -a "$out.log"
+  $B ace --task "$task" --out "$out" --resume --threads "$THREADS" 2>&1 | tee -a "$out.log"
 else
   rm -rf "$out"
   $B ace --task "$task" --candidates runs/ace-candidates.toml --strategy "$strategy" \
-     --episodes "$episodes" --seed "$seed" --threads 2 --out "$out" "$@" 2>&1 | tee "$out.log"
+     --episodes "$episodes" --seed "$seed" --threads "$THREADS" --out "$out" "$@" 2>&1 | tee "$out.log"
 fi

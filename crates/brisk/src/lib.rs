@@ -13,6 +13,7 @@
 //! - [`hf`]: HuggingFace BERT checkpoints in and out;
 //! - [`encoder`]: a pre-trained encoder (HF or brisk) with its tokenizer:
 //!   text in, hidden states and sentence vectors out;
+//! - [`senses`]: Word2Sense sparse sense embeddings (co-occurrences, LDA);
 //! - [`compare`]: comparisons of runs, their table and HTML report;
 //! - [`run`]: run directories, provenance and atomic writes;
 //! - [`runtime`]: process set-up (thread pool, allocator tuning);
@@ -32,6 +33,7 @@ pub mod pretrain;
 pub mod progress;
 pub mod run;
 pub mod runtime;
+pub mod senses;
 pub mod tasks;
 pub mod train;
 
