@@ -64,6 +64,12 @@ pub enum Command {
     /// a REINFORCE controller over subsets, the dev score as reward), or
     /// run a baseline of the same budget (all, random, weighted).
     Ace(crate::ace::AceArgs),
+    /// Word2Sense: sparse, interpretable sense embeddings from raw text
+    /// (co-occurrence counts, LDA whose topics are the senses).
+    Senses {
+        #[command(subcommand)]
+        command: crate::senses::SensesCommand,
+    },
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]

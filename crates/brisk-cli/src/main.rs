@@ -5,6 +5,7 @@ mod ace;
 mod args;
 mod compare;
 mod pretrain;
+mod senses;
 mod tag;
 mod tune;
 
@@ -55,6 +56,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => compare::report(args),
         Command::Predict(args) => tune::predict(args),
         Command::Ace(args) => ace::ace(args),
+        Command::Senses { command } => senses::run_command(command),
         Command::Tag { command } => tag::run_command(WordTaskKind::Tagging, command),
         Command::Parse { command } => tag::run_command(WordTaskKind::Parsing, command),
         Command::Corpus {

@@ -60,10 +60,12 @@ pub struct WordRunFlags {
     /// Overwrite the run directory if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Continue the run in --out from its last finished epoch (ace: episode).
+    /// Continue the run in --out from its last finished epoch (ace: episode;
+    /// senses: saved iteration).
     #[arg(long)]
     pub resume: bool,
-    /// Random seed (initialisation, data order, dropout; ace: the draws).
+    /// Random seed (initialisation, data order, dropout; ace: the draws;
+    /// senses: subsampling and sampler).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Worker threads [default: every core].

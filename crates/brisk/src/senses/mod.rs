@@ -7,7 +7,9 @@
 //! K topics, the senses, each a distribution over context words. The
 //! pipeline:
 //! 1. [`cooc`]: the word–context count matrix (window 5, subsampling);
-//! 2. [`lda`]: LDA over its rows with a WarpLDA-style O(1) sampler.
+//! 2. [`lda`]: LDA over its rows with a WarpLDA-style O(1) sampler;
+//! 3. [`train`]: both in a resumable run directory (`brisk senses train`).
 
 pub mod cooc;
 pub mod lda;
+pub mod train;

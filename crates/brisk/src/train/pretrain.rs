@@ -541,7 +541,7 @@ fn micro_seed(seed: u64, step: u64, micro: usize) -> u64 {
 
 /// Keeps the rows of `metrics.jsonl` up to `step` (a resumed run repeats the
 /// steps after its checkpoint, so their rows are dropped).
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
