@@ -103,6 +103,21 @@ fn senses_train_counts_samples_and_resumes_to_the_same_state() {
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["vocab"], 28);
     assert_eq!(summary["iterations"], 6);
+    // 4 senses: K/30 rounds up to 1 raw non-zero, 3K/4 = 3 merged senses,
+    // so every word's final vector has ⌊3 · 1 / 4⌋ → 1 non-zero.
+    assert_eq!(summary["vectors"]["sizes"]["merged"], 3);
+    let vectors = std::fs::read_to_string(run.join("vectors.txt")).unwrap();
+    let mut lines = vectors.lines();
+    assert_eq!(lines.next(), Some("28 3"));
+    for line in lines {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 2, "{line}");
+        let (index, value) = fields[1].split_once(':').unwrap();
+        assert!(index.parse::<usize>().unwrap() < 3);
+        assert!((value.parse::<f64>().unwrap() - 1.0).abs() < 1e-6, "{line}");
+    }
+    let senses = std::fs::read_to_string(run.join("senses.tsv")).unwrap();
+    assert_eq!(senses.lines().count(), 1 + 3, "{senses}");
 
     let first = train(dir.path(), "halves", "4", &["--iterations", "3"]);
     assert!(first.status.success(), "{}", stderr(&first));

@@ -242,13 +242,16 @@ fn planted(
 }
 
 fn topic_distributions(lda: &Lda) -> Vec<Vec<f64>> {
-    lda.topic_word_counts()
-        .into_iter()
-        .map(|row| {
-            let total: u32 = row.iter().sum();
-            row.iter()
-                .map(|&n| n as f64 / total.max(1) as f64)
-                .collect()
+    let m = lda.topic_word_matrix();
+    (0..m.rows)
+        .map(|k| {
+            let (words, counts) = m.row(k);
+            let total: u32 = counts.iter().sum();
+            let mut row = vec![0.0; m.cols];
+            for (&w, &n) in words.iter().zip(counts) {
+                row[w as usize] = n as f64 / total.max(1) as f64;
+            }
+            row
         })
         .collect()
 }
@@ -383,4 +386,240 @@ fn bad_sampler_inputs_are_clear_errors() {
     .unwrap()
     .to_string();
     assert!(err.contains("another co-occurrence matrix"), "{err}");
+}
+
+mod vectors {
+    use brisk::senses::cooc::SparseCounts;
+    use brisk::senses::vectors::{
+        average_linkage, cut_dendrogram, js_divergence, merge_senses, top_normalised,
+        PointEstimates,
+    };
+
+    fn sparse(rows: &[&[u32]]) -> SparseCounts {
+        let mut m = SparseCounts {
+            rows: rows.len(),
+            cols: rows[0].len(),
+            offsets: vec![0],
+            ..Default::default()
+        };
+        for row in rows {
+            for (c, &n) in row.iter().enumerate() {
+                if n > 0 {
+                    m.columns.push(c as u32);
+                    m.counts.push(n);
+                }
+            }
+            m.offsets.push(m.columns.len() as u64);
+        }
+        m
+    }
+
+    /// A hand-made model: 4 words, 3 senses.
+    const DOC_TOPICS: [&[u32]; 4] = [&[5, 0, 1], &[0, 7, 0], &[2, 2, 2], &[0, 0, 9]];
+    const TOPIC_WORDS: [&[u32]; 3] = [&[3, 1, 2, 1], &[0, 6, 2, 1], &[1, 1, 3, 7]];
+    const CONTEXTS: [u64; 4] = [6, 8, 7, 9];
+    const ALPHA: f64 = 0.3;
+    const BETA: f64 = 0.1;
+
+    fn estimates() -> PointEstimates {
+        PointEstimates::new(
+            sparse(&DOC_TOPICS),
+            &sparse(&TOPIC_WORDS),
+            &CONTEXTS,
+            ALPHA,
+            BETA,
+        )
+        .unwrap()
+    }
+
+    /// θ, φ, p(w), p(k) and θ + ψ straight from the formulas, in f64.
+    fn direct() -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) {
+        let (w_n, k_n) = (4usize, 3usize);
+        let a = ALPHA / k_n as f64;
+        let theta: Vec<Vec<f64>> = DOC_TOPICS
+            .iter()
+            .map(|row| {
+                let n: u32 = row.iter().sum();
+                row.iter()
+                    .map(|&x| (x as f64 + a) / (n as f64 + k_n as f64 * a))
+                    .collect()
+            })
+            .collect();
+        let phi: Vec<Vec<f64>> = TOPIC_WORDS
+            .iter()
+            .map(|row| {
+                let n: u32 = row.iter().sum();
+                row.iter()
+                    .map(|&x| (x as f64 + BETA) / (n as f64 + w_n as f64 * BETA))
+                    .collect()
+            })
+            .collect();
+        let total: u64 = CONTEXTS.iter().sum();
+        let p_w: Vec<f64> = CONTEXTS.iter().map(|&c| c as f64 / total as f64).collect();
+        let mut p_k: Vec<f64> = (0..k_n)
+            .map(|k| (0..w_n).map(|w| p_w[w] * theta[w][k]).sum())
+            .collect();
+        let s: f64 = p_k.iter().sum();
+        p_k.iter_mut().for_each(|p| *p /= s);
+        let both: Vec<Vec<f64>> = (0..w_n)
+            .map(|w| {
+                (0..k_n)
+                    .map(|k| theta[w][k] + phi[k][w] * p_k[k] / p_w[w])
+                    .collect()
+            })
+            .collect();
+        (both, phi, p_k)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6 * b.abs().max(1e-3)
+    }
+
+    #[test]
+    fn point_estimates_and_vectors_equal_the_formulas() {
+        let e = estimates();
+        let (both, phi, p_k) = direct();
+        for k in 0..3 {
+            assert!(close(e.sense_prior[k], p_k[k]), "p(k={k})");
+            for (c, &want) in phi[k].iter().enumerate() {
+                assert!(close(e.phi(k, c), want), "phi[{k}][{c}]");
+            }
+        }
+        for (w, want_both) in both.iter().enumerate() {
+            let got = e.both_views(w);
+            for k in 0..3 {
+                assert!(close(got[k], want_both[k]), "θ + ψ of word {w}, sense {k}");
+            }
+            // Raw vector with 2 of 3 non-zeros.
+            let r: Vec<f64> = (0..3).map(|k| want_both[k] / p_k[k]).collect();
+            let mut order: Vec<usize> = (0..3).collect();
+            order.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
+            let kept = [order[0].min(order[1]), order[0].max(order[1])];
+            let sum = r[kept[0]] + r[kept[1]];
+            let raw = e.raw_vector(w, 2);
+            assert_eq!(raw.len(), 2);
+            for (&(k, v), &want_k) in raw.iter().zip(&kept) {
+                assert_eq!(k as usize, want_k);
+                assert!(close(v as f64, r[want_k] / sum), "raw vector of word {w}");
+            }
+        }
+        // Merging senses 0 and 2 into one cluster: u = (Σ both) / (Σ p).
+        let clusters = brisk::senses::vectors::Clusters {
+            count: 2,
+            of_sense: vec![0, 1, 0],
+            prior: vec![p_k[0] + p_k[2], p_k[1]],
+        };
+        for (w, b) in both.iter().enumerate() {
+            let u = [(b[0] + b[2]) / (p_k[0] + p_k[2]), b[1] / p_k[1]];
+            let merged = e.merged_vector(w, &clusters, 2);
+            for (&(c, v), want) in merged.iter().zip(u) {
+                assert!(
+                    close(v as f64, want / (u[0] + u[1])),
+                    "merged vector of word {w}, cluster {c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn js_divergence_is_symmetric_bounded_and_zero_on_equal_inputs() {
+        let p = top_normalised(&[0.5, 0.0, 0.3, 0.2], 3);
+        let q = top_normalised(&[0.1, 0.6, 0.0, 0.3], 3);
+        let direct = {
+            let (pd, qd) = ([0.5, 0.0, 0.3, 0.2], [0.1, 0.6, 0.0, 0.3]);
+            let kl = |a: &[f64], m: &[f64]| -> f64 {
+                a.iter()
+                    .zip(m)
+                    .filter(|(x, _)| **x > 0.0)
+                    .map(|(x, y)| x * (x / y).ln())
+                    .sum()
+            };
+            let m: Vec<f64> = pd.iter().zip(&qd).map(|(a, b)| 0.5 * (a + b)).collect();
+            0.5 * kl(&pd, &m) + 0.5 * kl(&qd, &m)
+        };
+        assert!((js_divergence(&p, &q) - direct).abs() < 1e-6);
+        assert!((js_divergence(&p, &q) - js_divergence(&q, &p)).abs() < 1e-12);
+        assert!(js_divergence(&p, &p).abs() < 1e-12);
+        let disjoint = js_divergence(&[(0, 1.0)], &[(1, 1.0)]);
+        assert!((disjoint - std::f64::consts::LN_2).abs() < 1e-9);
+    }
+
+    /// Average linkage the slow way: merge the closest pair, recompute
+    /// average distances from the original matrix, until `count` remain.
+    fn naive_clusters(d: &[f64], n: usize, count: usize) -> Vec<Vec<usize>> {
+        let mut clusters: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+        while clusters.len() > count {
+            let mut best = (f64::INFINITY, 0, 0);
+            for a in 0..clusters.len() {
+                for b in a + 1..clusters.len() {
+                    let mut s = 0.0;
+                    for &i in &clusters[a] {
+                        for &j in &clusters[b] {
+                            s += d[i * n + j];
+                        }
+                    }
+                    let avg = s / (clusters[a].len() * clusters[b].len()) as f64;
+                    if avg < best.0 {
+                        best = (avg, a, b);
+                    }
+                }
+            }
+            let b = clusters.remove(best.2);
+            clusters[best.1].extend(b);
+        }
+        let mut out: Vec<Vec<usize>> = clusters
+            .into_iter()
+            .map(|mut c| {
+                c.sort();
+                c
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_nearest_neighbour_chain_equals_naive_average_linkage() {
+        let mut rng = brisk::corpus::generated::Rng::new(8);
+        let n = 24;
+        let points: Vec<(f64, f64)> = (0..n)
+            .map(|_| (rng.unit() * 10.0, rng.unit() * 10.0))
+            .collect();
+        let d: Vec<f64> = (0..n * n)
+            .map(|ij| {
+                let (a, b) = (points[ij / n], points[ij % n]);
+                ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt()
+            })
+            .collect();
+        let merges = average_linkage(d.clone(), n);
+        assert_eq!(merges.len(), n - 1);
+        for count in [1, 3, 7, 15] {
+            let clusters = cut_dendrogram(&merges, n, count, &vec![1.0; n]);
+            assert_eq!(clusters.count, count);
+            let mut got: Vec<Vec<usize>> = (0..count)
+                .map(|c| {
+                    (0..n)
+                        .filter(|&k| clusters.of_sense[k] == c as u32)
+                        .collect()
+                })
+                .collect();
+            got.sort();
+            assert_eq!(got, naive_clusters(&d, n, count), "{count} clusters");
+        }
+    }
+
+    #[test]
+    fn merged_senses_group_similar_distributions() {
+        // Four senses: two about words 0-1, two about words 2-3.
+        let senses = vec![
+            vec![(0, 0.6), (1, 0.4)],
+            vec![(0, 0.5), (1, 0.5)],
+            vec![(2, 0.7), (3, 0.3)],
+            vec![(2, 0.4), (3, 0.6)],
+        ];
+        let clusters = merge_senses(&senses, &[0.1, 0.2, 0.3, 0.4], 2);
+        assert_eq!(clusters.count, 2);
+        assert_eq!(clusters.of_sense, vec![0, 0, 1, 1]);
+        assert!((clusters.prior[0] - 0.3).abs() < 1e-12 && (clusters.prior[1] - 0.7).abs() < 1e-12);
+    }
 }

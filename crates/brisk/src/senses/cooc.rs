@@ -78,7 +78,7 @@ pub struct SparseCounts {
 
 impl SparseCounts {
     /// Builds the matrix from `(row << 32 | column, count)` entries sorted by key.
-    fn from_sorted(rows: usize, cols: usize, entries: &[(u64, u32)]) -> SparseCounts {
+    pub(crate) fn from_sorted(rows: usize, cols: usize, entries: &[(u64, u32)]) -> SparseCounts {
         let mut offsets = vec![0u64; rows + 1];
         for &(key, _) in entries {
             offsets[(key >> 32) as usize + 1] += 1;
@@ -104,6 +104,15 @@ impl SparseCounts {
     /// The sum of all counts.
     pub fn total(&self) -> u64 {
         self.counts.iter().map(|&c| c as u64).sum()
+    }
+
+    /// The sum of each column's counts.
+    pub fn column_totals(&self) -> Vec<u64> {
+        let mut totals = vec![0u64; self.cols];
+        for (&c, &n) in self.columns.iter().zip(&self.counts) {
+            totals[c as usize] += n as u64;
+        }
+        totals
     }
 
     /// The sum of each row's counts.

@@ -519,37 +519,63 @@ impl Lda {
             .reduce(PhaseSums::default, |a, b| a + b)
     }
 
-    /// Topic-word counts n_kw as dense rows (K × W), for the point estimates.
-    pub fn topic_word_counts(&self) -> Vec<Vec<u32>> {
-        let words = self.tokens.word_offsets.len() - 1;
-        let mut counts = vec![vec![0u32; words]; self.config.topics];
-        for (t, &w) in self.tokens.word.iter().enumerate() {
-            counts[self.topic(t) as usize][w as usize] += 1;
-        }
-        counts
+    /// Topic-word counts n_kc as a K × W matrix.
+    pub fn topic_word_matrix(&self) -> SparseCounts {
+        let k = self.config.topics;
+        // Per context word, its (topic, count) pairs; then transposed.
+        let per_word: Vec<Vec<(u16, u32)>> = (0..self.num_words())
+            .into_par_iter()
+            .map(|w| {
+                let offsets = &self.tokens.word_offsets;
+                let group = &self.tokens.by_word[offsets[w]..offsets[w + 1]];
+                run_lengths(group.iter().map(|&t| self.topic(t as usize)).collect())
+            })
+            .collect();
+        let mut entries: Vec<(u64, u32)> = per_word
+            .iter()
+            .enumerate()
+            .flat_map(|(w, row)| {
+                row.iter()
+                    .map(move |&(z, n)| ((z as u64) << 32 | w as u64, n))
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        SparseCounts::from_sorted(k, self.num_words(), &entries)
     }
 
-    /// Document-topic counts n_dk as sparse rows `(topic, count)`, by topic.
-    pub fn doc_topic_counts(&self) -> Vec<Vec<(u16, u32)>> {
+    /// Document-topic counts n_dk as a D × K matrix.
+    pub fn doc_topic_matrix(&self) -> SparseCounts {
         let docs = self.tokens.doc_offsets.len() - 1;
-        (0..docs)
+        let rows: Vec<Vec<(u16, u32)>> = (0..docs)
             .into_par_iter()
             .map(|d| {
-                let mut zs: Vec<u16> = (self.tokens.doc_offsets[d]..self.tokens.doc_offsets[d + 1])
-                    .map(|t| self.topic(t))
-                    .collect();
-                zs.sort_unstable();
-                let mut row: Vec<(u16, u32)> = Vec::new();
-                for z in zs {
-                    match row.last_mut() {
-                        Some((k, n)) if *k == z => *n += 1,
-                        _ => row.push((z, 1)),
-                    }
-                }
-                row
+                let range = self.tokens.doc_offsets[d]..self.tokens.doc_offsets[d + 1];
+                run_lengths(range.map(|t| self.topic(t)).collect())
             })
-            .collect()
+            .collect();
+        let entries: Vec<(u64, u32)> = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(d, row)| {
+                row.iter()
+                    .map(move |&(z, n)| ((d as u64) << 32 | z as u64, n))
+            })
+            .collect();
+        SparseCounts::from_sorted(docs, self.config.topics, &entries)
     }
+}
+
+/// `(value, count)` of the sorted values.
+fn run_lengths(mut values: Vec<u16>) -> Vec<(u16, u32)> {
+    values.sort_unstable();
+    let mut out: Vec<(u16, u32)> = Vec::new();
+    for z in values {
+        match out.last_mut() {
+            Some((k, n)) if *k == z => *n += 1,
+            _ => out.push((z, 1)),
+        }
+    }
+    out
 }
 
 /// ln Γ(x) for x > 0: Stirling's series above 7, shifted by Γ(x+1) = xΓ(x)

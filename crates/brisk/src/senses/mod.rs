@@ -8,8 +8,10 @@
 //! pipeline:
 //! 1. [`cooc`]: the word–context count matrix (window 5, subsampling);
 //! 2. [`lda`]: LDA over its rows with a WarpLDA-style O(1) sampler;
-//! 3. [`train`]: both in a resumable run directory (`brisk senses train`).
+//! 3. [`vectors`]: point estimates, raw vectors, sense merging, final vectors;
+//! 4. [`train`]: all of it in a resumable run directory (`brisk senses train`).
 
 pub mod cooc;
 pub mod lda;
 pub mod train;
+pub mod vectors;

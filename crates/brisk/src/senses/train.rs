@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::cooc::{self, CoocConfig, SparseCounts};
 use super::lda::{IterationStats, Lda, LdaConfig};
+use super::vectors::{self, Clusters, PointEstimates, Sparse, VectorSizes, VectorsConfig};
 use crate::corpus::shards::{PreparedCorpus, Split, WordId};
 use crate::corpus::{text, tokenizer, words};
 use crate::error::{Error, Result};
@@ -33,6 +35,7 @@ pub struct SensesConfig {
     pub data: SensesData,
     pub cooc: CoocConfig,
     pub lda: LdaConfig,
+    pub vectors: VectorsConfig,
 }
 
 /// Where the text comes from: a prepared corpus, else text paths.
@@ -53,6 +56,7 @@ impl Default for SensesConfig {
             data: SensesData::default(),
             cooc: CoocConfig::default(),
             lda: LdaConfig::default(),
+            vectors: VectorsConfig::default(),
         }
     }
 }
@@ -68,7 +72,8 @@ impl SensesConfig {
             return Err(Error::Config("save_every must be at least 1".into()));
         }
         self.cooc.check()?;
-        self.lda.check()
+        self.lda.check()?;
+        self.vectors.sizes(self.lda.topics).map(|_| ())
     }
 
     pub fn to_toml(&self) -> String {
@@ -192,8 +197,22 @@ pub struct TrainSummary {
     pub sample_s: f64,
     pub seconds_per_iteration: f64,
     pub tokens_per_s: f64,
+    /// Building the vectors (point estimates, merging, final vectors).
+    pub vectors: Option<VectorsReport>,
     pub peak_rss_mb: f64,
     pub stopped: bool,
+}
+
+/// What building the vectors did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VectorsReport {
+    pub sizes: VectorSizes,
+    /// Merged senses that hold at least one sense (ties can leave fewer
+    /// than asked only when senses coincide).
+    pub clusters: usize,
+    pub mean_nnz: f64,
+    pub merge_s: f64,
+    pub seconds: f64,
 }
 
 const STATE_VERSION: u32 = 1;
@@ -302,6 +321,13 @@ pub fn train(
     }
     let sample_s = sampling.elapsed().as_secs_f64();
     let done = lda.iteration() - first;
+    let vectors = if stopped {
+        None
+    } else {
+        Some(build_vectors(
+            &lda, &matrix, &vocab, config, out, &progress,
+        )?)
+    };
     let summary = TrainSummary {
         vocab: vocab.len(),
         words_read,
@@ -315,6 +341,7 @@ pub fn train(
         sample_s,
         seconds_per_iteration: sample_s / done.max(1) as f64,
         tokens_per_s: (lda.num_tokens() * done) as f64 / sample_s.max(1e-9),
+        vectors,
         peak_rss_mb: peak_rss_mb(),
         stopped,
     };
@@ -441,4 +468,118 @@ fn load_state(dir: &Path, matrix: &SparseCounts, config: &SensesConfig) -> Resul
         topics.to_vec(),
         proposals.to_vec(),
     )
+}
+
+/// Point estimates, merged senses and the final vectors, written as
+/// `model/` (the counts and the clusters), `vectors.txt` and `senses.tsv`.
+fn build_vectors(
+    lda: &Lda,
+    matrix: &SparseCounts,
+    vocab: &[(String, u64)],
+    config: &SensesConfig,
+    out: &Path,
+    progress: &impl Fn(&str),
+) -> Result<VectorsReport> {
+    let start = Instant::now();
+    let sizes = config.vectors.sizes(config.lda.topics)?;
+    let model = out.join("model");
+    std::fs::create_dir_all(&model).map_err(|e| Error::io(&model, e))?;
+    let (doc_topics, topic_words) = (lda.doc_topic_matrix(), lda.topic_word_matrix());
+    doc_topics.save(&model.join("doc_topics.safetensors"))?;
+    topic_words.save(&model.join("topic_words.safetensors"))?;
+    let estimates = PointEstimates::new(
+        doc_topics,
+        &topic_words,
+        &matrix.column_totals(),
+        config.lda.alpha,
+        config.lda.beta,
+    )?;
+    let merging = Instant::now();
+    let senses = estimates.truncated_senses(sizes.merge_words);
+    let clusters = vectors::merge_senses(&senses, &estimates.sense_prior, sizes.merged);
+    let merge_s = merging.elapsed().as_secs_f64();
+    progress(&format!(
+        "merged {} senses into {} in {:.1} s",
+        sizes.topics, clusters.count, merge_s
+    ));
+    run::write_json(&model.join("clusters.json"), &clusters)?;
+    let word_vectors: Vec<Sparse> = (0..vocab.len())
+        .into_par_iter()
+        .map(|w| estimates.merged_vector(w, &clusters, sizes.final_nnz))
+        .collect();
+    write_vectors(
+        &out.join("vectors.txt"),
+        vocab,
+        &word_vectors,
+        clusters.count,
+    )?;
+    write_senses(&out.join("senses.tsv"), &estimates, &clusters, vocab)?;
+    let mean_nnz =
+        word_vectors.iter().map(|v| v.len()).sum::<usize>() as f64 / vocab.len().max(1) as f64;
+    Ok(VectorsReport {
+        sizes,
+        clusters: clusters.count,
+        mean_nnz,
+        merge_s,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The word2vec text format with sparse rows: a `words dimensions` header,
+/// then `word index:value ...` (indices from 0).
+fn write_vectors(
+    path: &Path,
+    vocab: &[(String, u64)],
+    vectors: &[Sparse],
+    dim: usize,
+) -> Result<()> {
+    let mut text = format!("{} {dim}\n", vocab.len());
+    for ((word, _), v) in vocab.iter().zip(vectors) {
+        text.push_str(word);
+        for (i, x) in v {
+            text.push_str(&format!(" {i}:{x:.6}"));
+        }
+        text.push('\n');
+    }
+    run::write_atomic(path, text.as_bytes())
+}
+
+/// Words shown per merged sense in `senses.tsv`.
+const SENSE_WORDS: usize = 10;
+
+/// One line per merged sense: its number, prior p(c) and most probable
+/// context words (the mixture of its senses' φ, weighted by p(k)).
+fn write_senses(
+    path: &Path,
+    estimates: &PointEstimates,
+    clusters: &Clusters,
+    vocab: &[(String, u64)],
+) -> Result<()> {
+    let lines: Vec<String> = (0..clusters.count)
+        .into_par_iter()
+        .map(|c| {
+            let mut mixture = vec![0f64; estimates.words];
+            for (k, _) in clusters
+                .of_sense
+                .iter()
+                .enumerate()
+                .filter(|(_, &x)| x as usize == c)
+            {
+                let weight = estimates.sense_prior[k];
+                for (w, m) in mixture.iter_mut().enumerate() {
+                    *m += weight * estimates.phi(k, w);
+                }
+            }
+            let top = vectors::top_normalised(&mixture, SENSE_WORDS);
+            let mut top: Vec<(u32, f32)> = top;
+            top.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let words: Vec<&str> = top
+                .iter()
+                .map(|&(w, _)| vocab[w as usize].0.as_str())
+                .collect();
+            format!("{c}\t{:.6}\t{}", clusters.prior[c], words.join(" "))
+        })
+        .collect();
+    let text = format!("sense\tprior\ttop_words\n{}\n", lines.join("\n"));
+    run::write_atomic(path, text.as_bytes())
 }
