@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 MINILM=${MINILM:-$(.ci/fetch-minilm)}
 ELECTRA=${ELECTRA:-runs/ace-electra-mini}
 MLM=${MLM:-runs/ace-mlm-mini}
-B=./target/release/brisk
+B=${BRISK:-./target/release/brisk}
 THREADS=${THREADS:-2}
 task=$1 strategy=$2 seed=$3 episodes=${4:-30}
 shift $(( $# < 4 ? $# : 4 ))

@@ -46,8 +46,22 @@ def run_row(run):
     return (
         f"| {run['strategy']} | {run['seed']}{finished} | {100 * s['dev']:.2f} | {100 * s['test']:.2f} "
         f"| {s['best']['episode']} | {kept} | {sum(e['train_s'] for e in run['episodes']):,.0f} "
-        f"| {s['peak_rss_mb']:,.0f} |"
+        f"| {s['wall_s']:,.0f} | {s['peak_rss_mb']:,.0f} |"
     )
+
+
+def sigma_rows(task_runs):
+    """sigma(theta) per candidate at the end of each ace or weighted search."""
+    learned = [r for r in task_runs if r["strategy"] in ("ace", "weighted")]
+    if not learned:
+        return
+    names = [c if isinstance(c, str) else c["name"] for c in learned[0]["search"]["candidates"]]
+    print("| search | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for r in learned:
+        p = r["search"]["probabilities"]
+        print(f"| {r['strategy']} s{r['seed']} | " + " | ".join(f"{x:.3f}" for x in p) + " |")
+    print()
 
 
 def main():
@@ -60,8 +74,8 @@ def main():
         task_runs.sort(key=lambda r: (order.index(r["strategy"]), r["seed"]))
         metric = task_runs[0]["search"]["metric"]
         print(f"### {task} ({metric})\n")
-        print(f"| strategy | seed | best dev | test | episode of the best dev | kept subset | train s | peak RSS (MB) |")
-        print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |")
+        print("| strategy | seed | best dev | test | episode of the best dev | kept subset | train s | wall s | peak RSS (MB) |")
+        print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
         for run in task_runs:
             print(run_row(run))
         print()
@@ -76,6 +90,7 @@ def main():
             best = [float(r["search"]["best"]["episode"]) for r in done]
             print(f"| {strategy} | {len(done)} | {mean_std(dev)} | {mean_std(test)} | {mean_std(best)} |")
         print()
+        sigma_rows(task_runs)
 
 
 if __name__ == "__main__":

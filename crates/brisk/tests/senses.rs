@@ -3,6 +3,7 @@
 use brisk::corpus::generated::Rng;
 use brisk::senses::cooc::{self, CoocConfig, SparseCounts};
 use brisk::senses::lda::{ln_gamma, Lda, LdaConfig};
+use brisk::senses::train::Documents;
 
 fn table(counts: &[u64]) -> Vec<(String, u64)> {
     counts
@@ -102,6 +103,7 @@ fn counts_without_subsampling_equal_the_window_pairs() {
         window: 2,
         subsample: 0.0,
         min_count,
+        letters_only: false,
     };
     let got = cooc::count(&docs, &words, &config, 7).unwrap();
     let vocab = counts.iter().filter(|&&c| c >= min_count).count();
@@ -121,6 +123,7 @@ fn subsampling_drops_frequent_words_and_ignores_the_thread_count() {
         window: 5,
         subsample: 1e-2,
         min_count: 1,
+        letters_only: false,
     };
     let run = |threads| {
         rayon::ThreadPoolBuilder::new()
@@ -622,4 +625,20 @@ mod vectors {
         assert_eq!(clusters.of_sense, vec![0, 0, 1, 1]);
         assert!((clusters.prior[0] - 0.3).abs() < 1e-12 && (clusters.prior[1] - 0.7).abs() < 1e-12);
     }
+}
+
+#[test]
+fn letters_only_drops_tokens_without_a_letter_and_keeps_the_ranking() {
+    let words: Vec<(String, u64)> = [(".", 9), ("the", 7), ("1988", 5), ("bank", 3), ("x-2", 1)]
+        .iter()
+        .map(|&(w, c)| (w.to_string(), c))
+        .collect();
+    let documents = Documents {
+        docs: vec![vec![1, 0, 3, 2, 1], vec![0, 2], vec![4, 3]],
+        words,
+    };
+    let kept = documents.letters_only();
+    let names: Vec<&str> = kept.words.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(names, ["the", "bank", "x-2"]);
+    assert_eq!(kept.docs, vec![vec![0, 1, 0], vec![], vec![2, 1]]);
 }

@@ -1,5 +1,7 @@
 //! Pre-trained static word vectors in the word2vec / GloVe text format:
-//! `word v1 v2 ...` per line, with an optional `count dim` header line.
+//! `word v1 v2 ...` per line, with an optional `count dim` header line,
+//! or sparse rows `word index:value ...` (indices from 0) under the header,
+//! as `brisk senses export` writes them.
 //! Frozen.
 //!
 //! Lookup: the word as written, then lowercased (GloVe's vocabulary is
@@ -43,6 +45,8 @@ impl StaticVectors {
             Box::new(file)
         };
         let mut dim = None;
+        // The word2vec header's width; sparse rows (`index:value`) need it.
+        let mut header_dim = None;
         let mut index = HashMap::new();
         let mut values = Vec::new();
         for (i, line) in BufReader::new(reader).lines().enumerate() {
@@ -52,29 +56,52 @@ impl StaticVectors {
             let Some(word) = fields.next() else { continue };
             let rest: Vec<&str> = fields.collect();
             if i == 0 && rest.len() == 1 && word.parse::<usize>().is_ok() {
+                header_dim = rest[0].parse::<usize>().ok();
                 continue; // the word2vec header: count and width
-            }
-            match dim {
-                None => dim = Some(rest.len()),
-                Some(d) if d != rest.len() => {
-                    return Err(at(format!(
-                        "{} values where the first vector has {d}",
-                        rest.len()
-                    )))
-                }
-                _ => {}
             }
             if rest.is_empty() {
                 return Err(at(format!("the word {word:?} has no values")));
             }
+            let sparse = rest[0].contains(':');
+            let width = if sparse {
+                header_dim.ok_or_else(|| {
+                    at("sparse `index:value` rows need the `count dimensions` header line".into())
+                })?
+            } else {
+                rest.len()
+            };
+            match dim {
+                None => dim = Some(width),
+                Some(d) if d != width => {
+                    return Err(at(format!("{width} values where the first vector has {d}")))
+                }
+                _ => {}
+            }
             if !wanted(word) || index.contains_key(word) {
                 continue;
             }
-            for v in &rest {
-                values.push(
-                    v.parse::<f32>()
-                        .map_err(|_| at(format!("{v:?} is not a number")))?,
-                );
+            if sparse {
+                let start = values.len();
+                values.resize(start + width, 0.0);
+                for entry in &rest {
+                    let bad = || at(format!("{entry:?} is not `index:value`"));
+                    let (k, v) = entry.split_once(':').ok_or_else(bad)?;
+                    let k: usize = k.parse().map_err(|_| bad())?;
+                    let v: f32 = v.parse().map_err(|_| bad())?;
+                    if k >= width {
+                        return Err(at(format!(
+                            "index {k} is outside the header's {width} dimensions"
+                        )));
+                    }
+                    values[start + k] = v;
+                }
+            } else {
+                for v in &rest {
+                    values.push(
+                        v.parse::<f32>()
+                            .map_err(|_| at(format!("{v:?} is not a number")))?,
+                    );
+                }
             }
             index.insert(word.to_string(), index.len());
         }
@@ -150,5 +177,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn reads_sparse_rows_under_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("senses.txt");
+        std::fs::write(&path, "2 4\nbank 0:0.25 3:0.75\nriver 1:1.000000\n").unwrap();
+        let v = StaticVectors::read(&path, &|_| true).unwrap();
+        assert_eq!(v.dim, 4);
+        assert_eq!(v.get("bank"), Some(&[0.25, 0.0, 0.0, 0.75][..]));
+        assert_eq!(v.get("river"), Some(&[0.0, 1.0, 0.0, 0.0][..]));
+        for (text, wanted) in [
+            ("bank 0:0.25\n", "header"),
+            ("1 4\nbank 4:0.5\n", "outside"),
+            ("1 4\nbank 1:0.5 2x\n", "index:value"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = StaticVectors::read(&path, &|_| true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(wanted) && err.contains("senses.txt"), "{err}");
+        }
     }
 }

@@ -35,6 +35,10 @@ pub struct CoocConfig {
     pub subsample: f64,
     /// Fewest occurrences for a word to enter the vocabulary.
     pub min_count: u64,
+    /// Drop tokens without a letter (punctuation, numbers) from the text
+    /// before counting, as a corpus prepared for word vectors would; else
+    /// they become senses' top words.
+    pub letters_only: bool,
 }
 
 impl Default for CoocConfig {
@@ -43,6 +47,7 @@ impl Default for CoocConfig {
             window: 5,
             subsample: 1e-5,
             min_count: 100,
+            letters_only: true,
         }
     }
 }

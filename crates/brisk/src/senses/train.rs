@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cooc::{self, CoocConfig, SparseCounts};
 use super::lda::{IterationStats, Lda, LdaConfig};
+use super::pseudo::{self, PseudoConfig};
 use super::vectors::{self, Clusters, PointEstimates, Sparse, VectorSizes, VectorsConfig};
 use crate::corpus::shards::{PreparedCorpus, Split, WordId};
 use crate::corpus::{text, tokenizer, words};
@@ -36,6 +37,8 @@ pub struct SensesConfig {
     pub cooc: CoocConfig,
     pub lda: LdaConfig,
     pub vectors: VectorsConfig,
+    /// Pseudo-word disambiguation test data (off unless `pseudo.pairs > 0`).
+    pub pseudo: PseudoConfig,
 }
 
 /// Where the text comes from: a prepared corpus, else text paths.
@@ -57,6 +60,7 @@ impl Default for SensesConfig {
             cooc: CoocConfig::default(),
             lda: LdaConfig::default(),
             vectors: VectorsConfig::default(),
+            pseudo: PseudoConfig::default(),
         }
     }
 }
@@ -73,6 +77,7 @@ impl SensesConfig {
         }
         self.cooc.check()?;
         self.lda.check()?;
+        self.pseudo.check()?;
         self.vectors.sizes(self.lda.topics).map(|_| ())
     }
 
@@ -108,6 +113,33 @@ pub enum Source {
 pub struct Documents {
     pub docs: Vec<Vec<u32>>,
     pub words: Vec<(String, u64)>,
+}
+
+impl Documents {
+    /// The documents with every token that has no letter removed (the
+    /// positions close up, as if the text never held them), and the word
+    /// table without those words, still ranked by frequency.
+    pub fn letters_only(self) -> Documents {
+        let mut new_id = vec![u32::MAX; self.words.len()];
+        let mut words = Vec::new();
+        for (i, (word, count)) in self.words.into_iter().enumerate() {
+            if word.chars().any(char::is_alphabetic) {
+                new_id[i] = words.len() as u32;
+                words.push((word, count));
+            }
+        }
+        let docs = self
+            .docs
+            .into_par_iter()
+            .map(|doc| {
+                doc.into_iter()
+                    .map(|w| new_id[w as usize])
+                    .filter(|&w| w != u32::MAX)
+                    .collect()
+            })
+            .collect();
+        Documents { docs, words }
+    }
 }
 
 /// Reads and splits the source into word documents.
@@ -378,7 +410,21 @@ fn counts(
         return Ok((vocab, matrix, read, kept));
     }
     let start = Instant::now();
-    let documents = read_documents(&config.source())?;
+    let mut documents = read_documents(&config.source())?;
+    if config.cooc.letters_only {
+        documents = documents.letters_only();
+    }
+    if config.pseudo.pairs > 0 {
+        let (training, test) = pseudo::make(documents, &config.pseudo, config.seed)?;
+        documents = training;
+        run::write_json(&out.join(pseudo::TEST_FILE), &test)?;
+        progress(&format!(
+            "{} pseudo-words made, {} held-out instances in {}",
+            test.pairs.len(),
+            test.instances.len(),
+            pseudo::TEST_FILE
+        ));
+    }
     progress(&format!(
         "read {} documents, {} words in {:.1} s",
         documents.docs.len(),
@@ -487,10 +533,12 @@ fn build_vectors(
     let (doc_topics, topic_words) = (lda.doc_topic_matrix(), lda.topic_word_matrix());
     doc_topics.save(&model.join("doc_topics.safetensors"))?;
     topic_words.save(&model.join("topic_words.safetensors"))?;
+    let context_counts = matrix.column_totals();
+    run::write_json(&model.join(super::model::CONTEXT_COUNTS), &context_counts)?;
     let estimates = PointEstimates::new(
         doc_topics,
         &topic_words,
-        &matrix.column_totals(),
+        &context_counts,
         config.lda.alpha,
         config.lda.beta,
     )?;
@@ -502,16 +550,19 @@ fn build_vectors(
         "merged {} senses into {} in {:.1} s",
         sizes.topics, clusters.count, merge_s
     ));
+    // Written last of model/: its presence marks a finished model.
     run::write_json(&model.join("clusters.json"), &clusters)?;
     let word_vectors: Vec<Sparse> = (0..vocab.len())
         .into_par_iter()
         .map(|w| estimates.merged_vector(w, &clusters, sizes.final_nnz))
         .collect();
-    write_vectors(
+    let words: Vec<&str> = vocab.iter().map(|(w, _)| w.as_str()).collect();
+    vectors::write_word2vec(
         &out.join("vectors.txt"),
-        vocab,
+        &words,
         &word_vectors,
         clusters.count,
+        false,
     )?;
     write_senses(&out.join("senses.tsv"), &estimates, &clusters, vocab)?;
     let mean_nnz =
@@ -525,30 +576,11 @@ fn build_vectors(
     })
 }
 
-/// The word2vec text format with sparse rows: a `words dimensions` header,
-/// then `word index:value ...` (indices from 0).
-fn write_vectors(
-    path: &Path,
-    vocab: &[(String, u64)],
-    vectors: &[Sparse],
-    dim: usize,
-) -> Result<()> {
-    let mut text = format!("{} {dim}\n", vocab.len());
-    for ((word, _), v) in vocab.iter().zip(vectors) {
-        text.push_str(word);
-        for (i, x) in v {
-            text.push_str(&format!(" {i}:{x:.6}"));
-        }
-        text.push('\n');
-    }
-    run::write_atomic(path, text.as_bytes())
-}
-
 /// Words shown per merged sense in `senses.tsv`.
 const SENSE_WORDS: usize = 10;
 
 /// One line per merged sense: its number, prior p(c) and most probable
-/// context words (the mixture of its senses' φ, weighted by p(k)).
+/// context words.
 fn write_senses(
     path: &Path,
     estimates: &PointEstimates,
@@ -558,22 +590,8 @@ fn write_senses(
     let lines: Vec<String> = (0..clusters.count)
         .into_par_iter()
         .map(|c| {
-            let mut mixture = vec![0f64; estimates.words];
-            for (k, _) in clusters
-                .of_sense
-                .iter()
-                .enumerate()
-                .filter(|(_, &x)| x as usize == c)
-            {
-                let weight = estimates.sense_prior[k];
-                for (w, m) in mixture.iter_mut().enumerate() {
-                    *m += weight * estimates.phi(k, w);
-                }
-            }
-            let top = vectors::top_normalised(&mixture, SENSE_WORDS);
-            let mut top: Vec<(u32, f32)> = top;
-            top.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let words: Vec<&str> = top
+            let words: Vec<&str> = estimates
+                .cluster_words(clusters, c, SENSE_WORDS)
                 .iter()
                 .map(|&(w, _)| vocab[w as usize].0.as_str())
                 .collect();

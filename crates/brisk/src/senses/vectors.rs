@@ -217,6 +217,39 @@ impl PointEstimates {
         top_normalised(&v, nnz)
     }
 
+    /// Merged sense `c`'s `n` most probable context words: the mixture of
+    /// its senses' φ weighted by p(k), renormalised; most probable first.
+    pub fn cluster_words(&self, clusters: &Clusters, c: usize, n: usize) -> Vec<(u32, f64)> {
+        let mut mixture = vec![0f64; self.words];
+        let mut mass = 0.0;
+        for (k, _) in clusters
+            .of_sense
+            .iter()
+            .enumerate()
+            .filter(|(_, &x)| x as usize == c)
+        {
+            let weight = self.sense_prior[k];
+            mass += weight;
+            let row = &self.phi[k * self.words..(k + 1) * self.words];
+            for (m, &p) in mixture.iter_mut().zip(row) {
+                *m += weight * p as f64;
+            }
+        }
+        let mut order: Vec<usize> = (0..self.words).collect();
+        let n = n.min(self.words);
+        if n < self.words {
+            order.select_nth_unstable_by(n, |&a, &b| {
+                mixture[b].total_cmp(&mixture[a]).then(a.cmp(&b))
+            });
+            order.truncate(n);
+        }
+        order.sort_by(|&a, &b| mixture[b].total_cmp(&mixture[a]).then(a.cmp(&b)));
+        order
+            .into_iter()
+            .map(|w| (w as u32, mixture[w] / mass.max(f64::MIN_POSITIVE)))
+            .collect()
+    }
+
     /// Each sense cut to its `top` most probable words, renormalised:
     /// `(word, probability)` by increasing word.
     pub fn truncated_senses(&self, top: usize) -> Vec<Sparse> {
@@ -246,6 +279,39 @@ pub fn top_normalised(v: &[f64], nnz: usize) -> Sparse {
         .into_iter()
         .map(|i| (i as u32, (v[i] / sum) as f32))
         .collect()
+}
+
+/// The word2vec text format: a `words dimensions` header, then one word
+/// per line with its `dim` values (`dense`) or its non-zeros as
+/// `index:value` (indices from 0).
+pub fn write_word2vec(
+    path: &std::path::Path,
+    words: &[&str],
+    vectors: &[Sparse],
+    dim: usize,
+    dense: bool,
+) -> Result<()> {
+    use std::fmt::Write;
+    let mut text = format!("{} {dim}\n", words.len());
+    let mut row = vec![0f32; if dense { dim } else { 0 }];
+    for (word, v) in words.iter().zip(vectors) {
+        text.push_str(word);
+        if dense {
+            row.fill(0.0);
+            for &(i, x) in v {
+                row[i as usize] = x;
+            }
+            for x in &row {
+                let _ = write!(text, " {x}");
+            }
+        } else {
+            for (i, x) in v {
+                let _ = write!(text, " {i}:{x:.6}");
+            }
+        }
+        text.push('\n');
+    }
+    crate::run::write_atomic(path, text.as_bytes())
 }
 
 /// Jensen–Shannon divergence (natural log, in [0, ln 2]) of two sparse
