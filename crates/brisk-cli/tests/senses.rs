@@ -143,6 +143,13 @@ fn senses_train_counts_samples_and_resumes_to_the_same_state() {
         std::fs::read(run.join("state/topics.u16")).unwrap(),
         "3 + 3 iterations (at 2 then 1 threads) must equal 6 straight"
     );
+    for file in ["vectors.txt", "senses.tsv", "model/clusters.json"] {
+        assert_eq!(
+            std::fs::read(halves.join(file)).unwrap(),
+            std::fs::read(run.join(file)).unwrap(),
+            "{file}: the same vectors, bit for bit, after a resume"
+        );
+    }
     let resumed = std::fs::read_to_string(halves.join("metrics.jsonl")).unwrap();
     assert_eq!(resumed.lines().count(), 6);
 
