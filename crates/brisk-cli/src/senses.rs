@@ -460,13 +460,13 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
             test.pairs.len()
         );
         println!(
-            "{:<28} {:>9} {:>9} {:>15}",
-            "pseudo-word", "instances", "accuracy", "most frequent"
+            "{:<28} {:>9} {:>9} {:>9} {:>14}",
+            "pseudo-word", "instances", "heaviest", "raised", "most frequent"
         );
         for s in &scores {
             println!(
-                "{:<28} {:>9} {:>9.3} {:>15.3}",
-                s.pseudo, s.instances, s.accuracy, s.most_frequent
+                "{:<28} {:>9} {:>9.3} {:>9.3} {:>14.3}",
+                s.pseudo, s.instances, s.accuracy, s.raised_accuracy, s.most_frequent
             );
         }
         run::write_json(&out.join("pseudo_words.json"), &scores)?;
