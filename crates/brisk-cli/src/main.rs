@@ -25,6 +25,7 @@ use brisk::tasks::word_tasks::WordTaskKind;
 
 fn main() -> ExitCode {
     brisk::runtime::keep_freed_memory();
+    brisk::runtime::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

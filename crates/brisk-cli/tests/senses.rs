@@ -315,6 +315,25 @@ fn senses_model_is_read_by_show_similar_infer_export_and_eval() {
         assert!(words.contains(&intruder), "{q} / {a}");
     }
 
+    // Output into a pipe whose reader has gone (`| true`) ends the command
+    // quietly, not with a panic.
+    #[cfg(unix)]
+    {
+        let exe = env!("CARGO_BIN_EXE_brisk");
+        let piped = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "'{exe}' senses similar bank --model run --top 20 | true"
+            ))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&piped.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{err}"
+        );
+    }
     let unknown = read(&["show", "zebra"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(

@@ -25,6 +25,18 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Lets a closed pipe end the process quietly, as it ends other Unix tools
+/// (`brisk senses eval | head`): Rust ignores SIGPIPE, so printing to a
+/// closed pipe would otherwise panic. Call it once, first thing in `main`.
+pub fn exit_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action before any other thread
+    // exists has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Sets up the global rayon pool with `threads` workers (every core when
 /// `None`), with stacks large enough for candle's recursive graph walk.
 pub fn init_pool(threads: Option<usize>) -> Result<(), rayon::ThreadPoolBuildError> {
