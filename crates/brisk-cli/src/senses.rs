@@ -3,7 +3,7 @@
 //! a word's senses, a sense's words, similar words, a word's senses in a
 //! context (WordCtx2Sense), export the vectors and evaluate them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
@@ -481,10 +481,6 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
             out.join("answers.tsv").display()
         );
     }
-    println!("results in {}", display(&out));
+    println!("results in {}", out.display());
     Ok(())
-}
-
-fn display(path: &Path) -> String {
-    path.display().to_string()
 }
