@@ -70,6 +70,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::senses::SensesCommand,
     },
+    /// Loss landscapes of fine-tuning: lines, planes, trajectories,
+    /// layer-wise lines and sharpness (Hao et al., 2019; Li et al., 2018).
+    Landscape {
+        #[command(subcommand)]
+        command: crate::landscape::LandscapeCommand,
+    },
     /// Turn raw text into packed, memory-mapped training shards.
     Corpus {
         #[command(subcommand)]
@@ -277,6 +283,10 @@ pub struct TuningArgs {
     /// still taken on the fly) or U (read, and trained by back-propagation).
     #[arg(long, default_value = "off", value_name = "MODE")]
     pub notes: String,
+    /// Start from a random initialisation of the model's architecture, not
+    /// its pre-trained weights (the from-scratch baseline).
+    #[arg(long)]
+    pub from_scratch: bool,
     /// Where the built-in tasks' files are [default: $BRISK_SHARED_DIR/data/glue, else ../shared/data/glue].
     #[arg(long, value_name = "DIR")]
     pub glue_dir: Option<PathBuf>,

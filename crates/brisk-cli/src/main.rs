@@ -4,6 +4,7 @@
 mod ace;
 mod args;
 mod compare;
+mod landscape;
 mod pretrain;
 mod senses;
 mod tag;
@@ -58,6 +59,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => tune::predict(args),
         Command::Ace(args) => ace::ace(args),
         Command::Senses { command } => senses::run_command(command),
+        Command::Landscape { command } => landscape::run_command(command),
         Command::Tag { command } => tag::run_command(WordTaskKind::Tagging, command),
         Command::Parse { command } => tag::run_command(WordTaskKind::Parsing, command),
         Command::Corpus {

@@ -19,7 +19,7 @@ fn number_list<T: std::str::FromStr>(flag: &str, text: &str) -> anyhow::Result<V
 }
 
 /// The folder of the built-in GLUE tasks' files.
-fn glue_dir(flag: Option<&std::path::Path>) -> std::path::PathBuf {
+pub(crate) fn glue_dir(flag: Option<&std::path::Path>) -> std::path::PathBuf {
     match (flag, std::env::var_os("BRISK_SHARED_DIR")) {
         (Some(dir), _) => dir.to_path_buf(),
         (None, Some(shared)) => std::path::PathBuf::from(shared).join("data/glue"),
@@ -60,6 +60,7 @@ fn recipes(args: &TuningArgs) -> anyhow::Result<(Vec<Recipe>, Vec<u64>)> {
             save_every: args.save_every,
             layer_decay: args.layer_decay,
             notes,
+            from_scratch: args.from_scratch,
             ..Recipe::default()
         })
         .collect();

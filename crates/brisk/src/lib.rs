@@ -14,6 +14,8 @@
 //! - [`encoder`]: a pre-trained encoder (HF or brisk) with its tokenizer:
 //!   text in, hidden states and sentence vectors out;
 //! - [`senses`]: Word2Sense sparse sense embeddings (co-occurrences, LDA);
+//! - [`landscape`]: loss landscapes, trajectories and sharpness of
+//!   fine-tuning;
 //! - [`compare`]: comparisons of runs, their table and HTML report;
 //! - [`run`]: run directories, provenance and atomic writes;
 //! - [`runtime`]: process set-up (thread pool, allocator tuning);
@@ -27,6 +29,7 @@ pub mod embed;
 pub mod encoder;
 pub mod error;
 pub mod hf;
+pub mod landscape;
 pub mod model;
 pub mod plot;
 pub mod pretrain;

@@ -249,6 +249,12 @@ fn draw_legend<DB: DrawingBackend>(
 /// `200.0`), large and tiny magnitudes in short scientific form (`2e14`,
 /// `2.5e14`), and otherwise just the decimals the axis `span` needs.
 pub fn tick_label(value: f64, span: f64) -> String {
+    // A tick meant to be zero, off by rounding (-5.55e-17).
+    let value = if span.is_finite() && value.abs() < span.abs() * 1e-9 {
+        0.0
+    } else {
+        value
+    };
     if value == 0.0 || !value.is_finite() {
         return if value == 0.0 {
             "0".into()
@@ -283,6 +289,7 @@ mod tests {
     #[test]
     fn tick_labels_are_short() {
         assert_eq!(tick_label(2e14, 3e14), "2e14");
+        assert_eq!(tick_label(-5.55e-17, 2.0), "0");
         assert_eq!(tick_label(2.5e14, 3e14), "2.5e14");
         assert_eq!(tick_label(200.0, 2000.0), "200");
         assert_eq!(tick_label(1500.0, 2000.0), "1500");

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::config::{Kernels, ModelConfig, Norm, Position};
@@ -246,6 +246,19 @@ fn read_lowercase(path: &Path) -> Result<bool> {
 /// of `optional` may be missing (they keep their initial values). Other
 /// tensors (a pooler, `position_ids`, another head) are ignored.
 pub fn load_weights(params: &Params, file: &Path, optional: &[&str]) -> Result<()> {
+    let renamed = read_weights(params, file, optional)?;
+    let may_miss = |name: &str| optional.iter().any(|p| name.starts_with(p));
+    params.assign(&renamed, file, may_miss)
+}
+
+/// The tensors of `file` that `params` has, by brisk's (HF BERT) names,
+/// checked as [`load_weights`] checks them; an `optional` one the file
+/// lacks is absent from the map.
+pub fn read_weights(
+    params: &Params,
+    file: &Path,
+    optional: &[&str],
+) -> Result<HashMap<String, Tensor>> {
     let tensors = candle_core::safetensors::load(file, &Device::Cpu)
         .map_err(|e| Error::data(file, format!("not a readable safetensors file: {e}")))?;
     let has_prefix = |p: &str| tensors.keys().any(|k| k.starts_with(p));
@@ -287,5 +300,5 @@ pub fn load_weights(params: &Params, file: &Path, optional: &[&str]) -> Result<(
         }
         renamed.insert(name.to_string(), t.clone());
     }
-    params.assign(&renamed, file, may_miss)
+    Ok(renamed)
 }

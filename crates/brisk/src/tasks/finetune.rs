@@ -56,6 +56,10 @@ pub struct Recipe {
     pub layer_decay: f64,
     /// Whether TNF's notes of a pre-training run take part.
     pub notes: NotesMode,
+    /// Start from a random initialisation of the model's architecture
+    /// instead of its pre-trained weights (the baseline of Hao et al.'s
+    /// landscapes).
+    pub from_scratch: bool,
 }
 
 /// How TNF's notes take part in fine-tuning (`--notes`; the seed's modes).
@@ -180,6 +184,7 @@ impl Default for Recipe {
             save_every: 0,
             layer_decay: 1.0,
             notes: NotesMode::Off,
+            from_scratch: false,
         }
     }
 }
@@ -281,7 +286,9 @@ pub fn finetune(
 
     let mut params = Params::new(Device::Cpu, DType::F32);
     let model = Classifier::new(&mut params, &cfg, task.num_outputs(), &mut Rng::new(seed))?;
-    pre.load_into(&params, &HEAD_PREFIXES)?;
+    if !recipe.from_scratch {
+        pre.load_into(&params, &HEAD_PREFIXES)?;
+    }
     // Mode U's trainable notes come from the run's notes, not its weights.
     let mut notes = TaskNotes::open(recipe.notes, model_dir, &pre.tokenizer, &mut params)?;
     save_weights(&params, &step_dir(out, 0))?;
