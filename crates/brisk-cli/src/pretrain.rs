@@ -16,7 +16,13 @@ use brisk::run::{Existing, RunDir};
 /// checkpoint and returns.
 pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
+/// Installs the Ctrl-C/SIGTERM handler (once per process: a command that
+/// runs others, as `landscape compare-starts` does, may ask again).
 pub(crate) fn install_stop_handler() -> anyhow::Result<()> {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
     ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             eprintln!("\nstopping now, without a checkpoint");

@@ -1,5 +1,6 @@
 //! Charts as SVG files (plotters' SVG backend: text stays text, so no font
-//! is needed).
+//! is needed), and PNG copies of them rendered with resvg (text drawn with
+//! a system font).
 
 use std::path::Path;
 
@@ -63,6 +64,69 @@ pub fn line_chart_svg(
             .map_err(|e| Error::Training(format!("could not draw the chart {title:?}: {e}")))?;
     }
     Ok(svg)
+}
+
+/// The system's fonts, loaded once, with `sans-serif` mapped to a family
+/// that exists; `None` when no usable font is installed.
+fn fonts() -> Option<std::sync::Arc<resvg::usvg::fontdb::Database>> {
+    static FONTS: std::sync::OnceLock<Option<std::sync::Arc<resvg::usvg::fontdb::Database>>> =
+        std::sync::OnceLock::new();
+    FONTS
+        .get_or_init(|| {
+            let mut db = resvg::usvg::fontdb::Database::new();
+            db.load_system_fonts();
+            let families: Vec<String> = db
+                .faces()
+                .flat_map(|f| f.families.iter().map(|(name, _)| name.clone()))
+                .collect();
+            let preferred = [
+                "DejaVu Sans",
+                "Liberation Sans",
+                "Arial",
+                "Noto Sans",
+                "FreeSans",
+            ];
+            let family = preferred
+                .iter()
+                .find(|p| families.iter().any(|f| f == *p))
+                .map(|p| p.to_string())
+                .or_else(|| families.first().cloned())?;
+            db.set_sans_serif_family(family);
+            Some(std::sync::Arc::new(db))
+        })
+        .clone()
+}
+
+/// Renders the SVG file `svg` to a PNG file `png` (atomically). An error
+/// when the SVG does not parse or no system font can draw its text.
+pub fn svg_to_png(svg: &Path, png: &Path) -> Result<()> {
+    let fonts = fonts().ok_or_else(|| {
+        Error::data(
+            png,
+            "not written: no system font to draw text with (install one, e.g. fonts-dejavu); \
+             the SVG is complete",
+        )
+    })?;
+    let text = crate::run::read_text(svg)?;
+    let options = resvg::usvg::Options {
+        fontdb: fonts,
+        ..Default::default()
+    };
+    let tree = resvg::usvg::Tree::from_str(&text, &options)
+        .map_err(|e| Error::data(svg, format!("not a readable SVG: {e}")))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| Error::data(svg, "has an empty canvas"))?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
+    let bytes = pixmap
+        .encode_png()
+        .map_err(|e| Error::data(png, format!("could not encode: {e}")))?;
+    crate::run::write_atomic(png, &bytes)
 }
 
 /// Width of the plotting area, and of one legend row, in pixels.

@@ -13,12 +13,14 @@
 //! - [`project`]: trajectories of checkpoints on a plane (PCA, or Hao et
 //!   al.'s angle- and norm-keeping placement);
 //! - [`sharpness`]: the top Hessian eigenvalue and ε-sharpness;
-//! - [`draw`]: heat maps with contours and trajectories, on one colour scale.
+//! - [`draw`]: heat maps with contours and trajectories, on one colour scale;
+//! - [`report`]: a run's `report.html`.
 
 pub mod draw;
 pub mod grid;
 pub mod probe;
 pub mod project;
+pub mod report;
 pub mod sharpness;
 pub mod space;
 pub mod views;

@@ -8,12 +8,15 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 
+mod compare_starts;
+
 use crate::pretrain::{install_stop_handler, STOP};
 use crate::{init_threads, usage};
 use brisk::landscape::draw::{self, ColourScale, Panel, Track};
 use brisk::landscape::grid::Grid;
 use brisk::landscape::probe::{Objective, Probe, ProbeData, TunedRun};
 use brisk::landscape::project::{self, Projected};
+use brisk::landscape::report;
 use brisk::landscape::sharpness::{sharpness, SharpnessSpec};
 use brisk::landscape::space::{filter_normalised, BiasNorm, Point};
 use brisk::landscape::views::{self, Axis, Sink};
@@ -35,6 +38,9 @@ pub enum LandscapeCommand {
     Layers(LayersArgs),
     /// The top Hessian eigenvalue and ε-sharpness of the train loss.
     Sharpness(SharpnessArgs),
+    /// Fine-tune from a pre-trained model and from a random initialisation
+    /// of its architecture, then compare lines, trajectories and sharpness.
+    CompareStarts(compare_starts::CompareStartsArgs),
 }
 
 /// What every view reads and where it writes.
@@ -62,8 +68,9 @@ pub struct ViewFlags {
     /// Evaluate the train subset only.
     #[arg(long)]
     pub no_dev: bool,
+    /// Examples per evaluation batch.
     #[arg(long, default_value_t = 64, value_name = "N")]
-    pub batch_size: usize,
+    pub eval_batch_size: usize,
     /// Seed of the train sample and of random directions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -191,7 +198,17 @@ pub(crate) fn run_command(command: LandscapeCommand) -> anyhow::Result<()> {
         LandscapeCommand::Trajectory(args) => trajectory(args),
         LandscapeCommand::Layers(args) => layers(args),
         LandscapeCommand::Sharpness(args) => sharpness_command(args),
+        LandscapeCommand::CompareStarts(args) => compare_starts::compare_starts(args),
     }
+}
+
+/// Sets the thread pool once per process (compare-starts runs several views).
+fn init_threads_once(threads: Option<usize>) -> anyhow::Result<()> {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    init_threads(threads)
 }
 
 /// `LO:HI` as an axis of `points` values.
@@ -234,7 +251,7 @@ impl Setup {
         hints: &[Option<&PathBuf>],
         (train_default, dev_default): (usize, usize),
     ) -> anyhow::Result<Setup> {
-        init_threads(flags.threads)?;
+        init_threads_once(flags.threads)?;
         let run_path = match &flags.run {
             Some(r) => r.clone(),
             None => hints
@@ -251,14 +268,14 @@ impl Setup {
             &task_name,
             &crate::tune::glue_dir(flags.glue_dir.as_deref()),
         )?;
-        if flags.batch_size == 0 {
-            return Err(usage("--batch-size must be at least 1"));
+        if flags.eval_batch_size == 0 {
+            return Err(usage("--eval-batch-size must be at least 1"));
         }
         let data = ProbeData {
             train_examples: flags.train_examples.unwrap_or(train_default),
             dev_examples: flags.dev_examples.unwrap_or(dev_default),
             with_dev: !flags.no_dev,
-            batch_size: flags.batch_size,
+            batch_size: flags.eval_batch_size,
             seed: flags.seed,
         };
         let probe = Probe::new(&run, &task, &data)?;
@@ -351,23 +368,31 @@ impl Setup {
         Ok(grid)
     }
 
-    /// Writes `view.json`: the inputs, settings and wall time.
+    /// Writes `view.json` (the inputs, settings and wall time) and
+    /// `report.html`.
     fn finish(&self, view: &str, extra: serde_json::Value) -> anyhow::Result<()> {
         let (train, dev) = self.probe.examples();
-        run::write_json(
-            &self.path("view.json"),
-            &serde_json::json!({
-                "view": view,
-                "run": self.run.dir,
-                "task": self.task.spec.name,
-                "metric": self.probe.metric(),
-                "train_examples": train,
-                "dev_examples": dev,
-                "wall_s": self.started.elapsed().as_secs_f64(),
-                "details": extra,
-            }),
+        let summary = serde_json::json!({
+            "view": view,
+            "run": self.run.dir,
+            "task": self.task.spec.name,
+            "metric": self.probe.metric(),
+            "train_examples": train,
+            "dev_examples": dev,
+            "wall_s": self.started.elapsed().as_secs_f64(),
+            "details": extra,
+        });
+        run::write_json(&self.path("view.json"), &summary)?;
+        let mut facts = Vec::new();
+        report::facts_of(&summary, "", &mut facts);
+        report::write(
+            &self.dir.path,
+            &self.title(&format!("brisk landscape {view}")),
+            &facts,
         )?;
-        println!("{view}: {}", self.dir.path.display());
+        if !self.flags.quiet {
+            eprintln!("{view}: {}", self.dir.path.join("report.html").display());
+        }
         Ok(())
     }
 
