@@ -263,11 +263,18 @@ impl Setup {
                 })?,
         };
         let run = TunedRun::open(&run_path)?;
-        let task_name = flags.task.clone().unwrap_or_else(|| run.task_name.clone());
-        let task = Task::resolve(
-            &task_name,
-            &crate::tune::glue_dir(flags.glue_dir.as_deref()),
-        )?;
+        let glue = crate::tune::glue_dir(flags.glue_dir.as_deref());
+        let task = match &flags.task {
+            Some(name) => Task::resolve(name, &glue)?,
+            None => Task::resolve(&run.task_name, &glue).map_err(|_| {
+                usage(&format!(
+                    "{} was fine-tuned on the task {:?}, which is not built in: \
+                     pass --task with its TOML file",
+                    run.dir.display(),
+                    run.task_name
+                ))
+            })?,
+        };
         if flags.eval_batch_size == 0 {
             return Err(usage("--eval-batch-size must be at least 1"));
         }

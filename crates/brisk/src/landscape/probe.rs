@@ -304,8 +304,14 @@ impl Probe {
         Ok((points, shared))
     }
 
-    /// Mean loss and the metric over `data` at the current point.
+    /// Mean loss and the metric over `data` at the current point (on a
+    /// worker of the pool, as training steps run: its many parallel loops
+    /// then start without a hand-off).
     fn score(&self, data: &Prepared) -> Result<(f64, f64)> {
+        crate::runtime::on_pool(|| self.score_here(data))
+    }
+
+    fn score_here(&self, data: &Prepared) -> Result<(f64, f64)> {
         let mut loss = 0.0;
         let (mut predicted, mut gold) = (Vec::new(), Vec::new());
         for (batch, labels) in &data.batches {
@@ -348,6 +354,13 @@ impl Objective for Probe {
     }
 
     fn gradient(&mut self) -> Result<(f64, Point)> {
+        crate::runtime::on_pool(|| self.gradient_here())
+    }
+}
+
+impl Probe {
+    /// The train loss and its gradient, on the calling thread.
+    fn gradient_here(&self) -> Result<(f64, Point)> {
         let n = self.train.count.max(1) as f64;
         let mut total = Point::zeros(&self.layout);
         let mut loss = 0.0;
