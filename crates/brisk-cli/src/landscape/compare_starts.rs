@@ -112,6 +112,17 @@ pub(crate) fn compare_starts(args: CompareStartsArgs) -> anyhow::Result<()> {
             }
         };
         let done = |view: &str| dir.path.join(format!("{name}-{view}/view.json")).exists();
+        // Ctrl-C: the view saved its grid; stop here, to be resumed.
+        let stopped = || {
+            let stop = super::STOP.load(std::sync::atomic::Ordering::SeqCst);
+            if stop {
+                eprintln!(
+                    "stopped; continue with the same command and --resume --out {}",
+                    dir.path.display()
+                );
+            }
+            stop
+        };
         if !done("line") {
             line(LineArgs {
                 from: None,
@@ -120,6 +131,9 @@ pub(crate) fn compare_starts(args: CompareStartsArgs) -> anyhow::Result<()> {
                 points: args.points,
                 view: flags("line"),
             })?;
+        }
+        if stopped() {
+            return Ok(());
         }
         if !done("trajectory") {
             trajectory(TrajectoryArgs {
@@ -130,6 +144,9 @@ pub(crate) fn compare_starts(args: CompareStartsArgs) -> anyhow::Result<()> {
                 view: flags("trajectory"),
             })?;
         }
+        if stopped() {
+            return Ok(());
+        }
         if !done("sharpness") {
             sharpness_command(SharpnessArgs {
                 at: None,
@@ -139,6 +156,9 @@ pub(crate) fn compare_starts(args: CompareStartsArgs) -> anyhow::Result<()> {
                 ascent_steps: 10,
                 view: flags("sharpness"),
             })?;
+        }
+        if stopped() {
+            return Ok(());
         }
         rows.push(summary_row(&dir.path, name, caption, &tuned)?);
     }

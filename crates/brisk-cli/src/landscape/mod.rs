@@ -335,12 +335,13 @@ impl Setup {
         self.dir.path.join(name)
     }
 
-    /// Fills a grid through `f`, with progress lines and Ctrl-C.
+    /// Fills a grid through `f`, with progress lines and Ctrl-C; `None`
+    /// when Ctrl-C stopped it (saved, to be resumed).
     fn fill(
         &mut self,
         name: &str,
         f: impl FnOnce(&mut Probe, Sink) -> brisk::Result<Grid>,
-    ) -> anyhow::Result<Grid> {
+    ) -> anyhow::Result<Option<Grid>> {
         let path = self.path(&format!("{name}.json"));
         let quiet = self.flags.quiet;
         let mut heartbeat = brisk::progress::Heartbeat::new();
@@ -371,8 +372,9 @@ impl Setup {
                 grid.values.len(),
                 self.dir.path.display()
             );
+            return Ok(None);
         }
-        Ok(grid)
+        Ok(Some(grid))
     }
 
     /// Writes `view.json` (the inputs, settings and wall time) and
@@ -447,9 +449,12 @@ fn line(args: LineArgs) -> anyhow::Result<()> {
     let to = args.to.clone().unwrap_or_else(|| s.run.best());
     let (ends, shared) = s.probe.load_ends(&[&from, &to])?;
     let key = s.key(serde_json::json!({ "from": from, "to": to, "axis": axis }));
-    let grid = s.fill("line", |p, sink| {
+    let Some(grid) = s.fill("line", |p, sink| {
         views::line(p, &ends[0], &ends[1], axis, key, sink)
-    })?;
+    })?
+    else {
+        return Ok(());
+    };
     let metric = s.probe.metric().to_string();
     for measure in ["loss", metric.as_str()] {
         line_chart(
@@ -602,7 +607,7 @@ fn plane(args: PlaneArgs) -> anyhow::Result<()> {
         "kind": dirs.kind, "other": args.other, "center": args.center,
         "bias_norm": format!("{bias_norm:?}"), "axis": axis,
     }));
-    let grid = s.fill("plane", |p, sink| {
+    let Some(grid) = s.fill("plane", |p, sink| {
         views::plane(
             p,
             &dirs.centre,
@@ -611,7 +616,10 @@ fn plane(args: PlaneArgs) -> anyhow::Result<()> {
             key,
             sink,
         )
-    })?;
+    })?
+    else {
+        return Ok(());
+    };
     let marks = |_: &str| -> Overlay {
         let mut marks = vec![("θ₀".to_string(), 0.0, 0.0)];
         if dirs.kind == "finetune" {
@@ -718,9 +726,12 @@ fn trajectory(args: TrajectoryArgs) -> anyhow::Result<()> {
         "plane": args.plane, "other": args.other, "x": xa, "y": ya,
         "checkpoints": checkpoints.iter().map(|(k, _)| k).collect::<Vec<_>>(),
     }));
-    let grid = s.fill("trajectory", |p, sink| {
+    let Some(grid) = s.fill("trajectory", |p, sink| {
         views::plane(p, &origin, (&axes[0], &axes[1]), (xa, ya), key, sink)
-    })?;
+    })?
+    else {
+        return Ok(());
+    };
     let path: Vec<(f64, f64)> = coords.iter().map(|c| (c.x, c.y)).collect();
     let tracks = |_: &str| -> Overlay {
         let first = path[0];
@@ -776,9 +787,12 @@ fn layers(args: LayersArgs) -> anyhow::Result<()> {
     let (ends, shared) = s.probe.load_ends(&[&from, &to])?;
     let groups = views::layer_groups(s.probe.layout());
     let key = s.key(serde_json::json!({ "from": from, "to": to, "axis": axis }));
-    let grid = s.fill("layers", |p, sink| {
+    let Some(grid) = s.fill("layers", |p, sink| {
         views::layers(p, &ends[0], &ends[1], &groups, axis, key, sink)
-    })?;
+    })?
+    else {
+        return Ok(());
+    };
     let metric = s.probe.metric().to_string();
     let mut shown = Vec::new();
     for split in ["train", "dev"] {
