@@ -580,6 +580,11 @@ fn plane(args: PlaneArgs) -> anyhow::Result<()> {
             )))
         }
     };
+    if args.other.is_some() && args.center.is_some() {
+        return Err(usage(
+            "--center is for random planes; a fine-tuning plane (--other) is centred at the run's step 0",
+        ));
+    }
     let default_range = if args.other.is_some() {
         "-0.5:1.5"
     } else {

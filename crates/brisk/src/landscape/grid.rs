@@ -40,8 +40,10 @@ pub fn spaced(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     match n {
         0 => Vec::new(),
         1 => vec![lo],
+        // A weighted mean of the ends, divided last: with round ends the
+        // numerator is exact, so 0.1 comes out as 0.1, not 0.09999999999999998.
         _ => (0..n)
-            .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
+            .map(|i| (lo * (n - 1 - i) as f64 + hi * i as f64) / (n - 1) as f64)
             .collect(),
     }
 }
@@ -198,5 +200,7 @@ mod tests {
     fn spacing_includes_both_ends() {
         assert_eq!(spaced(-0.5, 1.5, 5), vec![-0.5, 0.0, 0.5, 1.0, 1.5]);
         assert_eq!(spaced(2.0, 3.0, 1), vec![2.0]);
+        let fine = spaced(-0.5, 1.5, 21);
+        assert_eq!((fine[4], fine[6], fine[20]), (-0.1, 0.1, 1.5));
     }
 }
