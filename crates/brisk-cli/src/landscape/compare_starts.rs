@@ -17,7 +17,7 @@ use brisk::landscape::draw::{self, ColourScale, Panel, Track};
 use brisk::landscape::grid::Grid;
 use brisk::landscape::report;
 use brisk::plot::{line_chart, Series, PALETTE};
-use brisk::run::{self, read_json, Existing, RunDir};
+use brisk::run::{self, read_json, RunDir};
 use brisk::tasks::{Recipe, Task};
 
 #[derive(Debug, Args)]
@@ -88,14 +88,7 @@ pub(crate) fn compare_starts(args: CompareStartsArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| run::default_run_path("landscape-compare-starts", &task.spec.name));
-    let existing = if v.force {
-        Existing::Overwrite
-    } else if v.resume {
-        Existing::Resume
-    } else {
-        Existing::Refuse
-    };
-    let dir = RunDir::create(&out, existing)?;
+    let dir = RunDir::create(&out, super::existing(v))?;
     dir.write_provenance()?;
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
@@ -296,11 +289,8 @@ fn summary_row(
     let metric = line["metric"].as_str().unwrap_or("accuracy").to_string();
     let grid: Grid = read_json(&root.join(format!("{name}-line/line.json")))?;
     let at = |measure: &str, alpha: f64| -> f64 {
-        let ix = grid.x.iter().position(|&x| (x - alpha).abs() < 1e-9);
-        match (grid.measure(measure), ix) {
-            (Some(m), Some(ix)) => grid.at(m, ix, 0),
-            _ => f64::NAN,
-        }
+        grid.measure(measure)
+            .map_or(f64::NAN, |m| grid.at_x(m, alpha, 0))
     };
     let r = &sharp["details"]["result"];
     Ok(serde_json::json!({
@@ -387,9 +377,7 @@ fn draw_comparison(root: &Path, task: &str) -> anyhow::Result<()> {
                     title: format!("{caption}: {split} loss"),
                     x: grid.x.clone(),
                     y: grid.y.clone(),
-                    z: (0..grid.values.len())
-                        .map(|i| grid.at(m, i % grid.x.len(), i / grid.x.len()))
-                        .collect(),
+                    z: grid.surface(m),
                     tracks: vec![Track {
                         name: "checkpoints".into(),
                         points: points.clone(),

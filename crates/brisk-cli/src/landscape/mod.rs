@@ -227,6 +227,17 @@ fn parse_axis(flag: &str, text: &str, points: usize) -> anyhow::Result<Axis> {
     }
 }
 
+/// What `--force` and `--resume` make of an existing run directory.
+fn existing(flags: &ViewFlags) -> Existing {
+    if flags.force {
+        Existing::Overwrite
+    } else if flags.resume {
+        Existing::Resume
+    } else {
+        Existing::Refuse
+    }
+}
+
 /// The fine-tuning run folder holding `path` (a checkpoint inside it).
 fn run_holding(path: &Path) -> Option<PathBuf> {
     path.ancestors()
@@ -289,14 +300,7 @@ impl Setup {
         let out = flags.out.clone().unwrap_or_else(|| {
             run::default_run_path(&format!("landscape-{view}"), &task.spec.name)
         });
-        let existing = if flags.force {
-            Existing::Overwrite
-        } else if flags.resume {
-            Existing::Resume
-        } else {
-            Existing::Refuse
-        };
-        let dir = RunDir::create(&out, existing)?;
+        let dir = RunDir::create(&out, existing(flags))?;
         dir.write_provenance()?;
         install_stop_handler()?;
         let (train, dev) = probe.examples();
@@ -550,9 +554,7 @@ fn draw_surfaces(
         .iter()
         .filter_map(|split| {
             let m = grid.measure(&format!("{split}_{measure}"))?;
-            let z = (0..grid.values.len())
-                .map(|i| grid.at(m, i % grid.x.len(), i / grid.x.len()))
-                .collect();
+            let z = grid.surface(m);
             let (tracks, marks) = tracks(split);
             Some(Panel {
                 title: format!("{split} {measure}"),
@@ -836,14 +838,6 @@ fn layers(args: LayersArgs) -> anyhow::Result<()> {
         }
     }
     // The change in loss when a group goes back to its start (α = 0).
-    let at = |m: usize, iy: usize, alpha: f64| {
-        let ix = grid
-            .x
-            .iter()
-            .position(|&x| (x - alpha).abs() < 1e-9)
-            .unwrap_or(0);
-        grid.at(m, ix, iy)
-    };
     let reverted: Vec<serde_json::Value> = match grid.measure("train_loss") {
         Some(m) => grid
             .y_names
@@ -853,8 +847,8 @@ fn layers(args: LayersArgs) -> anyhow::Result<()> {
                 serde_json::json!({
                     "group": n,
                     "displacement_norm": ends[1].minus(&ends[0]).only_groups(&groups[iy].1).norm(),
-                    "train_loss_fine_tuned": at(m, iy, 1.0),
-                    "train_loss_reverted": at(m, iy, 0.0),
+                    "train_loss_fine_tuned": grid.at_x(m, 1.0, iy),
+                    "train_loss_reverted": grid.at_x(m, 0.0, iy),
                 })
             })
             .collect(),

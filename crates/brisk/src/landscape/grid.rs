@@ -111,6 +111,22 @@ impl Grid {
             .unwrap_or(f64::NAN)
     }
 
+    /// The value `measure` at the column whose x is `x`, row `iy` (NaN when
+    /// the grid has no such column or the point is missing).
+    pub fn at_x(&self, measure: usize, x: f64, iy: usize) -> f64 {
+        match self.x.iter().position(|&v| (v - x).abs() < 1e-9) {
+            Some(ix) => self.at(measure, ix, iy),
+            None => f64::NAN,
+        }
+    }
+
+    /// Every point's value of `measure`, row-major (NaN where missing).
+    pub fn surface(&self, measure: usize) -> Vec<f64> {
+        (0..self.values.len())
+            .map(|i| self.at(measure, i % self.x.len(), i / self.x.len()))
+            .collect()
+    }
+
     /// The index of the measure named `name`.
     pub fn measure(&self, name: &str) -> Option<usize> {
         self.measures.iter().position(|m| m == name)
