@@ -8,7 +8,8 @@
 //! ε-sharpness is `100 · max_{y ∈ C} (L(θ + y) − L(θ)) / (1 + L(θ))` over
 //! the box `|yᵢ| ≤ ε(|θᵢ| + 1)`; Keskar et al. maximise with L-BFGS-B,
 //! brisk with projected sign-gradient ascent (the steepest ascent for a
-//! box), keeping the largest loss seen: like theirs, a lower bound.
+//! box; a step that lowers the loss is undone and the step halved),
+//! keeping the largest loss seen: like theirs, a lower bound.
 
 use serde::Serialize;
 
@@ -169,12 +170,27 @@ fn epsilon_box_ascent(
     for x in y.groups.iter_mut().flatten() {
         *x *= (2.0 * rng.unit() - 1.0) as f32;
     }
-    let mut best = base_loss;
+    // The best point so far, its loss and gradient: a step that lowers the
+    // loss goes back there and halves the step, so the ascent cannot
+    // bounce between two corners for good.
+    let mut best: Option<(f64, Point, Point)> = None;
+    let mut step_size = 0.5f32;
     for step in 0..=spec.ascent_steps {
         objective.move_to(at, &[(1.0, &y)])?;
         let (loss, grad) = objective.gradient()?;
         *passes += 1;
-        best = best.max(loss);
+        let grad = match best.take() {
+            Some((best_loss, best_y, best_grad)) if loss < best_loss => {
+                y = best_y.clone();
+                step_size *= 0.5;
+                best = Some((best_loss, best_y, best_grad.clone()));
+                best_grad
+            }
+            _ => {
+                best = Some((loss, y.clone(), grad.clone()));
+                grad
+            }
+        };
         if step == spec.ascent_steps {
             break;
         }
@@ -183,15 +199,16 @@ fn epsilon_box_ascent(
             step + 1,
             spec.ascent_steps
         ));
-        // Half the box per step: a corner is at most four steps away.
+        // Half the box per step at first: a corner is at most four steps away.
         for ((yg, gg), bg) in y.groups.iter_mut().zip(&grad.groups).zip(&bound.groups) {
             for ((yi, &gi), &bi) in yg.iter_mut().zip(gg).zip(bg) {
                 if gi != 0.0 {
-                    *yi = (*yi + 0.5 * bi * gi.signum()).clamp(-bi, bi);
+                    *yi = (*yi + step_size * bi * gi.signum()).clamp(-bi, bi);
                 }
             }
         }
     }
+    let best = best.map_or(base_loss, |(loss, _, _)| loss.max(base_loss));
     objective.move_to(at, &[])?;
     Ok((base_loss, best))
 }
