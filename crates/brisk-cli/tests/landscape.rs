@@ -130,7 +130,7 @@ fn every_view_runs_on_a_fine_tuned_model_and_bad_input_is_refused() {
     );
     // ... but one made from other settings is not mixed in.
     let out = view(&[
-        "line", "--to", r1, "--points", "7", "--out", "line", "--resume",
+        "line", "--to", r1, "--points", "9", "--out", "line", "--resume",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("other inputs"), "{}", stderr(&out));
@@ -164,7 +164,9 @@ fn every_view_runs_on_a_fine_tuned_model_and_bad_input_is_refused() {
     assert_eq!(path.as_array().unwrap().len(), 4, "steps 0, 2, 4, 6");
 
     // Layers: one row per group (embeddings, 6 layers, head).
-    let out = view(&["layers", "--run", r1, "--points", "3", "--out", "layers"]);
+    let out = view(&[
+        "layers", "--run", r1, "--range", "0:1", "--points", "3", "--out", "layers",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let grid = json(&d.join("layers/layers.json"));
     assert_eq!(
@@ -192,7 +194,7 @@ fn every_view_runs_on_a_fine_tuned_model_and_bad_input_is_refused() {
     assert!(s["epsilon_sharpness"].as_f64().unwrap() >= 0.0);
 
     // Bad input: a clear message, a usage or data exit code, no directory.
-    let cases: [(&[&str], &str, i32); 4] = [
+    let cases: [(&[&str], &str, i32); 5] = [
         (&["line", "--run", "nowhere", "--out", "bad1"], "nowhere", 1),
         (
             &["line", "--run", r1, "--range", "2:1", "--out", "bad2"],
@@ -205,6 +207,11 @@ fn every_view_runs_on_a_fine_tuned_model_and_bad_input_is_refused() {
             2,
         ),
         (&["line", "--out", "bad4"], "--run", 2),
+        (
+            &["layers", "--run", r1, "--points", "11", "--out", "bad5"],
+            "misses α = 0 or α = 1",
+            2,
+        ),
     ];
     for (args, message, code) in cases {
         let out = view(args);
@@ -216,4 +223,93 @@ fn every_view_runs_on_a_fine_tuned_model_and_bad_input_is_refused() {
             "{args:?} left its directory"
         );
     }
+}
+
+#[test]
+fn compare_starts_fine_tunes_both_starts_and_reports_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_task(d);
+    let model = minilm_dir();
+    let args = [
+        "landscape",
+        "compare-starts",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "toy.toml",
+        "--lr",
+        "1e-4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "16",
+        "--checkpoints",
+        "3",
+        "--grid",
+        "3",
+        "--points",
+        "5",
+        "--iterations",
+        "2",
+        "--train-examples",
+        "8",
+        "--dev-examples",
+        "4",
+        "--out",
+        "cmp",
+        "--quiet",
+    ];
+    let out = brisk(&args, d);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = json(&d.join("cmp/summary.json"));
+    let starts = summary["starts"].as_array().unwrap();
+    assert_eq!(starts.len(), 2);
+    for (s, name) in starts.iter().zip(["pretrained", "scratch"]) {
+        assert_eq!(s["start"], name);
+        // The dev score is the fine-tuning run's own best.
+        let result = json(&d.join("cmp").join(name).join("result.json"));
+        assert_eq!(s["dev"], result["dev"]["accuracy"], "{result}");
+        for key in ["top_eigenvalue", "epsilon_sharpness", "distance"] {
+            assert!(s[key].as_f64().unwrap().is_finite(), "{name} {key}: {s}");
+        }
+        // α = 0 and 1 are on the line: the ends' losses are read there.
+        assert!(s["train_loss_start"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    for file in [
+        "compare-line-loss.png",
+        "compare-trajectory-train-loss.png",
+        "compare-trajectory-dev-loss.svg",
+        "report.html",
+    ] {
+        assert!(d.join("cmp").join(file).exists(), "{file}");
+    }
+    // A finished comparison resumes without training again.
+    let mut again = args.to_vec();
+    again.push("--resume");
+    let before = std::fs::metadata(d.join("cmp/scratch/result.json"))
+        .and_then(|m| m.modified())
+        .unwrap();
+    let out = brisk(&again, d);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&d.join("cmp/summary.json"))["starts"],
+        summary["starts"]
+    );
+    let after = std::fs::metadata(d.join("cmp/scratch/result.json"))
+        .and_then(|m| m.modified())
+        .unwrap();
+    assert_eq!(before, after, "the random start was fine-tuned again");
+    // A line that misses α = 1 is refused before anything is trained.
+    let mut bad = args.to_vec();
+    let out_at = bad.len() - 2;
+    bad[out_at] = "cmp-bad";
+    let p = bad.iter().position(|&a| a == "--points").unwrap();
+    bad[p + 1] = "4";
+    let out = brisk(&bad, d);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("misses α = 0 or α = 1"));
+    assert!(!d.join("cmp-bad").exists());
 }

@@ -59,6 +59,9 @@ pub struct CompareStartsArgs {
     pub view: ViewFlags,
 }
 
+/// The range of α of both lines.
+const LINE_RANGE: &str = "-0.5:1.5";
+
 /// The two starts: folder name, caption, whether random.
 const STARTS: [(&str, &str, bool); 2] = [
     ("pretrained", "pre-trained start", false),
@@ -81,6 +84,7 @@ pub(crate) fn compare_starts(args: CompareStartsArgs) -> anyhow::Result<()> {
             "--epochs, --batch-size and --checkpoints must be at least 1",
         ));
     }
+    super::parse_alpha_axis(LINE_RANGE, args.points)?;
     super::init_threads_once(v.threads)?;
     let task = Task::resolve(&task_name, &crate::tune::glue_dir(v.glue_dir.as_deref()))?;
     brisk::encoder::Pretrained::open(&args.model)?;
@@ -120,7 +124,7 @@ pub(crate) fn compare_starts(args: CompareStartsArgs) -> anyhow::Result<()> {
             line(LineArgs {
                 from: None,
                 to: None,
-                range: "-0.5:1.5".into(),
+                range: LINE_RANGE.into(),
                 points: args.points,
                 view: flags("line"),
             })?;

@@ -212,6 +212,20 @@ fn init_threads_once(threads: Option<usize>) -> anyhow::Result<()> {
 }
 
 /// `LO:HI` as an axis of `points` values.
+/// The α axis of a line or of the layer curves, which must hold both ends
+/// (α = 0 and 1): the lines' numbers are read there.
+fn parse_alpha_axis(text: &str, points: usize) -> anyhow::Result<Axis> {
+    let axis = parse_axis("--range", text, points)?;
+    if axis.has(0.0) && axis.has(1.0) {
+        Ok(axis)
+    } else {
+        Err(usage(&format!(
+            "--range {text} with --points {points} misses α = 0 or α = 1 (the two ends); \
+             choose --points so that the spacing divides 1 (for -0.5:1.5: 5, 9, 21 or 41)"
+        )))
+    }
+}
+
 fn parse_axis(flag: &str, text: &str, points: usize) -> anyhow::Result<Axis> {
     let parsed = text
         .split_once(':')
@@ -442,7 +456,7 @@ fn split_series<'a>(grid: &Grid, measure: &str, row: usize) -> Vec<Series<'a>> {
 }
 
 fn line(args: LineArgs) -> anyhow::Result<()> {
-    let axis = parse_axis("--range", &args.range, args.points)?;
+    let axis = parse_alpha_axis(&args.range, args.points)?;
     let mut s = Setup::open(
         "line",
         &args.view,
@@ -782,7 +796,7 @@ fn trajectory(args: TrajectoryArgs) -> anyhow::Result<()> {
 }
 
 fn layers(args: LayersArgs) -> anyhow::Result<()> {
-    let axis = parse_axis("--range", &args.range, args.points)?;
+    let axis = parse_alpha_axis(&args.range, args.points)?;
     let mut s = Setup::open(
         "layers",
         &args.view,

@@ -20,6 +20,11 @@ impl Axis {
     pub fn values(&self) -> Vec<f64> {
         spaced(self.lo, self.hi, self.points)
     }
+
+    /// Whether `x` is one of the axis's values.
+    pub fn has(&self, x: f64) -> bool {
+        self.values().iter().any(|&v| (v - x).abs() < 1e-9)
+    }
 }
 
 /// Where a view saves its grid, how often, who hears progress, and what
