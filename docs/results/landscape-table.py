@@ -4,6 +4,7 @@ outputs: python3 docs/results/landscape-table.py runs/landscape-*/ (run
 directories of `brisk landscape compare-starts`; a `START-layers` view
 inside one, if there, adds the layer table)."""
 import csv
+import datetime
 import json
 import math
 import os
@@ -41,6 +42,13 @@ def layer_costs(path):
     return [(n, row(j, i0) - row(j, i1)) for j, n in enumerate(names)]
 
 
+def wall_s(folder, last):
+    """A step's wall time: from its provenance's start to its last file."""
+    start = json.load(open(os.path.join(folder, "provenance.json")))["start_time"]
+    t0 = datetime.datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+    return os.path.getmtime(os.path.join(folder, last)) - t0
+
+
 def main(dirs):
     print("| run | start | dev | train loss start → end | distance | top eigenvalue | ε-sharpness | train/dev r | minima apart |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -55,13 +63,31 @@ def main(dirs):
             lp = os.path.join(d, st["start"] + "-layers", "layers.json")
             if os.path.exists(lp) and None not in json.load(open(lp))["values"]:
                 layers.append((os.path.basename(d.rstrip("/")) + " " + st["start"], layer_costs(lp)))
-    if layers:
-        names = [n for n, _ in layers[0][1]]
+    print()
+    print("| run | start | fine-tune | line | trajectory | sharpness | layers |")
+    print("|---|---|---|---|---|---|---|")
+    for d in dirs:
+        for st in json.load(open(os.path.join(d, "summary.json")))["starts"]:
+            name = st["start"]
+            ft = os.path.join(d, name)
+            # Fine-tuning: from its step-0 checkpoint to its result.
+            cells = [os.path.getmtime(os.path.join(ft, "result.json"))
+                     - os.path.getmtime(os.path.join(ft, "checkpoints", "step-000000", "model.safetensors"))]
+            for view in ["line", "trajectory", "sharpness", "layers"]:
+                f = os.path.join(d, f"{name}-{view}")
+                done = os.path.exists(os.path.join(f, "report.html"))
+                cells.append(wall_s(f, "report.html") if done else None)
+            print(f"| {os.path.basename(d.rstrip('/'))} | {name} | "
+                  + " | ".join("-" if c is None else f"{c:.0f} s" for c in cells) + " |")
+    # One layer table per architecture (the groups differ).
+    shapes = {}
+    for run, costs in layers:
+        shapes.setdefault(tuple(n for n, _ in costs), []).append((run, costs))
+    for names, rows in shapes.items():
         print()
         print("| run | " + " | ".join(names) + " |")
         print("|---|" + "---|" * len(names))
-        for run, costs in layers:
+        for run, costs in rows:
             print(f"| {run} | " + " | ".join(f"{c:+.4f}" for _, c in costs) + " |")
-
 
 main(sys.argv[1:])
