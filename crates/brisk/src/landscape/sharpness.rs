@@ -170,45 +170,47 @@ fn epsilon_box_ascent(
     for x in y.groups.iter_mut().flatten() {
         *x *= (2.0 * rng.unit() - 1.0) as f32;
     }
-    // The best point so far, its loss and gradient: a step that lowers the
-    // loss goes back there and halves the step, so the ascent cannot
-    // bounce between two corners for good.
-    let mut best: Option<(f64, Point, Point)> = None;
+    // Every step starts from the best point so far (its loss, offset and
+    // gradient); a step that lowers the loss halves the step size, so the
+    // ascent cannot bounce between two corners for good.
+    objective.move_to(at, &[(1.0, &y)])?;
+    let (loss, grad) = objective.gradient()?;
+    *passes += 1;
+    let mut best = (loss, y, grad);
     let mut step_size = 0.5f32;
-    for step in 0..=spec.ascent_steps {
+    for step in 0..spec.ascent_steps {
+        progress(&format!(
+            "ε-box ascent {}/{}: loss {:.5}",
+            step + 1,
+            spec.ascent_steps,
+            best.0
+        ));
+        let y = sign_step(&best.1, &best.2, &bound, step_size);
         objective.move_to(at, &[(1.0, &y)])?;
         let (loss, grad) = objective.gradient()?;
         *passes += 1;
-        let grad = match best.take() {
-            Some((best_loss, best_y, best_grad)) if loss < best_loss => {
-                y = best_y.clone();
-                step_size *= 0.5;
-                best = Some((best_loss, best_y, best_grad.clone()));
-                best_grad
-            }
-            _ => {
-                best = Some((loss, y.clone(), grad.clone()));
-                grad
-            }
-        };
-        if step == spec.ascent_steps {
-            break;
+        if loss < best.0 {
+            step_size *= 0.5;
+        } else {
+            best = (loss, y, grad);
         }
-        progress(&format!(
-            "ε-box ascent {}/{}: loss {loss:.5}",
-            step + 1,
-            spec.ascent_steps
-        ));
-        // Half the box per step at first: a corner is at most four steps away.
-        for ((yg, gg), bg) in y.groups.iter_mut().zip(&grad.groups).zip(&bound.groups) {
-            for ((yi, &gi), &bi) in yg.iter_mut().zip(gg).zip(bg) {
-                if gi != 0.0 {
-                    *yi = (*yi + step_size * bi * gi.signum()).clamp(-bi, bi);
-                }
+    }
+    let best = best.0.max(base_loss);
+    objective.move_to(at, &[])?;
+    Ok((base_loss, best))
+}
+
+/// `y` moved by `size` of the box's half-width along the gradient's sign,
+/// clamped to the box (half the box at first: a corner is at most four
+/// steps away).
+fn sign_step(y: &Point, grad: &Point, bound: &Point, size: f32) -> Point {
+    let mut next = y.clone();
+    for ((yg, gg), bg) in next.groups.iter_mut().zip(&grad.groups).zip(&bound.groups) {
+        for ((yi, &gi), &bi) in yg.iter_mut().zip(gg).zip(bg) {
+            if gi != 0.0 {
+                *yi = (*yi + size * bi * gi.signum()).clamp(-bi, bi);
             }
         }
     }
-    let best = best.map_or(base_loss, |(loss, _, _)| loss.max(base_loss));
-    objective.move_to(at, &[])?;
-    Ok((base_loss, best))
+    next
 }
