@@ -1,11 +1,12 @@
 //! `brisk compare` (pre-train variants of one config side by side) and
 //! `brisk report` (the HTML page for any set of runs).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use brisk::compare::{parse_variants, report, Comparison, RunRecord, Variant};
 use brisk::config::{self, Config, ConfigSource};
+use brisk::corpus::shards::PreparedCorpus;
 use brisk::pretrain::objective::step_flops;
 use brisk::run::{Existing, RunDir};
 use brisk::train::pretrain::{check_options, pretrain, Ending, Options};
@@ -13,7 +14,8 @@ use brisk::train::schedule::Budget;
 
 use crate::args::{CompareArgs, ReportArgs};
 use crate::pretrain::{
-    install_stop_handler, open_corpus, pretrain_flag_sets, print_summary, resume_config, STOP,
+    install_stop_handler, open_corpus, pretrain_flag_sets, print_summary, rank_inputs,
+    resume_config, STOP,
 };
 use crate::{create_run, init_threads, resolve_config, usage};
 
@@ -57,7 +59,8 @@ fn variant_config(dir: &Path, variant: &Variant) -> anyhow::Result<Config> {
         sets: variant.sets.clone(),
     })
     .with_context(|| format!("variant {}", variant.name))?;
-    check_options(&config).with_context(|| format!("variant {}", variant.name))?;
+    check_options(&config, crate::dist::group().world())
+        .with_context(|| format!("variant {}", variant.name))?;
     Ok(config)
 }
 
@@ -86,8 +89,87 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let train = &args.train;
     init_threads(train.job.threads)?;
     let variants = parse_variants(&args.variants)?;
+    let root = crate::dist::rank() == 0;
+    let quiet = train.quiet || !root;
+    // Rank 0 sets the comparison up; every rank trains each variant.
+    let mut opened = None;
+    let (tomls, dir) = crate::dist::from_root(|| {
+        let (configs, dir, prepared) = set_up(&args, &variants)?;
+        let shared = (
+            configs.iter().map(Config::to_toml).collect::<Vec<_>>(),
+            dir.clone(),
+        );
+        opened = Some((configs, prepared));
+        Ok(shared)
+    })?;
+    let (configs, prepared) = match opened {
+        Some(opened) => opened,
+        None => {
+            // Every variant reads the comparison's one corpus.
+            let first = tomls.first().context("a comparison needs a variant")?;
+            let (_, prepared) = rank_inputs(first, &dir)?;
+            let configs = tomls
+                .iter()
+                .map(|text| toml::from_str(text).context("reading rank 0's variant configs"))
+                .collect::<anyhow::Result<Vec<Config>>>()?;
+            (configs, prepared)
+        }
+    };
+    install_stop_handler()?;
+    for (variant, config) in variants.iter().zip(&configs) {
+        let path = dir.join(&variant.name);
+        let resume = crate::dist::from_root(|| {
+            open_variant(&path, config, &prepared, &variant.name, quiet)
+        })?;
+        let Some(resume) = resume else {
+            continue;
+        };
+        let options = Options {
+            resume,
+            verbose: !quiet,
+            stop: &STOP,
+            collective: crate::dist::group(),
+        };
+        let summary = brisk::runtime::on_pool(|| pretrain(config, &prepared, &path, &options))?;
+        if !quiet {
+            print_summary(&summary, &path);
+        }
+        if summary.ending == Ending::Interrupted {
+            if root {
+                println!(
+                    "comparison interrupted; continue with:  brisk compare --out {} --resume",
+                    dir.display()
+                );
+            }
+            return Ok(());
+        }
+    }
+    if !root {
+        return Ok(());
+    }
+    let records = variants
+        .iter()
+        .map(|v| RunRecord::open(&dir.join(&v.name)))
+        .collect::<brisk::Result<Vec<_>>>()?;
+    let comparison = Comparison::of(&records);
+    let table = comparison.markdown();
+    brisk::run::write_atomic(&dir.join("comparison.md"), table.as_bytes())?;
+    brisk::run::write_json(&dir.join("comparison.json"), &comparison)?;
+    let page = dir.join("report.html");
+    report::write(&records, &page)?;
+    println!("\n{table}");
+    println!("report: {}", page.display());
+    Ok(())
+}
+
+/// The comparison's directory (new or resumed), its prepared corpus and
+/// every variant's checked config.
+fn set_up(
+    args: &CompareArgs,
+    variants: &[Variant],
+) -> anyhow::Result<(Vec<Config>, PathBuf, PreparedCorpus)> {
+    let train = &args.train;
     let flag_sets = pretrain_flag_sets(train);
-    let quiet = train.quiet;
     let (mut base, dir) = if train.resume {
         let (config, out) = resume_config(&train.job, flag_sets, "comparison")?;
         (config, RunDir::create(&out, Existing::Resume)?)
@@ -96,10 +178,10 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         let dir = create_run(&train.job, "compare", &config)?;
         (config, dir)
     };
-    check_options(&base)?;
+    check_options(&base, crate::dist::group().world())?;
     // One prepared corpus, so every variant reads the same sequences in the
     // same order.
-    let prepared = open_corpus(&mut base, &dir.path, quiet)?;
+    let prepared = open_corpus(&mut base, &dir.path, train.quiet)?;
     let corpus = std::fs::canonicalize(&prepared.dir)
         .with_context(|| format!("resolving {}", prepared.dir.display()))?;
     base.data.corpus = corpus.display().to_string();
@@ -117,64 +199,44 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     if args.equal_flops {
         equalise_flops(&mut configs, prepared.manifest.seq_len)?;
     }
-    install_stop_handler()?;
-    for (variant, config) in variants.iter().zip(&configs) {
-        let path = dir.path.join(&variant.name);
-        let resume = match progress_of(&path, config, prepared.manifest.seq_len)? {
-            Progress::Done => {
-                if !quiet {
-                    eprintln!("{}: finished earlier, skipped", variant.name);
-                }
-                continue;
+    Ok((configs, dir.path, prepared))
+}
+
+/// Opens variant `name`'s run directory at `path`: `Some(resume)` to train
+/// it, `None` when it finished earlier.
+fn open_variant(
+    path: &Path,
+    config: &Config,
+    prepared: &PreparedCorpus,
+    name: &str,
+    quiet: bool,
+) -> anyhow::Result<Option<bool>> {
+    let resume = match progress_of(path, config, prepared.manifest.seq_len)? {
+        Progress::Done => {
+            if !quiet {
+                eprintln!("{name}: finished earlier, skipped");
             }
-            Progress::Partial => true,
-            Progress::Fresh => false,
-        };
-        let run = if resume {
-            RunDir::create(&path, Existing::Resume)?
-        } else {
-            RunDir::create(&path, Existing::Overwrite)?
-        };
-        run.write_config(config)?;
-        if resume {
-            run.append_resumed_provenance()?;
-        } else {
-            run.write_provenance()?;
+            return Ok(None);
         }
-        if !quiet {
-            let how = if resume { "resuming" } else { "training" };
-            eprintln!("\n{how} variant {} in {}", variant.name, run.path.display());
-        }
-        let options = Options {
-            resume,
-            verbose: !quiet,
-            stop: &STOP,
-        };
-        let summary = brisk::runtime::on_pool(|| pretrain(config, &prepared, &run.path, &options))?;
-        if !quiet {
-            print_summary(&summary, &run.path);
-        }
-        if summary.ending == Ending::Interrupted {
-            println!(
-                "comparison interrupted; continue with:  brisk compare --out {} --resume",
-                dir.path.display()
-            );
-            return Ok(());
-        }
+        Progress::Partial => true,
+        Progress::Fresh => false,
+    };
+    let run = if resume {
+        RunDir::create(path, Existing::Resume)?
+    } else {
+        RunDir::create(path, Existing::Overwrite)?
+    };
+    run.write_config(config)?;
+    if resume {
+        run.append_resumed_provenance()?;
+    } else {
+        run.write_provenance()?;
     }
-    let records = variants
-        .iter()
-        .map(|v| RunRecord::open(&dir.path.join(&v.name)))
-        .collect::<brisk::Result<Vec<_>>>()?;
-    let comparison = Comparison::of(&records);
-    let table = comparison.markdown();
-    brisk::run::write_atomic(&dir.path.join("comparison.md"), table.as_bytes())?;
-    brisk::run::write_json(&dir.path.join("comparison.json"), &comparison)?;
-    let page = dir.path.join("report.html");
-    report::write(&records, &page)?;
-    println!("\n{table}");
-    println!("report: {}", page.display());
-    Ok(())
+    if !quiet {
+        let how = if resume { "resuming" } else { "training" };
+        eprintln!("\n{how} variant {name} in {}", run.path.display());
+    }
+    Ok(Some(resume))
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {

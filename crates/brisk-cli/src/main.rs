@@ -4,6 +4,7 @@
 mod ace;
 mod args;
 mod compare;
+mod dist;
 mod landscape;
 mod pretrain;
 mod senses;
@@ -28,24 +29,45 @@ fn main() -> ExitCode {
     brisk::runtime::keep_freed_memory();
     brisk::runtime::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
-    match dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = dist::init().and_then(|()| dispatch(cli));
+    match outcome {
+        Ok(()) => {
+            dist::finish();
+            ExitCode::SUCCESS
+        }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let usage = err
+                .downcast_ref::<brisk::Error>()
+                .is_some_and(brisk::Error::is_usage);
+            // Usage errors are the same on every rank: rank 0 says it.
+            match dist::rank() {
+                0 => eprintln!("error: {err:#}"),
+                r if !usage => eprintln!("error on rank {r}: {err:#}"),
+                _ => {}
+            }
             // A command that failed before doing any work leaves nothing
             // behind, so the corrected command can reuse its --out.
             for dir in run::discard_unfinished() {
                 eprintln!("removed the unfinished run directory {}", dir.display());
             }
-            let usage = err
-                .downcast_ref::<brisk::Error>()
-                .is_some_and(brisk::Error::is_usage);
-            ExitCode::from(if usage { 2 } else { 1 })
+            let code = if usage { 2 } else { 1 };
+            if usage && dist::rank() != 0 {
+                // Rank 0 found the same mistake: let it say so and end the
+                // job; end it here only if it does not.
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+            dist::fail(code);
+            ExitCode::from(code)
         }
     }
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Pretrain(_) | Command::Compare(_)) {
+        // The subcommand as typed (the first argument: brisk has no global flags).
+        let name = std::env::args().nth(1).unwrap_or_default();
+        dist::one_process_only(&name)?;
+    }
     match cli.command {
         Command::Pretrain(args) => pretrain::pretrain(args),
         Command::FillMask(args) => fill_mask(args),

@@ -90,38 +90,84 @@ pub(crate) fn pretrain_flag_sets(args: &PretrainArgs) -> Vec<String> {
 
 pub(crate) fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
     init_threads(args.job.threads)?;
-    let flag_sets = pretrain_flag_sets(&args);
-    let (mut config, run) = if args.resume {
-        let (config, out) = resume_config(&args.job, flag_sets, "run")?;
-        brisk::train::pretrain::check_options(&config)?;
-        (config, RunDir::create(&out, Existing::Resume)?)
-    } else {
-        let config = resolve_config(&args.job, flag_sets)?;
-        brisk::train::pretrain::check_options(&config)?;
-        let run = create_run(&args.job, "pretrain", &config)?;
-        (config, run)
+    let quiet = args.quiet || crate::dist::rank() != 0;
+    // Rank 0 resolves the config, opens (or creates) the run directory and
+    // prepares the corpus; every rank then trains from what it decided.
+    let mut opened = None;
+    let (config_toml, run_path) = crate::dist::from_root(|| {
+        let flag_sets = pretrain_flag_sets(&args);
+        let (mut config, run) = if args.resume {
+            let (config, out) = resume_config(&args.job, flag_sets, "run")?;
+            brisk::train::pretrain::check_options(&config, crate::dist::group().world())?;
+            (config, RunDir::create(&out, Existing::Resume)?)
+        } else {
+            let config = resolve_config(&args.job, flag_sets)?;
+            brisk::train::pretrain::check_options(&config, crate::dist::group().world())?;
+            let run = create_run(&args.job, "pretrain", &config)?;
+            (config, run)
+        };
+        let prepared = open_corpus(&mut config, &run.path, args.quiet)?;
+        run.write_config(&config)?;
+        if args.resume {
+            run.append_resumed_provenance()?;
+        } else {
+            run.write_provenance()?;
+        }
+        let shared = (config.to_toml(), run.path.clone());
+        opened = Some((config, prepared));
+        Ok(shared)
+    })?;
+    let (config, prepared) = match opened {
+        Some(opened) => opened,
+        None => rank_inputs(&config_toml, &run_path)?,
     };
-    let prepared = open_corpus(&mut config, &run.path, args.quiet)?;
-    run.write_config(&config)?;
-    if args.resume {
-        run.append_resumed_provenance()?;
-    } else {
-        run.write_provenance()?;
-    }
     install_stop_handler()?;
-    if !args.quiet {
-        eprintln!("training in {}", run.path.display());
+    if !quiet {
+        eprintln!("training in {}", run_path.display());
+        let world = crate::dist::group().world();
+        if world > 1 {
+            eprintln!(
+                "data-parallel over {world} ranks ({}): {} sequences per rank per micro-batch",
+                crate::dist::group().engine(),
+                config.train.batch_size / (world * config.train.grad_accum_steps.max(1))
+            );
+        }
     }
     let options = brisk::train::pretrain::Options {
         resume: args.resume,
-        verbose: !args.quiet,
+        verbose: !quiet,
         stop: &STOP,
+        collective: crate::dist::group(),
     };
     let summary = brisk::runtime::on_pool(|| {
-        brisk::train::pretrain::pretrain(&config, &prepared, &run.path, &options)
+        brisk::train::pretrain::pretrain(&config, &prepared, &run_path, &options)
     })?;
-    print_summary(&summary, &run.path);
+    if crate::dist::rank() == 0 {
+        print_summary(&summary, &run_path);
+    }
     Ok(())
+}
+
+/// What a rank other than 0 trains from: rank 0's resolved config and the
+/// corpus it names (the built-in one in the run directory), which must be
+/// at the same path on every machine.
+pub(crate) fn rank_inputs(
+    config_toml: &str,
+    run: &std::path::Path,
+) -> anyhow::Result<(Config, PreparedCorpus)> {
+    let config: Config =
+        toml::from_str(config_toml).context("reading the config rank 0 resolved")?;
+    let dir = match config.data.corpus.as_str() {
+        "" => run.join("corpus"),
+        path => std::path::PathBuf::from(path),
+    };
+    let prepared = PreparedCorpus::open(&dir).with_context(|| {
+        format!(
+            "opening the corpus {} (every rank reads it at the path rank 0 uses)",
+            dir.display()
+        )
+    })?;
+    Ok((config, prepared))
 }
 
 /// The corpus a pre-training config names, or the built-in one, prepared

@@ -7,6 +7,7 @@
 //! - [`model`]: the BERT encoder and its heads;
 //! - [`pretrain`]: objectives (masked LM);
 //! - [`train`]: optimiser, schedule, checkpoints and the training loop;
+//! - [`dist`]: collectives for data-parallel training (one process, MPI);
 //! - [`tasks`]: fine-tuning and evaluation on downstream tasks, word-level
 //!   labelling (BiLSTM-CRF) and parsing (biaffine);
 //! - [`embed`]: word-level features those read, concatenated;
@@ -25,6 +26,7 @@
 pub mod compare;
 pub mod config;
 pub mod corpus;
+pub mod dist;
 pub mod embed;
 pub mod encoder;
 pub mod error;

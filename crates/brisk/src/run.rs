@@ -166,6 +166,8 @@ pub struct Provenance {
     pub command_line: Vec<String>,
     pub cpu_model: String,
     pub threads: usize,
+    /// Processes of a data-parallel run (MPI ranks; 1 for one process).
+    pub ranks: usize,
     pub start_time: String,
 }
 
@@ -177,6 +179,7 @@ impl Provenance {
             command_line: std::env::args().collect(),
             cpu_model: cpu_model(),
             threads: rayon::current_num_threads(),
+            ranks: crate::dist::launcher_world_size().unwrap_or(1),
             start_time: utc_timestamp(SystemTime::now()).iso,
         }
     }

@@ -53,6 +53,15 @@ pub struct TrainState {
     /// skipped (`skipped`, `skipped_layer_{k}`), for the run's means.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped: BTreeMap<String, f64>,
+    /// Micro-batches per step over all ranks (ranks × accumulation steps):
+    /// masks and dropout are drawn per micro-batch, so a resume continues
+    /// bitwise (up to summation order) only with the same count.
+    #[serde(default = "one")]
+    pub micro_batches: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainState {
@@ -204,6 +213,7 @@ mod tests {
             last_loss: 3.0,
             last_val_loss: None,
             skipped: BTreeMap::new(),
+            micro_batches: 1,
         }
     }
 

@@ -26,6 +26,7 @@ use crate::corpus::generated::Rng;
 use crate::corpus::generated::{self, ProbeKind};
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::corpus::tokenizer::load_tokenizer;
+use crate::dist::{self, Collective};
 use crate::error::{Error, Result};
 use crate::model::{Ctx, InputMix, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
@@ -70,6 +71,10 @@ pub struct Metrics {
     /// band) and, on the built-in corpus, `probe_<kind>` (cloze accuracy).
     #[serde(flatten)]
     pub context: BTreeMap<String, f64>,
+    /// Data-parallel runs: seconds of this step spent averaging gradients
+    /// over the ranks (the all-reduce, with packing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allreduce_s: Option<f64>,
 }
 
 /// The margin below the unigram entropy (nats) at which a run counts as
@@ -233,6 +238,10 @@ pub struct Options<'a> {
     pub verbose: bool,
     /// Set by a Ctrl-C or SIGTERM handler: finish the step, checkpoint, stop.
     pub stop: &'a AtomicBool,
+    /// The ranks of a data-parallel run ([`crate::dist::Single`] for one
+    /// process). Each rank computes the gradients of its slice of every
+    /// global batch; rank 0 alone writes to the run directory.
+    pub collective: &'a dyn Collective,
 }
 
 /// Sequence order: a fresh seeded permutation of the training split each epoch.
@@ -399,6 +408,7 @@ pub fn validate(
     corpus: &PreparedCorpus,
     config: &Config,
     evaluator: &Evaluator,
+    batch: usize,
 ) -> Result<Option<Validation>> {
     let n = corpus.num_sequences(Split::Validation);
     if n == 0 {
@@ -406,7 +416,7 @@ pub fn validate(
             "the corpus has no validation split (data.val_fraction = 0)".into(),
         ));
     }
-    let b = micro_batch(config).min(n);
+    let b = batch.min(n);
     let mut total = 0.0;
     let mut tally = Tally::default();
     let batches = config.eval.batches.min(n.div_ceil(b)).max(1);
@@ -434,7 +444,7 @@ pub fn validate(
         }
     }
     let probes = match (model.as_masked_lm(), &evaluator.probes) {
-        (Some(model), Some(set)) => set.score(model, micro_batch(config))?,
+        (Some(model), Some(set)) => set.score(model, batch)?,
         _ => BTreeMap::new(),
     };
     Ok(Some(Validation {
@@ -519,17 +529,29 @@ fn save_checkpoint(
     )
 }
 
-/// Sequences per micro-batch.
-fn micro_batch(config: &Config) -> usize {
-    config.train.batch_size / config.train.grad_accum_steps.max(1)
-}
-
-/// Checks what the loop needs of the config before any work is done.
-pub fn check_options(config: &Config) -> Result<()> {
+/// Checks what the loop needs of the config, run by `world` processes,
+/// before any work is done.
+pub fn check_options(config: &Config, world: usize) -> Result<()> {
     Budget::from_config(&config.train, 1)?;
     let (n, t) = (&config.notes, &config.train);
     if n.enabled && !n.absolute_band() && t.steps == 0 && t.tokens == 0 {
         return Err(Error::Config(NOTES_NEED_A_BUDGET.into()));
+    }
+    let (batch, accum) = (t.batch_size, t.grad_accum_steps.max(1));
+    let slices = world * accum;
+    if world > 1 && !batch.is_multiple_of(slices) {
+        return Err(Error::Config(format!(
+            "`train.batch_size` = {batch} is the global batch, split over {world} ranks \
+             × {accum} accumulation steps (train.grad_accum_steps): it must be a multiple \
+             of {slices}"
+        )));
+    }
+    if world > 1 && n.enabled {
+        return Err(Error::Config(
+            "`notes` (TNF) keeps one note dictionary that every sequence reads and writes \
+             in order; data-parallel runs do not share it yet: run TNF in one process"
+                .into(),
+        ));
     }
     objective::check_kind(&config.objective.kind)
 }
@@ -697,8 +719,10 @@ pub fn pretrain(
     options: &Options,
 ) -> Result<Summary> {
     let (train, m) = (&config.train, &corpus.manifest);
-    let plan = Plan::of(config, corpus)?;
+    let c = options.collective;
+    let plan = Plan::of(config, corpus, c)?;
     let budget = &plan.budget;
+    let root = plan.rank == 0;
 
     // The objective's models, the optimiser and, on resume, their state.
     let mut params = Params::new(Device::Cpu, DType::F32);
@@ -723,20 +747,28 @@ pub fn pretrain(
         )?,
         None => fresh_state(train.seed),
     };
+    state.micro_batches = plan.world * plan.accum;
+    // Every rank must start from the same weights: a rank that read another
+    // copy of the checkpoint would train a different model.
+    dist::check_in_step(c, params_fingerprint(&params)?, "starting weights")?;
     let mut saved_step = resume_from.is_some().then_some(state.step);
     let metrics_path = run_dir.join("metrics.jsonl");
-    if options.resume {
+    if options.resume && root {
         truncate_metrics(&metrics_path, state.step)?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = root
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| Error::io(&metrics_path, e))
+        })
+        .transpose()?;
     let mut order = Order::at(train.seed, corpus.num_sequences(Split::Train), state.data);
     let evaluator = Evaluator::new(corpus)?;
     let mut last_validation: Option<Validation> = None;
-    let mut progress = Progress::new(options.verbose, budget, state.step);
+    let mut progress = Progress::new(options.verbose && root, budget, state.step);
     if options.resume && state.step > 0 {
         progress.println(format!("resuming at step {}", state.step));
     }
@@ -753,30 +785,47 @@ pub fn pretrain(
     let elapsed = || wall_before + session.elapsed().as_secs_f64();
     let mut last_step_secs = 0.0;
 
+    // Decisions that depend on the clock or a signal are rank 0's clock and
+    // any rank's signal, agreed before they are used, so that every rank
+    // takes the same number of steps at the same learning rates.
+    let agree = |last_step_secs: f64| {
+        let local = (
+            elapsed(),
+            options.stop.load(Ordering::SeqCst),
+            last_step_secs,
+        );
+        Agreed::over(c, local)
+    };
     let ending = loop {
-        if budget.exhausted(state.step, elapsed()) {
+        let now = agree(last_step_secs)?;
+        if budget.exhausted(state.step, now.elapsed) {
             break Ending::Finished;
         }
-        if options.stop.load(Ordering::SeqCst) {
+        if now.stop {
             break Ending::Interrupted;
         }
         // One optimiser step: gradients, the guard, the update, the notes.
         let step_start = Instant::now();
-        let lr = budget.learning_rate(train, state.step, elapsed() + last_step_secs);
-        let step = step_gradients(
+        let lr = budget.learning_rate(train, state.step, now.elapsed + now.last_step_secs);
+        let mut step = step_gradients(
             model.as_ref(),
             &params,
-            (corpus, config),
+            (corpus, config, &plan),
             &mut order,
             notes.as_mut(),
             state.step,
         )?;
+        let allreduce_s = step.average_over_ranks(c)?;
         let bad = match (step.loss, step.norm) {
             (loss, _) if !loss.is_finite() => Some(("the loss", loss)),
             (_, norm) if !norm.is_finite() => Some(("the gradient norm", norm)),
             _ => None,
         };
         if let Some((what, value)) = bad {
+            if !root {
+                // Rank 0 saves the last good state and ends the job.
+                c.barrier()?;
+            }
             let keep = (train.keep_checkpoints, notes.as_ref());
             let (weights, opt) = (&params, &opt);
             return Err(diverged(
@@ -799,11 +848,13 @@ pub fn pretrain(
 
         // Evaluation, the log line, checkpoints.
         let done = state.step;
-        let finished = budget.exhausted(done, elapsed());
-        let last = finished || options.stop.load(Ordering::SeqCst);
+        let now = agree(last_step_secs)?;
+        let finished = budget.exhausted(done, now.elapsed);
+        let last = finished || now.stop;
         let due = |every: u64| every > 0 && done.is_multiple_of(every);
-        let validation = match due(config.eval.every) || finished {
-            true => validate(model.as_ref(), corpus, config, &evaluator)?,
+        // Rank 0 evaluates; the others wait at the next collective.
+        let validation = match (due(config.eval.every) || finished) && root {
+            true => validate(model.as_ref(), corpus, config, &evaluator, plan.micro)?,
             false => None,
         };
         if let Some(v) = &validation {
@@ -811,7 +862,7 @@ pub fn pretrain(
         }
         let val_loss = validation.as_ref().map(|v| v.loss);
         let logged = val_loss.is_some() || due(train.log_every) || last;
-        state.wall_s = elapsed();
+        state.wall_s = now.elapsed;
         let row = Metrics {
             step: done,
             loss: state.last_loss,
@@ -827,27 +878,45 @@ pub fn pretrain(
             val_accuracy: validation.as_ref().map(|v| v.accuracy),
             val_margin: val_loss.map(|v| m.unigram_entropy_nats - v),
             context: validation.as_ref().map(context_keys).unwrap_or_default(),
+            allreduce_s: (plan.world > 1).then_some(allreduce_s),
         };
         if validation.is_some() {
             last_validation = validation;
         }
-        if logged {
+        if let (true, Some(file)) = (logged, metrics.as_mut()) {
             let line = serde_json::to_string(&row).expect("serialisable");
-            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            writeln!(file, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         }
         progress.step(&row, last, budget);
         if due(train.save_every) {
-            save_checkpoint(run_dir, &params, &opt, &state, notes.as_ref(), train)?;
+            dist::check_in_step(c, params_fingerprint(&params)?, "weights")?;
+            if root {
+                save_checkpoint(run_dir, &params, &opt, &state, notes.as_ref(), train)?;
+            }
             saved_step = Some(done);
         }
     };
     progress.finish();
-    metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
-    state.wall_s = elapsed();
-    let checkpoint = if saved_step == Some(state.step) {
-        checkpoint::latest(run_dir)?.expect("a checkpoint was just written")
-    } else {
+    state.wall_s = agree(last_step_secs)?.elapsed;
+    let final_save = saved_step != Some(state.step);
+    if final_save {
+        dist::check_in_step(c, params_fingerprint(&params)?, "weights")?;
+    }
+    if !root {
+        // Rank 0 writes the last checkpoint, the plot and the summary; the
+        // others return once the run directory is complete.
+        c.barrier()?;
+        let checkpoint = checkpoint::latest(run_dir)?.unwrap_or_default();
+        return Ok(rank_summary(config, &state, &params, checkpoint));
+    }
+    let metrics_file = metrics.as_mut().expect("rank 0 logs");
+    metrics_file
+        .flush()
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let checkpoint = if final_save {
         save_checkpoint(run_dir, &params, &opt, &state, notes.as_ref(), train)?
+    } else {
+        checkpoint::latest(run_dir)?.expect("a checkpoint was just written")
     };
 
     // The run directory holds everything needed to use the model.
@@ -895,20 +964,121 @@ pub fn pretrain(
     if ending == Ending::Finished {
         crate::run::write_json(&run_dir.join("summary.json"), &summary)?;
     }
+    c.barrier()?;
     Ok(summary)
 }
 
-/// What a run's config and corpus fix before any work: the micro-batch,
-/// the budget and the cost of a step.
+/// The clock and the stop signal as every rank sees them: rank 0's
+/// elapsed time and step time, and a stop if any rank was signalled.
+struct Agreed {
+    elapsed: f64,
+    stop: bool,
+    last_step_secs: f64,
+}
+
+impl Agreed {
+    fn over(
+        c: &dyn Collective,
+        (elapsed, stop, last_step_secs): (f64, bool, f64),
+    ) -> Result<Agreed> {
+        if c.world() == 1 {
+            return Ok(Agreed {
+                elapsed,
+                stop,
+                last_step_secs,
+            });
+        }
+        let root = if c.rank() == 0 { 1.0 } else { 0.0 };
+        let mut v = [root * elapsed, stop as u8 as f64, root * last_step_secs];
+        c.all_reduce_sum_f64(&mut v)?;
+        Ok(Agreed {
+            elapsed: v[0],
+            stop: v[1] > 0.0,
+            last_step_secs: v[2],
+        })
+    }
+}
+
+/// A fingerprint of every weight, for ranks to compare.
+fn params_fingerprint(params: &Params) -> Result<u64> {
+    let mut hash = 0u64;
+    for group in params.groups() {
+        let flat = group.var.as_tensor().flatten_all()?;
+        let bits: Vec<u8> = match flat.dtype() {
+            DType::F64 => flat
+                .to_vec1::<f64>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            _ => flat
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        };
+        hash = hash.rotate_left(5) ^ dist::fingerprint(bits);
+    }
+    Ok(hash)
+}
+
+/// What a rank other than 0 returns: the run's figures without the files
+/// rank 0 wrote.
+fn rank_summary(
+    config: &Config,
+    state: &TrainState,
+    params: &Params,
+    checkpoint: PathBuf,
+) -> Summary {
+    Summary {
+        ending: Ending::Finished,
+        objective: config.objective.kind.clone(),
+        steps: state.step,
+        tokens: state.tokens,
+        flops: state.flops,
+        final_loss: state.last_loss,
+        final_val_loss: None,
+        unigram_entropy_nats: f64::NAN,
+        parameters: params.count(),
+        kernels: String::new(),
+        wall_s: state.wall_s,
+        tokens_per_s: f64::NAN,
+        checkpoint,
+        loss_plot: PathBuf::new(),
+        notes: None,
+        final_val_accuracy: None,
+        final_val_margin: None,
+        plateau_exit_step: None,
+        final_val_accuracy_by_band: BTreeMap::new(),
+        probes: BTreeMap::new(),
+        skipped: BTreeMap::new(),
+    }
+}
+
+/// What a run's config, corpus and world size fix before any work: the
+/// micro-batch, the budget and the cost of a step.
 struct Plan {
     tokens_per_step: u64,
     budget: Budget,
     flops_per_step: f64,
+    /// Sequences per micro-batch (on each rank).
+    micro: usize,
+    /// Micro-batches per step on each rank (`train.grad_accum_steps`).
+    accum: usize,
+    /// This rank and the number of ranks.
+    rank: usize,
+    world: usize,
 }
 
 impl Plan {
-    fn of(config: &Config, corpus: &PreparedCorpus) -> Result<Plan> {
-        check_options(config)?;
+    fn of(config: &Config, corpus: &PreparedCorpus, collective: &dyn Collective) -> Result<Plan> {
+        let (rank, world) = (collective.rank(), collective.world());
+        check_options(config, world)?;
+        let (batch, accum) = (
+            config.train.batch_size,
+            config.train.grad_accum_steps.max(1),
+        );
+        let slices = world * accum;
         let m = &corpus.manifest;
         if m.tokenizer.vocab_size != config.model.vocab_size {
             return Err(Error::Config(format!(
@@ -927,6 +1097,10 @@ impl Plan {
             tokens_per_step,
             budget: Budget::from_config(&config.train, tokens_per_step)?,
             flops_per_step: objective::step_flops(config, m.seq_len, tokens_per_step)?,
+            micro: batch / slices,
+            accum,
+            rank,
+            world,
         })
     }
 }
@@ -945,6 +1119,7 @@ fn fresh_state(seed: u64) -> TrainState {
         last_loss: f64::NAN,
         last_val_loss: None,
         skipped: BTreeMap::new(),
+        micro_batches: 1,
     }
 }
 
@@ -968,7 +1143,7 @@ fn resume_state(
         )));
     }
     let threads = rayon::current_num_threads();
-    if state.threads != threads && verbose {
+    if state.threads != threads && verbose && plan.rank == 0 {
         eprintln!(
             "note: resuming on {threads} threads; the checkpoint was written on {}, \
              so the losses may differ from an uninterrupted run in the last bits",
@@ -976,6 +1151,16 @@ fn resume_state(
         );
     }
     state.threads = threads;
+    let micro_batches = plan.world * plan.accum;
+    if state.micro_batches != micro_batches && verbose && plan.rank == 0 {
+        eprintln!(
+            "note: each step is now cut into {micro_batches} micro-batches ({} ranks × {} \
+             accumulation steps), the checkpoint's into {}: the data order is the same, but \
+             masks and dropout are drawn per micro-batch, so the losses differ from an \
+             uninterrupted run (keep ranks × train.grad_accum_steps to continue it exactly)",
+            plan.world, plan.accum, state.micro_batches
+        );
+    }
     if plan.budget.exhausted(state.step, state.wall_s) {
         return Err(Error::Usage(format!(
             "{} already reached its budget at step {}: give a larger --steps, --tokens or --budget to continue",
@@ -1002,19 +1187,55 @@ struct StepGradients {
     pending: Vec<PendingNotes>,
 }
 
-/// The gradients of step `step`: `grad_accum_steps` micro-batches, each
-/// drawn from the data order, masked (and with TNF mixed with notes) from
-/// its own seeded generator and handed to the objective; averaged.
+impl StepGradients {
+    /// Turns this rank's figures into the step's: the loss, the objective's
+    /// figures and the gradients averaged over the ranks, the skipped FLOPs
+    /// summed, the norm of the averaged gradients. A non-finite loss on any
+    /// rank makes the step's loss non-finite on every rank, and then no
+    /// gradients are exchanged. Returns the seconds the gradient exchange took.
+    fn average_over_ranks(&mut self, c: &dyn Collective) -> Result<f64> {
+        let world = c.world();
+        if world == 1 {
+            return Ok(0.0);
+        }
+        let mut head = [self.loss, self.flops_skipped];
+        dist::sum_f64(c, &mut head)?;
+        self.loss = head[0] / world as f64;
+        self.flops_skipped = head[1];
+        if !self.loss.is_finite() {
+            return Ok(0.0);
+        }
+        let mut logged: Vec<f64> = self.logged.values().copied().collect();
+        dist::sum_f64(c, &mut logged)?;
+        for (v, sum) in self.logged.values_mut().zip(logged) {
+            *v = sum / world as f64;
+        }
+        let secs = dist::all_reduce_mean(c, &mut self.grads)?;
+        self.norm = grad_norm(&self.grads)?;
+        Ok(secs)
+    }
+}
+
+/// The gradients of step `step` on this rank: the step's global batch is
+/// drawn from the data order and cut into `world × grad_accum_steps`
+/// micro-batches; this rank takes micro-batches `rank·accum ..
+/// (rank+1)·accum`, each masked (and with TNF mixed with notes) from the
+/// generator seeded by its global index, so that N ranks compute exactly
+/// the micro-batches one process with N times the accumulation would.
+/// Averaged over this rank's micro-batches.
 fn step_gradients(
     model: &dyn Objective,
     params: &Params,
-    (corpus, config): (&PreparedCorpus, &Config),
+    (corpus, config, plan): (&PreparedCorpus, &Config, &Plan),
     order: &mut Order,
     mut notes: Option<&mut NoteBook>,
     step: u64,
 ) -> Result<StepGradients> {
     let m = &corpus.manifest;
-    let (micro, accum) = (micro_batch(config), config.train.grad_accum_steps.max(1));
+    let (micro, accum) = (plan.micro, plan.accum);
+    let global: Vec<usize> = (0..micro * accum * plan.world)
+        .map(|_| order.take())
+        .collect();
     let mut out = StepGradients {
         loss: 0.0,
         grads: Vec::new(),
@@ -1024,10 +1245,11 @@ fn step_gradients(
         pending: Vec::new(),
     };
     for k in 0..accum {
-        let seed = micro_seed(config.train.seed, step, k);
+        let j = plan.rank * accum + k;
+        let seed = micro_seed(config.train.seed, step, j);
         let (mut rng, mut dropout_rng) = (Rng::new(seed), Rng::new(!seed));
-        let indices: Vec<usize> = (0..micro).map(|_| order.take()).collect();
-        let (tokens, words) = gather_with_words(corpus, Split::Train, &indices);
+        let indices = &global[j * micro..(j + 1) * micro];
+        let (tokens, words) = gather_with_words(corpus, Split::Train, indices);
         let book = notes.as_deref_mut().map(|book| (book, words.as_slice()));
         let p = mask_and_mix(corpus, &config.objective, &tokens, micro, book, &mut rng)?;
         let batch = Batch {

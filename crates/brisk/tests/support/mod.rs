@@ -95,6 +95,7 @@ pub fn pretrain_generated(root: &Path, run: &str, config: &mut Config) -> (PathB
         resume: false,
         verbose: false,
         stop: &stop,
+        collective: &brisk::dist::Single,
     };
     let summary = pretrain(config, &corpus, &dir, &options).unwrap();
     (dir, summary)
