@@ -34,10 +34,12 @@ pub trait Collective: Send + Sync {
     fn rank(&self) -> usize;
     /// How many processes take part.
     fn world(&self) -> usize;
-    /// Replaces `buf` on every rank with the element-wise sum over ranks.
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Writes into `sum` on every rank the element-wise sum over ranks of
+    /// their `send` (same length on every rank). Out of place, as MPI's and
+    /// NCCL's all-reduce are at their fastest.
+    fn all_reduce_sum_f32(&self, send: &[f32], sum: &mut [f32]) -> Result<()>;
     /// The same for f64 (losses and counters; f64 models in tests).
-    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
+    fn all_reduce_sum_f64(&self, send: &[f64], sum: &mut [f64]) -> Result<()>;
     /// Replaces `bytes` on every rank with rank 0's.
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()>;
     /// Returns once every rank has called it.
@@ -61,10 +63,12 @@ impl Collective for Single {
     fn world(&self) -> usize {
         1
     }
-    fn all_reduce_sum_f32(&self, _: &mut [f32]) -> Result<()> {
+    fn all_reduce_sum_f32(&self, send: &[f32], sum: &mut [f32]) -> Result<()> {
+        sum.copy_from_slice(send);
         Ok(())
     }
-    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
+    fn all_reduce_sum_f64(&self, send: &[f64], sum: &mut [f64]) -> Result<()> {
+        sum.copy_from_slice(send);
         Ok(())
     }
     fn broadcast_bytes(&self, _: &mut Vec<u8>) -> Result<()> {
@@ -93,81 +97,125 @@ pub fn launcher_world_size() -> Option<usize> {
 /// buffers stay small.
 pub const BUCKET: usize = 4 << 20;
 
-/// Averages `grads` over the ranks in place: the flat gradient of every
-/// group is packed into one buffer per dtype, summed with all-reduce calls
-/// of at most [`BUCKET`] elements, divided by the world size and unpacked.
-/// Returns the seconds spent (0 in one process, where nothing is copied).
-pub fn all_reduce_mean(collective: &dyn Collective, grads: &mut [Tensor]) -> Result<f64> {
-    let world = collective.world();
-    if world == 1 {
-        return Ok(0.0);
-    }
-    let start = Instant::now();
-    for dtype in [DType::F32, DType::F64] {
-        let members: Vec<usize> = (0..grads.len())
-            .filter(|&i| grads[i].dtype() == dtype)
-            .collect();
-        if members.is_empty() {
-            continue;
+/// The gradient exchange of data-parallel training, with its buffers kept
+/// from step to step (fresh buffers of a model's size cost more in page
+/// faults than the exchange itself on one machine).
+#[derive(Default)]
+pub struct Exchange {
+    f32: Buffers<f32>,
+    f64: Buffers<f64>,
+}
+
+/// A send and a receive buffer of one dtype.
+#[derive(Default)]
+struct Buffers<T> {
+    send: Vec<T>,
+    sum: Vec<T>,
+}
+
+impl Exchange {
+    /// Averages `grads` over the ranks in place: the flat gradient of every
+    /// group is copied into one send buffer per dtype, summed into a
+    /// receive buffer with all-reduce calls of at most [`BUCKET`] elements,
+    /// and copied back divided by the world size: two passes over memory
+    /// besides the exchange. Returns the seconds spent (0 in one process,
+    /// where nothing is copied).
+    pub fn all_reduce_mean(
+        &mut self,
+        collective: &dyn Collective,
+        grads: &mut [Tensor],
+    ) -> Result<f64> {
+        let world = collective.world();
+        if world == 1 {
+            return Ok(0.0);
         }
-        match dtype {
-            DType::F32 => reduce_group::<f32>(collective, grads, &members, world)?,
-            _ => reduce_group::<f64>(collective, grads, &members, world)?,
+        if let Some(odd) = grads
+            .iter()
+            .find(|g| !matches!(g.dtype(), DType::F32 | DType::F64))
+        {
+            return Err(Error::Tensor(format!(
+                "data-parallel training exchanges f32 or f64 gradients, not {:?}",
+                odd.dtype()
+            )));
         }
+        let start = Instant::now();
+        let members = |dtype: DType| -> Vec<usize> {
+            (0..grads.len())
+                .filter(|&i| grads[i].dtype() == dtype)
+                .collect()
+        };
+        let (f32s, f64s) = (members(DType::F32), members(DType::F64));
+        if !f32s.is_empty() {
+            self.f32.reduce(collective, grads, &f32s, world)?;
+        }
+        if !f64s.is_empty() {
+            self.f64.reduce(collective, grads, &f64s, world)?;
+        }
+        Ok(start.elapsed().as_secs_f64())
     }
-    if let Some(odd) = grads
-        .iter()
-        .find(|g| !matches!(g.dtype(), DType::F32 | DType::F64))
-    {
-        return Err(Error::Tensor(format!(
-            "data-parallel training exchanges f32 or f64 gradients, not {:?}",
-            odd.dtype()
-        )));
-    }
-    Ok(start.elapsed().as_secs_f64())
 }
 
 /// A float type the collectives can sum.
 trait Summable: candle_core::WithDType {
-    fn all_reduce(collective: &dyn Collective, buf: &mut [Self]) -> Result<()>;
+    fn all_reduce(collective: &dyn Collective, send: &[Self], sum: &mut [Self]) -> Result<()>;
 }
 
 impl Summable for f32 {
-    fn all_reduce(collective: &dyn Collective, buf: &mut [f32]) -> Result<()> {
-        collective.all_reduce_sum_f32(buf)
+    fn all_reduce(collective: &dyn Collective, send: &[f32], sum: &mut [f32]) -> Result<()> {
+        collective.all_reduce_sum_f32(send, sum)
     }
 }
 
 impl Summable for f64 {
-    fn all_reduce(collective: &dyn Collective, buf: &mut [f64]) -> Result<()> {
-        collective.all_reduce_sum_f64(buf)
+    fn all_reduce(collective: &dyn Collective, send: &[f64], sum: &mut [f64]) -> Result<()> {
+        collective.all_reduce_sum_f64(send, sum)
     }
 }
 
-/// Packs `grads[members]` (all of type `T`), sums them over the ranks in
-/// buckets, and writes back the means.
-fn reduce_group<T: Summable>(
-    collective: &dyn Collective,
-    grads: &mut [Tensor],
-    members: &[usize],
-    world: usize,
-) -> Result<()> {
-    let mut flat: Vec<T> = Vec::new();
-    for &i in members {
-        flat.extend(grads[i].flatten_all()?.to_vec1::<T>()?);
+/// Appends the elements of `t` (of type `T`) to `out`, straight from its
+/// storage when it is contiguous.
+fn append_elements<T: candle_core::WithDType>(t: &Tensor, out: &mut Vec<T>) -> Result<()> {
+    let (storage, layout) = t.storage_and_layout();
+    if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        out.extend_from_slice(&T::cpu_storage_as_slice(cpu)?[start..end]);
+        return Ok(());
     }
-    for bucket in flat.chunks_mut(BUCKET) {
-        T::all_reduce(collective, bucket)?;
-    }
-    let inv = T::from_f64(1.0 / world as f64);
-    let mut at = 0;
-    for &i in members {
-        let (shape, n) = (grads[i].shape().clone(), grads[i].elem_count());
-        let mean: Vec<T> = flat[at..at + n].iter().map(|&x| x * inv).collect();
-        grads[i] = Tensor::from_vec(mean, shape, grads[i].device())?;
-        at += n;
-    }
+    drop(storage);
+    out.extend(t.flatten_all()?.to_vec1::<T>()?);
     Ok(())
+}
+
+impl<T: Summable> Buffers<T> {
+    /// Packs `grads[members]` (all of type `T`), sums them over the ranks
+    /// in buckets, and writes back the means.
+    fn reduce(
+        &mut self,
+        collective: &dyn Collective,
+        grads: &mut [Tensor],
+        members: &[usize],
+        world: usize,
+    ) -> Result<()> {
+        let total: usize = members.iter().map(|&i| grads[i].elem_count()).sum();
+        self.send.clear();
+        for &i in members {
+            append_elements(&grads[i], &mut self.send)?;
+        }
+        self.sum.resize(total, T::zero());
+        for (s, r) in self.send.chunks(BUCKET).zip(self.sum.chunks_mut(BUCKET)) {
+            T::all_reduce(collective, s, r)?;
+        }
+        let inv = T::from_f64(1.0 / world as f64);
+        let mut at = 0;
+        for &i in members {
+            let (shape, n) = (grads[i].shape().clone(), grads[i].elem_count());
+            let mean: Vec<T> = self.sum[at..at + n].iter().map(|&x| x * inv).collect();
+            grads[i] = Tensor::from_vec(mean, shape, grads[i].device())?;
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 /// Sums a few f64 figures over the ranks (losses, counters).
@@ -175,7 +223,8 @@ pub fn sum_f64(collective: &dyn Collective, values: &mut [f64]) -> Result<()> {
     if collective.world() == 1 {
         return Ok(());
     }
-    collective.all_reduce_sum_f64(values)
+    let send = values.to_vec();
+    collective.all_reduce_sum_f64(&send, values)
 }
 
 /// A 64-bit FNV-1a hash of `bytes`: ranks compare their parameters by it.
@@ -223,12 +272,16 @@ mod tests {
         fn world(&self) -> usize {
             self.0
         }
-        fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-            buf.iter_mut().for_each(|x| *x *= self.0 as f32);
+        fn all_reduce_sum_f32(&self, send: &[f32], sum: &mut [f32]) -> Result<()> {
+            for (s, x) in sum.iter_mut().zip(send) {
+                *s = x * self.0 as f32;
+            }
             Ok(())
         }
-        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-            buf.iter_mut().for_each(|x| *x *= self.0 as f64);
+        fn all_reduce_sum_f64(&self, send: &[f64], sum: &mut [f64]) -> Result<()> {
+            for (s, x) in sum.iter_mut().zip(send) {
+                *s = x * self.0 as f64;
+            }
             Ok(())
         }
         fn broadcast_bytes(&self, _: &mut Vec<u8>) -> Result<()> {
@@ -253,7 +306,9 @@ mod tests {
         let b = Tensor::new(&[1.5f64, -2.0], &dev).unwrap();
         let c = Tensor::ones(BUCKET + 3, DType::F32, &dev).unwrap();
         let mut grads = vec![a.clone(), b.clone(), c.clone()];
-        let secs = all_reduce_mean(&Copies(4), &mut grads).unwrap();
+        let secs = Exchange::default()
+            .all_reduce_mean(&Copies(4), &mut grads)
+            .unwrap();
         assert!(secs >= 0.0);
         for (got, want) in grads.iter().zip([a, b, c]) {
             assert_eq!(got.shape(), want.shape());
@@ -275,7 +330,8 @@ mod tests {
         let dev = Device::Cpu;
         let g = Tensor::new(&[1f32, 2.0], &dev).unwrap();
         let mut grads = vec![g.clone()];
-        assert_eq!(all_reduce_mean(&Single, &mut grads).unwrap(), 0.0);
+        let mut exchange = Exchange::default();
+        assert_eq!(exchange.all_reduce_mean(&Single, &mut grads).unwrap(), 0.0);
         assert_eq!(grads[0].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
         let mut v = [3.0];
         sum_f64(&Single, &mut v).unwrap();

@@ -65,6 +65,17 @@ impl Mpi {
     }
 }
 
+/// MPI reads the count from the send buffer: a shorter receive buffer
+/// would be overrun.
+fn same_length(send: usize, sum: usize) -> Result<()> {
+    if send != sum {
+        return Err(Error::Tensor(format!(
+            "all-reduce of {send} elements into a buffer of {sum}"
+        )));
+    }
+    Ok(())
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.rank
@@ -74,17 +85,17 @@ impl Collective for Mpi {
         self.size
     }
 
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let send = buf.to_vec();
+    fn all_reduce_sum_f32(&self, send: &[f32], sum: &mut [f32]) -> Result<()> {
+        same_length(send.len(), sum.len())?;
         self.world()
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            .all_reduce_into(send, sum, SystemOperation::sum());
         Ok(())
     }
 
-    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let send = buf.to_vec();
+    fn all_reduce_sum_f64(&self, send: &[f64], sum: &mut [f64]) -> Result<()> {
+        same_length(send.len(), sum.len())?;
         self.world()
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            .all_reduce_into(send, sum, SystemOperation::sum());
         Ok(())
     }
 

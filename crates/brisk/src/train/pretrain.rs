@@ -26,7 +26,7 @@ use crate::corpus::generated::Rng;
 use crate::corpus::generated::{self, ProbeKind};
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
 use crate::corpus::tokenizer::load_tokenizer;
-use crate::dist::{self, Collective};
+use crate::dist::{self, Collective, Exchange};
 use crate::error::{Error, Result};
 use crate::model::{Ctx, InputMix, Params};
 use crate::plot::{self, Reference, Series, PALETTE};
@@ -784,6 +784,7 @@ pub fn pretrain(
     let (wall_before, tokens_before) = (state.wall_s, state.tokens);
     let elapsed = || wall_before + session.elapsed().as_secs_f64();
     let mut last_step_secs = 0.0;
+    let mut exchange = Exchange::default();
 
     // Decisions that depend on the clock or a signal are rank 0's clock and
     // any rank's signal, agreed before they are used, so that every rank
@@ -815,7 +816,7 @@ pub fn pretrain(
             notes.as_mut(),
             state.step,
         )?;
-        let allreduce_s = step.average_over_ranks(c)?;
+        let allreduce_s = step.average_over_ranks(c, &mut exchange)?;
         let bad = match (step.loss, step.norm) {
             (loss, _) if !loss.is_finite() => Some(("the loss", loss)),
             (_, norm) if !norm.is_finite() => Some(("the gradient norm", norm)),
@@ -990,7 +991,7 @@ impl Agreed {
         }
         let root = if c.rank() == 0 { 1.0 } else { 0.0 };
         let mut v = [root * elapsed, stop as u8 as f64, root * last_step_secs];
-        c.all_reduce_sum_f64(&mut v)?;
+        dist::sum_f64(c, &mut v)?;
         Ok(Agreed {
             elapsed: v[0],
             stop: v[1] > 0.0,
@@ -1193,7 +1194,7 @@ impl StepGradients {
     /// summed, the norm of the averaged gradients. A non-finite loss on any
     /// rank makes the step's loss non-finite on every rank, and then no
     /// gradients are exchanged. Returns the seconds the gradient exchange took.
-    fn average_over_ranks(&mut self, c: &dyn Collective) -> Result<f64> {
+    fn average_over_ranks(&mut self, c: &dyn Collective, exchange: &mut Exchange) -> Result<f64> {
         let world = c.world();
         if world == 1 {
             return Ok(0.0);
@@ -1210,7 +1211,7 @@ impl StepGradients {
         for (v, sum) in self.logged.values_mut().zip(logged) {
             *v = sum / world as f64;
         }
-        let secs = dist::all_reduce_mean(c, &mut self.grads)?;
+        let secs = exchange.all_reduce_mean(c, &mut self.grads)?;
         self.norm = grad_norm(&self.grads)?;
         Ok(secs)
     }
