@@ -21,21 +21,26 @@ static SINGLE: Single = Single;
 /// other's files.
 pub(crate) fn init() -> anyhow::Result<()> {
     let launched = brisk::dist::launcher_world_size().filter(|&n| n > 1);
+    if let Some(refusal) = refusal(launched, cfg!(feature = "mpi")) {
+        return Err(brisk::Error::Usage(refusal).into());
+    }
     #[cfg(feature = "mpi")]
     if launched.is_some() {
         let mpi = brisk::dist::mpi::Mpi::init().context("joining the MPI job")?;
         let _ = MPI.set(mpi);
     }
-    #[cfg(not(feature = "mpi"))]
-    if let Some(n) = launched {
-        return Err(brisk::Error::Usage(format!(
-            "brisk was launched as one of {n} MPI ranks, but this build has no MPI support: \
-             build it with `cargo build --release -p brisk-cli --features mpi` (needs \
-             libopenmpi-dev and libclang-dev), or run it as one process"
-        ))
-        .into());
-    }
     Ok(())
+}
+
+/// Why a process launched as one of `launched` ranks cannot run, if it
+/// cannot: this build has no MPI.
+fn refusal(launched: Option<usize>, built_with_mpi: bool) -> Option<String> {
+    let n = launched.filter(|_| !built_with_mpi)?;
+    Some(format!(
+        "brisk was launched as one of {n} MPI ranks, but this build has no MPI support: \
+         build it with `cargo build --release -p brisk-cli --features mpi` (needs \
+         libopenmpi-dev and libclang-dev), or run it as one process"
+    ))
 }
 
 /// The group: the MPI world when launched by MPI, else one process.
@@ -104,4 +109,18 @@ pub(crate) fn one_process_only(command: &str) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn only_a_build_without_mpi_refuses_several_ranks() {
+        assert_eq!(refusal(None, false), None);
+        assert_eq!(refusal(None, true), None);
+        assert_eq!(refusal(Some(4), true), None);
+        let message = refusal(Some(4), false).unwrap();
+        assert!(message.contains("one of 4 MPI ranks") && message.contains("--features mpi"));
+    }
 }

@@ -187,6 +187,38 @@ mod with_mpi {
     }
 
     #[test]
+    fn compare_runs_every_variant_on_two_ranks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path();
+        let mut args = quick("cmp", &["--steps", "10"]);
+        args[0] = "compare".into();
+        args.extend(["--variants", "baseline,tupe-r"].map(String::from));
+        let out = mpirun(2, &args, cwd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let table = std::fs::read_to_string(cwd.join("cmp/comparison.md")).unwrap();
+        assert!(
+            table.contains("| baseline | 10 |") && table.contains("| tupe-r | 10 |"),
+            "{table}"
+        );
+        for variant in ["baseline", "tupe-r"] {
+            let steps: Vec<u64> = losses(&cwd.join("cmp").join(variant))
+                .iter()
+                .map(|r| r.0)
+                .collect();
+            assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "{variant}");
+        }
+        // Resuming a finished comparison skips both variants on every rank.
+        let resume: Vec<String> = ["compare", "--out", "cmp", "--resume", "--threads", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--variants", "baseline,tupe-r"].map(String::from))
+            .collect();
+        let out = mpirun(2, &resume, cwd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("finished earlier, skipped"));
+    }
+
+    #[test]
     fn what_cannot_run_on_several_ranks_is_refused_up_front() {
         let dir = tempfile::tempdir().unwrap();
         let cwd = dir.path();

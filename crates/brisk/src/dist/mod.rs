@@ -83,13 +83,20 @@ impl Collective for Single {
     fn abort(&self, _: i32) {}
 }
 
-/// The world size an MPI launcher gave this process (`mpirun` of Open MPI
-/// or MPICH, `srun` with PMI), read from the environment it sets; `None`
-/// when not launched by one.
+/// The world size an MPI launcher gave this process, read from the
+/// environment it sets: `OMPI_COMM_WORLD_SIZE` (Open MPI's `mpirun`),
+/// `PMI_SIZE` (MPICH's `mpiexec`, `srun --mpi=pmi2`), or, for `srun
+/// --mpi=pmix`, `SLURM_STEP_NUM_TASKS` when `PMIX_RANK` says PMIx started
+/// the process (a batch script alone has the former without the latter).
+/// `None` when not launched by one.
 pub fn launcher_world_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
-        .iter()
-        .find_map(|key| std::env::var(key).ok()?.trim().parse().ok())
+    let number = |key: &str| std::env::var(key).ok()?.trim().parse().ok();
+    number("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| number("PMI_SIZE"))
+        .or_else(|| {
+            std::env::var_os("PMIX_RANK")?;
+            number("SLURM_STEP_NUM_TASKS")
+        })
 }
 
 /// Elements per all-reduce call: large enough that the per-call latency

@@ -908,7 +908,7 @@ pub fn pretrain(
         // others return once the run directory is complete.
         c.barrier()?;
         let checkpoint = checkpoint::latest(run_dir)?.unwrap_or_default();
-        return Ok(rank_summary(config, &state, &params, checkpoint));
+        return Ok(rank_summary(ending, config, &state, &params, checkpoint));
     }
     let metrics_file = metrics.as_mut().expect("rank 0 logs");
     metrics_file
@@ -1026,13 +1026,14 @@ fn params_fingerprint(params: &Params) -> Result<u64> {
 /// What a rank other than 0 returns: the run's figures without the files
 /// rank 0 wrote.
 fn rank_summary(
+    ending: Ending,
     config: &Config,
     state: &TrainState,
     params: &Params,
     checkpoint: PathBuf,
 ) -> Summary {
     Summary {
-        ending: Ending::Finished,
+        ending,
         objective: config.objective.kind.clone(),
         steps: state.step,
         tokens: state.tokens,
