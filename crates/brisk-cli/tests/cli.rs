@@ -9,7 +9,7 @@ mod minilm;
 use minilm::minilm_dir;
 
 mod common;
-use common::{brisk, stderr};
+use common::{brisk, newest_checkpoint, stderr};
 
 /// Flags for a quick built-in corpus.
 const SMALL: &[&str] = &[
@@ -662,6 +662,44 @@ fn resume_continues_bitwise_exactly() {
         err.contains("state.json") && err.contains("format version 7"),
         "{err}"
     );
+}
+
+#[test]
+fn a_run_directory_in_use_is_refused_and_a_killed_holder_does_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = quick_pretrain("busy", &["--steps", "100000", "--save-every", "5"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_brisk"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = dir.path().join("busy/checkpoints/step-000005/state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !checkpoint.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // A second writer, resuming or overwriting, is refused at once.
+    for flag in ["--resume", "--force"] {
+        let out = brisk(&["pretrain", "--out", "busy", flag, "-q"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+        let err = stderr(&out);
+        let holder = format!("in use by process {}", child.id());
+        assert!(err.contains(&holder), "{flag}: {err}");
+    }
+    assert!(checkpoint.exists(), "--force removed nothing");
+    // Killed without warning, the holder leaves no lock behind.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let newest = newest_checkpoint(&dir.path().join("busy"));
+    let total = (newest + 2).to_string();
+    let args = [
+        "pretrain", "--out", "busy", "--resume", "-q", "--steps", &total,
+    ];
+    let out = brisk(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

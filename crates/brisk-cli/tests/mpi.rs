@@ -11,7 +11,7 @@ mod with_mpi {
     use std::path::Path;
     use std::process::{Command, Output};
 
-    use super::common::{brisk, stderr};
+    use super::common::{brisk, newest_checkpoint, stderr};
 
     /// Relative tolerance on the losses of N ranks against one process: the
     /// ranks compute the same micro-batches with the same random draws, and
@@ -292,18 +292,7 @@ mod with_mpi {
         assert!(err.contains("rank 1"), "names the rank: {err}");
 
         // The newest checkpoint is whole: one process resumes from it.
-        let newest = std::fs::read_dir(cwd.join("run/checkpoints"))
-            .unwrap()
-            .filter_map(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("step-")?
-                    .parse()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(0u64);
+        let newest = newest_checkpoint(&cwd.join("run"));
         assert!(newest >= 10);
         let total = (newest + 2).to_string();
         let args = [

@@ -43,9 +43,17 @@ pub fn default_run_path(command: &str, preset: &str) -> PathBuf {
 }
 
 impl RunDir {
-    /// Creates (or, with [`Existing::Resume`], reopens) a run directory.
+    /// Creates (or, with [`Existing::Resume`], reopens) a run directory,
+    /// and holds its lock ([`LOCK_FILE`]) until the process ends: a run
+    /// directory another process is writing is refused, whatever
+    /// `existing` says.
     pub fn create(path: &Path, existing: Existing) -> Result<RunDir> {
         if path.exists() {
+            // Checked before anything is removed or reopened; released at
+            // once, because `--force` may remove the directory.
+            if !held_here(path) {
+                drop(lock(path)?);
+            }
             let non_empty = std::fs::read_dir(path)
                 .map_err(|e| Error::io(path, e))?
                 .next()
@@ -70,6 +78,7 @@ impl RunDir {
             )));
         }
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        hold(path)?;
         if existing != Existing::Resume {
             CREATED
                 .lock()
@@ -115,6 +124,87 @@ impl RunDir {
         }
         write_json(&path, &record)
     }
+}
+
+/// The lock file of a run directory: an advisory `flock` held by the
+/// process writing the directory, with its pid inside for the message
+/// another process gets. The kernel releases the lock when the holder
+/// exits, however it exits, so a killed run leaves no stale lock.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Locks held by this process (directory, lock file), released when it
+/// exits.
+static HELD: std::sync::Mutex<Vec<(PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// True when this process holds the lock of `dir` (a command may open a
+/// run directory more than once; a second `flock` of its own would fail).
+fn held_here(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    // `--force` may have removed the directory and its lock file since.
+    held.iter().any(|(d, _)| *d == dir) && dir.join(LOCK_FILE).exists()
+}
+
+/// Holds the lock of `dir` until the process ends.
+fn hold(dir: &Path) -> Result<()> {
+    if held_here(dir) {
+        return Ok(());
+    }
+    let file = lock(dir)?;
+    let dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    held.retain(|(d, _)| *d != dir);
+    held.push((dir, file));
+    Ok(())
+}
+
+/// Takes the lock of run directory `dir` (which exists), or says which
+/// process holds it.
+fn lock(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    if !try_lock(&file) {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        let holder = holder.trim();
+        let who = if holder.is_empty() {
+            "another process".to_string()
+        } else {
+            format!("process {holder}")
+        };
+        return Err(Error::Usage(format!(
+            "{} is in use by {who} (it holds {}); wait for it to finish or stop it first",
+            dir.display(),
+            path.display()
+        )));
+    }
+    // Ours now: record who holds it.
+    let pid = std::process::id().to_string();
+    file.set_len(0).map_err(|e| Error::io(&path, e))?;
+    file.write_all(pid.as_bytes())
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(file)
+}
+
+/// An exclusive advisory lock on `file`, without waiting.
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor this function borrows.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Elsewhere run directories are not locked.
+#[cfg(not(unix))]
+fn try_lock(_: &std::fs::File) -> bool {
+    true
 }
 
 /// Run directories this process created (not reopened with `--resume`),
@@ -316,6 +406,30 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_locked_run_directory_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        RunDir::create(&run, Existing::Refuse).unwrap();
+        // The same process may open its own run again (a command that
+        // resumes what it just created) ...
+        RunDir::create(&run, Existing::Resume).unwrap();
+        RunDir::create(&run, Existing::Overwrite).unwrap();
+        assert!(held_here(&run));
+        // ... but a second lock, as another process would take, is refused.
+        let err = lock(&run).unwrap_err().to_string();
+        let pid = std::process::id().to_string();
+        assert!(
+            err.contains("is in use by process") && err.contains(&pid),
+            "{err}"
+        );
+        // Once released (the holder exited), the directory is free.
+        let canonical = run.canonicalize().unwrap();
+        HELD.lock().unwrap().retain(|(d, _)| *d != canonical);
+        drop(lock(&run).unwrap());
+    }
 
     #[test]
     fn timestamps_are_utc_calendar_dates() {

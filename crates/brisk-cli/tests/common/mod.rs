@@ -16,3 +16,11 @@ pub fn brisk(args: &[&str], cwd: &Path) -> Output {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The step of a run's newest checkpoint (0 when it has none).
+pub fn newest_checkpoint(run: &Path) -> u64 {
+    brisk::train::checkpoint::list(run)
+        .unwrap()
+        .last()
+        .map_or(0, |(step, _)| *step)
+}
