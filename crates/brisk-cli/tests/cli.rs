@@ -1346,6 +1346,29 @@ fn compare_trains_variants_resumes_and_reports() {
 }
 
 #[test]
+fn report_pages_show_markup_in_run_names_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["x<script>alert(1)", "y<img src=x onerror=alert(2)>"];
+    for name in names {
+        let out = run_brisk(&quick_pretrain(name, &["--steps", "3"]), dir.path());
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    let out = brisk(
+        &["report", names[0], names[1], "--out", "page.html"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(dir.path().join("page.html")).unwrap();
+    // Tables, headings and the charts' legends (inline SVG) all escape it.
+    assert!(
+        !page.contains("<script") && !page.contains("<img"),
+        "{page}"
+    );
+    assert!(page.contains("x&lt;script&gt;alert(1)"));
+    assert!(page.contains("y&lt;img src=x onerror=alert(2)&gt;"));
+}
+
+#[test]
 fn compare_at_equal_flops_gives_costlier_steps_fewer_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = quick_pretrain("eq", &["--steps", "10"]);
