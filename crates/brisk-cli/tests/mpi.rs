@@ -258,6 +258,14 @@ mod with_mpi {
         })
     }
 
+    /// True while process `pid` runs (a zombie has exited).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    }
+
     #[test]
     fn a_killed_rank_fails_the_job_in_seconds_and_the_checkpoint_resumes() {
         use std::time::{Duration, Instant};
@@ -275,6 +283,7 @@ mod with_mpi {
             std::thread::sleep(Duration::from_millis(20));
         }
         let victim = rank_pid(child.id(), 1).expect("rank 1 is a child of mpirun");
+        let survivor = rank_pid(child.id(), 0).expect("rank 0 is a child of mpirun");
         let killed = Instant::now();
         let status = Command::new("kill")
             .args(["-KILL", &victim.to_string()])
@@ -290,6 +299,14 @@ mod with_mpi {
         );
         let err = stderr(&out);
         assert!(err.contains("rank 1"), "names the rank: {err}");
+
+        // Rank 0 may outlive mpirun by a moment (1.8 s measured here), and
+        // holds the run directory's lock until it is gone.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive(survivor) {
+            assert!(Instant::now() < deadline, "rank 0 outlived the job by 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
 
         // The newest checkpoint is whole: one process resumes from it.
         let newest = newest_checkpoint(&cwd.join("run"));
