@@ -22,7 +22,7 @@ pub enum Error {
 
     /// A file could not be read or written. The I/O error is part of the
     /// message, not a `source`, so that a printed error chain says it once.
-    #[error("{}: {error}", path.display())]
+    #[error("{}: {error}{}", path.display(), full_disk_hint(error))]
     Io {
         path: PathBuf,
         error: std::io::Error,
@@ -45,6 +45,20 @@ pub enum Error {
     /// The tokenizer library reported a failure.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+}
+
+/// What to do when a write failed for want of space: the OS's words ("No
+/// space left on device") do not say that nothing was lost.
+fn full_disk_hint(error: &std::io::Error) -> &'static str {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    match error.raw_os_error() {
+        Some(ENOSPC) => {
+            " (the file system holding it is full: free space, then run the command again)"
+        }
+        Some(EDQUOT) => " (the disk quota is used up: free space, then run the command again)",
+        _ => "",
+    }
 }
 
 impl Error {

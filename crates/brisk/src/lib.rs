@@ -19,6 +19,7 @@
 //!   fine-tuning;
 //! - [`compare`]: comparisons of runs, their table and HTML report;
 //! - [`run`]: run directories, provenance and atomic writes;
+//! - [`integrity`]: checksums that seal checkpoints and corpora;
 //! - [`runtime`]: process set-up (thread pool, allocator tuning);
 //! - [`plot`]: SVG charts;
 //! - [`progress`]: plain progress lines for logs.
@@ -31,6 +32,7 @@ pub mod embed;
 pub mod encoder;
 pub mod error;
 pub mod hf;
+pub mod integrity;
 pub mod landscape;
 pub mod model;
 pub mod plot;

@@ -324,8 +324,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Writes a file atomically: a temporary name in the same directory, then a
-/// rename, so a crash never leaves a half-written file under the real name.
 /// Builds the directory `target` atomically: `fill` writes into a
 /// temporary sibling (`.NAME.tmp`), which then replaces `target`, so a
 /// crash never leaves a half-written directory under the real name.
@@ -338,13 +336,20 @@ pub fn write_dir_atomic(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    fill(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        // Give back the space at once: on a full disk the half-written
+        // files are what fills it.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if target.exists() {
         std::fs::remove_dir_all(target).map_err(|e| Error::io(target, e))?;
     }
     std::fs::rename(&tmp, target).map_err(|e| Error::io(target, e))
 }
 
+/// Writes a file atomically: a temporary name in the same directory, then a
+/// rename, so a crash never leaves a half-written file under the real name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_sibling(path);
     let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -352,6 +357,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Writes tensors as a safetensors file atomically (a temporary sibling,
+/// then a rename). A failed write is an I/O error naming `path`, so a full
+/// disk says so, and leaves nothing behind.
+pub fn save_safetensors<K: AsRef<str> + Ord + std::fmt::Display>(
+    tensors: &std::collections::HashMap<K, candle_core::Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let tmp = temporary_sibling(path);
+    if let Err(e) = candle_core::safetensors::save(tensors, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_error(path, &e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The I/O error under a library's write error, if there is one, as an
+/// error naming `path`.
+fn write_error(path: &Path, error: &(dyn std::error::Error + 'static)) -> Error {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let copy = match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            };
+            return Error::io(path, copy);
+        }
+        cause = e.source();
+    }
+    Error::data(path, format!("cannot be written: {error}"))
 }
 
 /// `dir/.name.tmp` next to `dir/name`.

@@ -19,7 +19,17 @@ pub struct ConfigSource {
 }
 
 /// Builds the config: preset, then file, then overrides, then validation.
+/// An error about a value names the config file it may have come from.
 pub fn resolve(source: &ConfigSource) -> Result<Config> {
+    layer(source).map_err(|e| match (&source.file, e) {
+        (Some(path), Error::Config(message)) if !message.contains(&path.display().to_string()) => {
+            Error::Config(format!("{message} (config file {})", path.display()))
+        }
+        (_, e) => e,
+    })
+}
+
+fn layer(source: &ConfigSource) -> Result<Config> {
     let file_table = match &source.file {
         Some(path) => Some(read_table(path)?),
         None => None,

@@ -35,6 +35,27 @@ pub enum Input {
     Generated,
 }
 
+impl Input {
+    /// The input as a message names it: its paths (the first few), or the
+    /// built-in corpus.
+    pub fn describe(&self) -> String {
+        match self {
+            Input::Generated => "the built-in corpus".into(),
+            Input::Paths(paths) => {
+                let shown: Vec<String> = paths
+                    .iter()
+                    .take(3)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                match paths.len() {
+                    0..=3 => shown.join(", "),
+                    n => format!("{} and {} more", shown.join(", "), n - 3),
+                }
+            }
+        }
+    }
+}
+
 /// What a preparation did and how fast.
 #[derive(Debug, Clone, Serialize)]
 pub struct PrepareReport {
@@ -105,7 +126,10 @@ pub fn prepare(
     let text_bytes: u64 = sources.iter().map(|s| s.text.len() as u64).sum();
     let docs: Vec<&str> = sources.iter().flat_map(|s| s.documents()).collect();
     if docs.is_empty() {
-        return Err(Error::Usage("the input holds no documents".into()));
+        return Err(Error::Usage(format!(
+            "{} holds no documents",
+            input.describe()
+        )));
     }
     stages.finish(
         "read",
@@ -178,9 +202,9 @@ pub fn prepare(
     };
     let (train, train_packed) = write(Split::Train, &train_docs)?;
     let (validation, _) = write(Split::Validation, &validation_docs)?;
-    check_split_size(&train, Split::Train, data)?;
+    check_split_size(&train, Split::Train, data, input)?;
     if data.val_fraction > 0.0 {
-        check_split_size(&validation, Split::Validation, data)?;
+        check_split_size(&validation, Split::Validation, data, input)?;
     }
     let entropy = entropy_nats(&shards::token_counts(&train_packed.tokens, vocab, special));
     drop(train_packed);
@@ -199,7 +223,7 @@ pub fn prepare(
         special_ids: special,
         tokenizer: TokenizerInfo {
             file: "tokenizer.json".into(),
-            sha256: shards::sha256_file(&tokenizer_path)?,
+            sha256: crate::integrity::sha256_file(&tokenizer_path)?,
             trained: data.tokenizer.is_empty(),
             vocab_size: vocab,
             lowercase: data.lowercase,
@@ -241,7 +265,12 @@ pub fn prepare(
     })
 }
 
-fn check_split_size(info: &shards::SplitInfo, split: Split, data: &DataConfig) -> Result<()> {
+fn check_split_size(
+    info: &shards::SplitInfo,
+    split: Split,
+    data: &DataConfig,
+    input: &Input,
+) -> Result<()> {
     if info.sequences > 0 {
         return Ok(());
     }
@@ -250,8 +279,9 @@ fn check_split_size(info: &shards::SplitInfo, split: Split, data: &DataConfig) -
         Split::Validation => "raise data.val_fraction, give more text, or set data.val_fraction=0",
     };
     Err(Error::Usage(format!(
-        "the {} split has {} tokens, less than one sequence of data.seq_len = {}: {hint}",
+        "the {} split of {} has {} tokens, less than one sequence of data.seq_len = {}: {hint}",
         split.name(),
+        input.describe(),
         info.dropped_tokens,
         data.seq_len
     )))

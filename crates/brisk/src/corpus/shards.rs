@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::tokenizer::{PieceTable, SpecialIds};
 use crate::error::{Error, Result};
@@ -340,21 +339,11 @@ fn write_u32s(path: &Path, values: &[u32]) -> Result<String> {
     // machine is little-endian (checked at compile time above).
     let bytes =
         unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4) };
-    let digest = hex(&Sha256::digest(bytes));
+    let digest = crate::integrity::sha256(bytes);
     let tmp = crate::run::temporary_sibling(path);
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(digest)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 of a file's bytes, as hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(hex(&Sha256::digest(&bytes)))
 }
 
 /// A prepared corpus opened for reading: the manifest and memory-mapped shards.
@@ -380,7 +369,7 @@ pub struct Sequence<'a> {
 
 impl PreparedCorpus {
     /// Opens `dir/manifest.json` and maps every shard, checking the format
-    /// version and the file sizes.
+    /// version, the file sizes and the checksums.
     pub fn open(dir: &Path) -> Result<PreparedCorpus> {
         let path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -409,37 +398,80 @@ impl PreparedCorpus {
                 .shards
                 .iter()
                 .map(|s| {
-                    let expect = s.sequences * manifest.seq_len * 4;
+                    let expect = s
+                        .sequences
+                        .checked_mul(manifest.seq_len)
+                        .and_then(|n| n.checked_mul(4));
+                    let map = |file: &String| {
+                        map_file(&dir.join(file), expect).map_err(|e| {
+                            Error::data(&path, format!("lists a shard that does not match it: {e}"))
+                        })
+                    };
                     Ok(MappedShard {
-                        tokens: map_file(&dir.join(&s.tokens_file), expect)?,
-                        words: map_file(&dir.join(&s.words_file), expect)?,
+                        tokens: map(&s.tokens_file)?,
+                        words: map(&s.words_file)?,
                         sequences: s.sequences,
                     })
                 })
                 .collect()
         };
-        Ok(PreparedCorpus {
+        let corpus = PreparedCorpus {
             dir: dir.to_path_buf(),
             train: map_split(Split::Train)?,
             validation: map_split(Split::Validation)?,
             manifest,
-        })
+        };
+        corpus.verify_checksums()?;
+        Ok(corpus)
     }
 
-    /// Recomputes every shard's SHA-256 and compares it with the manifest.
+    /// Recomputes the SHA-256 of every shard (from its mapping, in
+    /// parallel) and of the tokenizer file, and compares them with the
+    /// manifest: a damaged file is an error naming it. [`open`] calls this,
+    /// so a corpus is checked once per run; the pages it reads are the ones
+    /// training reads next.
+    ///
+    /// [`open`]: PreparedCorpus::open
     pub fn verify_checksums(&self) -> Result<()> {
-        for split in [Split::Train, Split::Validation] {
-            for s in &self.manifest.split(split).shards {
-                for (file, want) in [
-                    (&s.tokens_file, &s.tokens_sha256),
-                    (&s.words_file, &s.words_sha256),
-                ] {
-                    let path = self.dir.join(file);
-                    if &sha256_file(&path)? != want {
-                        return Err(Error::data(&path, "checksum does not match the manifest"));
-                    }
-                }
+        let manifest = self.dir.join("manifest.json");
+        let shards = [Split::Train, Split::Validation]
+            .into_iter()
+            .flat_map(|split| {
+                self.manifest
+                    .split(split)
+                    .shards
+                    .iter()
+                    .zip(self.shards(split))
+            });
+        let files: Vec<(&String, &String, &Mmap)> = shards
+            .flat_map(|(info, map)| {
+                [
+                    (&info.tokens_file, &info.tokens_sha256, &map.tokens),
+                    (&info.words_file, &info.words_sha256, &map.words),
+                ]
+            })
+            .collect();
+        files.par_iter().try_for_each(|(file, want, map)| {
+            match &crate::integrity::sha256(map) == *want {
+                true => Ok(()),
+                false => Err(Error::data(
+                    self.dir.join(file),
+                    format!(
+                        "is damaged: its SHA-256 does not match {}; prepare the corpus again",
+                        manifest.display()
+                    ),
+                )),
             }
+        })?;
+        let tokenizer = self.dir.join(&self.manifest.tokenizer.file);
+        if crate::integrity::sha256_file(&tokenizer)? != self.manifest.tokenizer.sha256 {
+            return Err(Error::data(
+                &tokenizer,
+                format!(
+                    "is damaged or was replaced: its SHA-256 does not match {}",
+                    manifest.display()
+                ),
+            ));
         }
         Ok(())
     }
@@ -473,16 +505,19 @@ impl PreparedCorpus {
     }
 }
 
-fn map_file(path: &Path, expect_bytes: usize) -> Result<Mmap> {
+/// Maps a shard, checking its size against the manifest's (`None`: a
+/// size that overflows, which no file has).
+fn map_file(path: &Path, expect_bytes: Option<usize>) -> Result<Mmap> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // Safety: shards are written once (atomically) and never modified; a
     // concurrent external edit would be a user error we cannot guard against.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    if map.len() != expect_bytes {
+    if Some(map.len()) != expect_bytes {
+        let expect = expect_bytes.map_or("more than any file holds".into(), |n| n.to_string());
         return Err(Error::data(
             path,
             format!(
-                "shard has {} bytes, the manifest implies {expect_bytes}",
+                "shard has {} bytes, the manifest implies {expect}",
                 map.len()
             ),
         ));

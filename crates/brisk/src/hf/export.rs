@@ -185,8 +185,7 @@ fn write_weights(params: &Params, class: Class, path: &Path) -> Result<()> {
         .filter_map(|(name, t)| Some((class.hf_name(name)?, t.clone())))
         .collect();
     if class != Class::BertForMaskedLm {
-        candle_core::safetensors::save(&tensors, path)?;
-        return Ok(());
+        return crate::run::save_safetensors(&tensors, path);
     }
     let tied = [
         (
@@ -199,8 +198,7 @@ fn write_weights(params: &Params, class: Class, path: &Path) -> Result<()> {
         let t = tensors[source].clone();
         tensors.insert(name.to_string(), t);
     }
-    candle_core::safetensors::save(&tensors, path)?;
-    Ok(())
+    crate::run::save_safetensors(&tensors, path)
 }
 
 /// `vocab.txt`: one token per line, in id order.

@@ -289,9 +289,7 @@ impl Params {
             .iter()
             .map(|(name, t)| (name.to_string(), t.clone()))
             .collect();
-        let tmp = crate::run::temporary_sibling(path);
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::run::save_safetensors(&tensors, path)
     }
 
     /// Overwrites every parameter with the tensor of the same name in a

@@ -450,9 +450,7 @@ impl NoteBook {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let tmp = crate::run::temporary_sibling(path);
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::run::save_safetensors(&map, path)
     }
 
     /// Restores what [`NoteBook::save`] wrote; the file must hold the same
@@ -596,12 +594,7 @@ pub fn open_run_notes(run: &Path, tokenizer: &Tokenizer) -> Result<(NoteBook, No
         file: Some(run.join("config.toml")),
         ..Default::default()
     })?;
-    let checkpoint = crate::train::checkpoint::latest(run)?.ok_or_else(|| {
-        Error::data(
-            run,
-            "has no checkpoint: TNF's notes come from a `brisk pretrain` run",
-        )
-    })?;
+    let checkpoint = crate::train::checkpoint::newest_usable(run)?;
     let file = checkpoint.join(NOTES_FILE);
     if !file.exists() {
         return Err(Error::Usage(format!(

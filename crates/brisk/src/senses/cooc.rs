@@ -160,10 +160,7 @@ impl SparseCounts {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let tmp = crate::run::temporary_sibling(path);
-        candle_core::safetensors::save(&tensors, &tmp)
-            .map_err(|e| Error::Tensor(format!("writing {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::run::save_safetensors(&tensors, path)
     }
 
     /// Reads a matrix written by [`SparseCounts::save`], checking that its

@@ -176,16 +176,20 @@ impl Task {
             toml::from_str(&text).map_err(|e| Error::data(&shown, format!("task file: {e}")))?;
         spec.check(&shown)?;
         let (train, dev) = (base.join(&spec.train), base.join(&spec.dev));
+        let named_by = |e: Error| match &source {
+            Some(file) => Error::data(file, format!("names data that does not fit it: {e}")),
+            None => e,
+        };
         for file in [&train, &dev] {
             if !file.is_file() {
-                return Err(Error::data(
+                return Err(named_by(Error::data(
                     file,
                     format!("not found (a data file of task {:?})", spec.name),
-                ));
+                )));
             }
             // Named columns are checked now, before any run directory exists.
             if spec.header {
-                Table::read(&spec, file, &first_line(file)?, true)?;
+                Table::read(&spec, file, &first_line(file)?, true).map_err(named_by)?;
             }
         }
         Ok(Task { train, dev, spec })

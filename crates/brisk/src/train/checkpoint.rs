@@ -1,10 +1,12 @@
 //! Checkpoints: `checkpoints/step-NNNNNN/` holding `model.safetensors`,
 //! `optimizer.safetensors` and `state.json` (format version, step, data
-//! position, counters).
+//! position, counters), sealed by `checksums.json` ([`crate::integrity`]).
 //!
-//! A checkpoint directory is assembled under a temporary name and renamed
-//! into place, so a crash or a kill never leaves a half-written checkpoint
-//! under a real name. Random streams (masks, dropout) are derived from the
+//! A checkpoint directory is assembled under a temporary name, synced,
+//! sealed and renamed into place, so a crash or a kill never leaves a
+//! half-written checkpoint under a real name, and a checkpoint damaged
+//! afterwards (a flipped bit, a copy cut short) fails its check on loading;
+//! resuming then falls back to the newest intact one. Random streams (masks, dropout) are derived from the
 //! seed and the step, so the step and the data position are all the state
 //! that resume needs besides weights and optimiser moments.
 
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::integrity::{self, Damaged, Seal};
 use crate::model::Params;
 use crate::run::write_json;
 use crate::train::optim::AdamW;
@@ -133,22 +136,54 @@ pub fn save(
     extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let target = checkpoints_dir(run_dir).join(step_dir_name(state.step));
+    let previous = latest(run_dir)?;
     crate::run::write_dir_atomic(&target, |tmp| {
         params.save(&tmp.join("model.safetensors"))?;
         opt.save(&tmp.join("optimizer.safetensors"))?;
         write_json(&tmp.join("state.json"), state)?;
-        extra(tmp)
+        extra(tmp)?;
+        pause_for_fault_tests();
+        integrity::seal(tmp)
+    })
+    .map_err(|e| {
+        let kept = match &previous {
+            Some(dir) => format!("the previous checkpoint, {}, is intact", dir.display()),
+            None => "there is no earlier checkpoint".into(),
+        };
+        Error::Training(format!(
+            "writing the checkpoint of step {} failed: {e}; training stopped and {kept}. \
+             Fix the cause, then continue with --resume",
+            state.step
+        ))
     })?;
     prune(run_dir, keep.max(1))?;
     Ok(target)
 }
 
-/// Deletes all but the newest `keep` checkpoints.
+/// Deletes all but the newest `keep` checkpoints, and what killed writers
+/// and deleters left behind. A checkpoint is renamed out of the way before
+/// it is deleted, so a kill during the deletion never leaves a checkpoint
+/// with some of its files under a real name.
 fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     let all = list(run_dir)?;
     let excess = all.len().saturating_sub(keep);
     for (_, path) in all.into_iter().take(excess) {
-        std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        let doomed = path.with_file_name(format!(
+            ".{}.old",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        std::fs::rename(&path, &doomed).map_err(|e| Error::io(&path, e))?;
+    }
+    let dir = checkpoints_dir(run_dir);
+    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let leftover =
+            name.starts_with(".step-") && (name.ends_with(".old") || name.ends_with(".tmp"));
+        if leftover {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
     }
     Ok(())
 }
@@ -174,24 +209,83 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
         .map_err(|e| Error::data(&path, format!("bad checkpoint state: {e}")))
 }
 
-/// Loads a checkpoint into `params` and `opt` and returns its state.
+/// Loads a checkpoint into `params` and `opt` and returns its state,
+/// checking its files against their checksums first.
 pub fn load(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<TrainState> {
+    integrity::verify(dir)?;
     let state = read_state(dir)?;
     params.load(&dir.join("model.safetensors"))?;
     opt.load(&dir.join("optimizer.safetensors"), state.step)?;
     Ok(state)
 }
 
-/// The weights file of a run's newest checkpoint, for commands that use a
-/// trained model (`fill-mask`).
+/// The newest checkpoint of a run whose files match their checksums, and
+/// the newer ones that did not (newest first), for the caller to report.
+/// A checkpoint from before checkpoints were sealed counts as intact.
+pub fn latest_intact(run_dir: &Path) -> Result<(Option<PathBuf>, Vec<Damaged>)> {
+    let mut damaged = Vec::new();
+    for (_, dir) in list(run_dir)?.into_iter().rev() {
+        match integrity::verify(&dir).and_then(|seal| read_state(&dir).map(|_| seal)) {
+            Ok(Seal::Intact | Seal::Unsealed) => return Ok((Some(dir), damaged)),
+            Err(error) => damaged.push(Damaged { dir, error }),
+        }
+    }
+    Ok((None, damaged))
+}
+
+/// Says on stderr which checkpoints were passed over as damaged, and which
+/// one is used instead.
+pub fn report_fallback(damaged: &[Damaged], used: Option<&Path>) {
+    for d in damaged {
+        eprintln!(
+            "warning: checkpoint {} is damaged and was skipped: {}",
+            d.dir.display(),
+            d.error
+        );
+    }
+    if !damaged.is_empty() {
+        match used {
+            Some(dir) => eprintln!("using the newest intact checkpoint, {}", dir.display()),
+            None => eprintln!("no intact checkpoint is left"),
+        }
+    }
+}
+
+/// The weights file of a run's newest intact checkpoint, for commands that
+/// use a trained model (`fill-mask`, export, fine-tuning); damaged newer
+/// ones are reported and passed over.
 pub fn latest_weights(run_dir: &Path) -> Result<PathBuf> {
-    let dir = latest(run_dir)?.ok_or_else(|| {
-        Error::data(
-            checkpoints_dir(run_dir),
-            "has no checkpoint (is this a `brisk pretrain` run directory?)",
-        )
-    })?;
-    Ok(dir.join("model.safetensors"))
+    Ok(newest_usable(run_dir)?.join("model.safetensors"))
+}
+
+/// A run's newest intact checkpoint directory, reporting damaged newer
+/// ones; an error when there is none.
+pub fn newest_usable(run_dir: &Path) -> Result<PathBuf> {
+    let (dir, damaged) = latest_intact(run_dir)?;
+    report_fallback(&damaged, dir.as_deref());
+    let dir = match (dir, damaged.into_iter().next()) {
+        (Some(dir), _) => dir,
+        (None, Some(first)) => return Err(first.error),
+        (None, None) => {
+            return Err(Error::data(
+                checkpoints_dir(run_dir),
+                "has no checkpoint (is this a `brisk pretrain` run directory?)",
+            ))
+        }
+    };
+    Ok(dir)
+}
+
+/// For the fault tests (`tests/faults.rs`): with `BRISK_FAULT_PAUSE_MS`
+/// set, sleeps that long between writing a checkpoint's files and sealing
+/// it, so that a kill lands inside a checkpoint write often enough to test.
+fn pause_for_fault_tests() {
+    if let Some(ms) = std::env::var("BRISK_FAULT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 #[cfg(test)]

@@ -310,9 +310,7 @@ impl AdamW {
                 tensors.insert(format!("v.{}", e.name), part(&v)?);
             }
         }
-        let tmp = crate::run::temporary_sibling(path);
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::run::save_safetensors(&tensors, path)
     }
 
     /// Restores the moments written by [`AdamW::save`] and the step count.

@@ -729,7 +729,7 @@ pub fn pretrain(
     let model = objective::build(config, &mut params, Some(corpus))?;
     let mut opt = AdamW::new(&params, train)?;
     let resume_from = match options.resume {
-        true => checkpoint::latest(run_dir)?,
+        true => intact_checkpoint(run_dir, root)?,
         false => None,
     };
     let mut notes = config
@@ -781,7 +781,7 @@ pub fn pretrain(
     }
 
     let session = Instant::now();
-    let (wall_before, tokens_before) = (state.wall_s, state.tokens);
+    let (wall_before, tokens_before, step_at_start) = (state.wall_s, state.tokens, state.step);
     let elapsed = || wall_before + session.elapsed().as_secs_f64();
     let mut last_step_secs = 0.0;
     let mut exchange = Exchange::default();
@@ -898,6 +898,11 @@ pub fn pretrain(
         }
     };
     progress.finish();
+    if ending == Ending::Finished && state.step == step_at_start && root {
+        // Finishing a run that had reached its budget (killed before its
+        // summary): the final validation, as the last step made it.
+        last_validation = validate(model.as_ref(), corpus, config, &evaluator, plan.micro)?;
+    }
     state.wall_s = agree(last_step_secs)?.elapsed;
     let final_save = saved_step != Some(state.step);
     if final_save {
@@ -1125,6 +1130,20 @@ fn fresh_state(seed: u64) -> TrainState {
     }
 }
 
+/// The checkpoint to resume from: the newest whose files match their
+/// checksums. Damaged newer ones are reported and passed over; when every
+/// checkpoint is damaged, the first error stands.
+fn intact_checkpoint(run_dir: &Path, report: bool) -> Result<Option<PathBuf>> {
+    let (dir, damaged) = checkpoint::latest_intact(run_dir)?;
+    if report {
+        checkpoint::report_fallback(&damaged, dir.as_deref());
+    }
+    match (dir, damaged.into_iter().next()) {
+        (None, Some(first)) => Err(first.error),
+        (dir, _) => Ok(dir),
+    }
+}
+
 /// Loads checkpoint `dir` of `run_dir` into the weights and the optimiser and returns
 /// its state, refusing a different seed or a run already at its budget.
 fn resume_state(
@@ -1163,7 +1182,10 @@ fn resume_state(
             plan.world, plan.accum, state.micro_batches
         );
     }
-    if plan.budget.exhausted(state.step, state.wall_s) {
+    // A run killed after its last checkpoint but before its summary is
+    // finished by resuming it: no steps, just the outputs.
+    let summarised = run_dir.join("summary.json").exists();
+    if plan.budget.exhausted(state.step, state.wall_s) && summarised {
         return Err(Error::Usage(format!(
             "{} already reached its budget at step {}: give a larger --steps, --tokens or --budget to continue",
             run_dir.display(),
