@@ -48,6 +48,9 @@ pub enum Command {
     /// Write the HTML report (loss charts, config differences, final
     /// numbers) of any set of pre-training runs; the first is the baseline.
     Report(ReportArgs),
+    /// Check runs and corpora for damaged files: each checkpoint against its
+    /// checksums.json, each prepared corpus against its manifest.
+    Check(crate::check::CheckArgs),
     /// Label every word (named entities, parts of speech) with a
     /// BiLSTM-CRF over concatenated embeddings: train, predict, eval.
     Tag {

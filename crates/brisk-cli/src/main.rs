@@ -3,6 +3,7 @@
 
 mod ace;
 mod args;
+mod check;
 mod compare;
 mod dist;
 mod landscape;
@@ -78,6 +79,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => tune::eval(args),
         Command::Compare(args) => compare::compare(args),
         Command::Report(args) => compare::report(args),
+        Command::Check(args) => check::check(args),
         Command::Predict(args) => tune::predict(args),
         Command::Ace(args) => ace::ace(args),
         Command::Senses { command } => senses::run_command(command),

@@ -1346,15 +1346,41 @@ fn compare_trains_variants_resumes_and_reports() {
 }
 
 #[test]
-fn report_pages_show_markup_in_run_names_as_text() {
+fn report_pages_show_markup_in_run_names_config_values_and_file_names_as_text() {
     let dir = tempfile::tempdir().unwrap();
     let names = ["x<script>alert(1)", "y<img src=x onerror=alert(2)>"];
     for name in names {
         let out = run_brisk(&quick_pretrain(name, &["--steps", "3"]), dir.path());
         assert!(out.status.success(), "{name}: {}", stderr(&out));
     }
+    // A third run reads a corpus whose directory name is markup: the
+    // report shows it as the config value that differs.
+    let corpus = "c<script>alert(3)</script>";
     let out = brisk(
-        &["report", names[0], names[1], "--out", "page.html"],
+        &[
+            "corpus",
+            "prepare",
+            "--out",
+            corpus,
+            "-q",
+            "--set",
+            "data.generated_words=20000",
+            "--set",
+            "data.seq_len=32",
+            "--set",
+            "model.vocab_size=600",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let set = format!("data.corpus={corpus}");
+    let out = run_brisk(
+        &quick_pretrain("z", &["--steps", "3", "--set", &set]),
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = brisk(
+        &["report", names[0], names[1], "z", "--out", "page.html"],
         dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1366,6 +1392,10 @@ fn report_pages_show_markup_in_run_names_as_text() {
     );
     assert!(page.contains("x&lt;script&gt;alert(1)"));
     assert!(page.contains("y&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(
+        page.contains("c&lt;script&gt;alert(3)&lt;/script&gt;"),
+        "the config value is shown, escaped"
+    );
 }
 
 #[test]

@@ -341,6 +341,32 @@ fn a_damaged_checkpoint_is_named_and_resume_falls_back_to_an_intact_one() {
     std::fs::write(&middle, &bytes[..bytes.len() - 100]).unwrap();
     std::fs::remove_file(run.join("summary.json")).unwrap();
 
+    // `brisk check` names what is damaged and what is intact.
+    let out = brisk(&["check", "damaged"], dir.path());
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{said}{}", stderr(&out));
+    for (line, model) in [
+        (
+            "DAMAGED  damaged/checkpoints/step-000012",
+            "model.safetensors",
+        ),
+        (
+            "DAMAGED  damaged/checkpoints/step-000008",
+            "optimizer.safetensors",
+        ),
+    ] {
+        assert!(
+            said.lines()
+                .any(|l| l.starts_with(line) && l.contains(model)),
+            "{said}"
+        );
+    }
+    assert!(
+        said.contains("intact   damaged/checkpoints/step-000004"),
+        "{said}"
+    );
+    assert!(said.contains("intact   damaged/corpus"), "{said}");
+
     let out = brisk(
         &resume_args("damaged", 12)
             .iter()

@@ -58,3 +58,47 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // `rayon::scope` runs its body on a worker when called from outside.
     rayon::scope(|_| f())
 }
+
+thread_local! {
+    /// Set while [`contain_panic`] runs on this thread.
+    static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err` with the panic's
+/// message, and keeping that message off stderr. For calls into libraries
+/// that panic on input they did not expect (the tokenizers crate does on
+/// some malformed `tokenizer.json` files), so that bad input is an error
+/// naming the file, never a crash.
+pub fn contain_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINING.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = CONTAINING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(outer));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contained_panic_is_an_error_with_its_message() {
+        assert_eq!(contain_panic(|| 3), Ok(3));
+        let err = contain_panic(|| -> u8 { panic!("bad input {}", 7) }).unwrap_err();
+        assert_eq!(err, "bad input 7");
+    }
+}

@@ -313,6 +313,25 @@ fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
+/// Every number of a config must be finite: an infinite or NaN learning
+/// rate, decay or threshold would only show up as a NaN loss later.
+fn check_finite(value: &toml::Value, key: &str) -> Result<()> {
+    match value {
+        toml::Value::Float(x) if !x.is_finite() => {
+            check(false, key, || format!("{x} is not a finite number"))
+        }
+        toml::Value::Table(table) => table.iter().try_for_each(|(k, v)| {
+            let path = match key.is_empty() {
+                true => k.clone(),
+                false => format!("{key}.{k}"),
+            };
+            check_finite(v, &path)
+        }),
+        toml::Value::Array(items) => items.iter().try_for_each(|v| check_finite(v, key)),
+        _ => Ok(()),
+    }
+}
+
 fn check_probability(key: &str, value: f64) -> Result<()> {
     check((0.0..=1.0).contains(&value), key, || {
         format!("{value} is not a probability (expected 0 to 1)")
@@ -323,6 +342,10 @@ impl Config {
     /// Checks the relations between fields that a single field's type cannot
     /// express. The message names the key and the accepted values.
     pub fn validate(&self) -> Result<()> {
+        check_finite(
+            &toml::Value::try_from(self).expect("a config always serialises"),
+            "",
+        )?;
         let m = &self.model;
         for (key, value) in [
             ("model.vocab_size", m.vocab_size),

@@ -464,7 +464,13 @@ impl PreparedCorpus {
             }
         })?;
         let tokenizer = self.dir.join(&self.manifest.tokenizer.file);
-        if crate::integrity::sha256_file(&tokenizer)? != self.manifest.tokenizer.sha256 {
+        let sum = crate::integrity::sha256_file(&tokenizer).map_err(|e| {
+            Error::data(
+                &manifest,
+                format!("lists a tokenizer that cannot be read: {e}"),
+            )
+        })?;
+        if sum != self.manifest.tokenizer.sha256 {
             return Err(Error::data(
                 &tokenizer,
                 format!(

@@ -147,7 +147,9 @@ pub fn load_tokenizer(path: &Path, lowercase: bool) -> Result<Tokenizer> {
     }
     let shown = path.display().to_string();
     let tokenizer = if path.extension().is_some_and(|e| e == "json") {
-        Tokenizer::from_file(path)
+        crate::runtime::contain_panic(|| Tokenizer::from_file(path))
+            .map_err(|panic| format!("the tokenizers library failed on it ({panic})"))
+            .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|e| Error::data(path, format!("not a readable tokenizer.json: {e}")))?
     } else {
         let model = WordPiece::from_file(&shown)
@@ -531,6 +533,26 @@ mod tests {
         assert_eq!(
             enc.get_tokens(),
             ["[CLS]", "hello", ",", "world", ".", "[SEP]"]
+        );
+    }
+
+    #[test]
+    fn a_malformed_decoder_is_an_error_naming_the_file_not_a_panic() {
+        // The tokenizers crate panics on a decoder it cannot read (found by
+        // tests/fuzz.rs in brisk-cli).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tiny_tokenizer(true).save(&path, false).unwrap();
+        // A syntax error inside the decoder's object: the library buffers
+        // that object for an untagged enum and unwraps the result.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let broken = text.replacen("\"decoder\":{\"type\":", "\"decoder\":{\"type\" ", 1);
+        assert_ne!(broken, text);
+        std::fs::write(&path, broken).unwrap();
+        let err = load_tokenizer(&path, true).unwrap_err().to_string();
+        assert!(
+            err.contains("tokenizer.json") && err.contains("the tokenizers library failed on it"),
+            "{err}"
         );
     }
 
