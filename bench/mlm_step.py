@@ -108,6 +108,7 @@ def main():
         "framework": "pytorch",
         "preset": brisk["preset"],
         "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "batch": b,
         "seq_len": l,
         "threads": torch.get_num_threads(),

@@ -198,6 +198,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.model.intermediate_size,
     )?;
     let report = serde_json::json!({
+        "isa_kernels": format!("{:?}", brisk::model::fused::kernels::isa()),
         "framework": if args.kernels == "fused" { "brisk".to_string() } else { format!("brisk ({})", args.kernels) },
         "preset": args.preset,
         "batch": b,

@@ -642,7 +642,8 @@ fn resume_continues_bitwise_exactly() {
         stderr(&out)
     );
 
-    // A checkpoint of another format version is a clear error.
+    // A checkpoint of another format version (intact: sealed as the
+    // brisk that wrote it would) is a clear error, not a fallback.
     let state = dir.path().join("parts/checkpoints/step-000020/state.json");
     let text = std::fs::read_to_string(&state).unwrap();
     std::fs::write(
@@ -650,6 +651,7 @@ fn resume_continues_bitwise_exactly() {
         text.replace("\"format_version\": 1", "\"format_version\": 7"),
     )
     .unwrap();
+    brisk::integrity::seal(state.parent().unwrap()).unwrap();
     let out = brisk(
         &[
             "pretrain", "--out", "parts", "--resume", "--steps", "30", "-q",

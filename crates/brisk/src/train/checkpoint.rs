@@ -221,11 +221,13 @@ pub fn load(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<TrainState> 
 
 /// The newest checkpoint of a run whose files match their checksums, and
 /// the newer ones that did not (newest first), for the caller to report.
-/// A checkpoint from before checkpoints were sealed counts as intact.
+/// A checkpoint from before checkpoints were sealed counts as intact. An
+/// intact checkpoint that cannot be used (another format version) is
+/// returned too: loading it says why, rather than falling back past it.
 pub fn latest_intact(run_dir: &Path) -> Result<(Option<PathBuf>, Vec<Damaged>)> {
     let mut damaged = Vec::new();
     for (_, dir) in list(run_dir)?.into_iter().rev() {
-        match integrity::verify(&dir).and_then(|seal| read_state(&dir).map(|_| seal)) {
+        match integrity::verify(&dir) {
             Ok(Seal::Intact | Seal::Unsealed) => return Ok((Some(dir), damaged)),
             Err(error) => damaged.push(Damaged { dir, error }),
         }

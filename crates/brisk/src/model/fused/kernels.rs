@@ -692,16 +692,16 @@ pub enum Activation {
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd {
     ($body:expr) => {
-        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked above).
+        if $crate::model::fused::kernels::isa() == $crate::model::fused::kernels::Isa::Avx512 {
+            // SAFETY: the CPU supports AVX-512F (checked by `isa`).
             unsafe {
                 $crate::model::fused::kernels::with_avx512(
                     #[inline(always)]
                     || $body,
                 )
             }
-        } else if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked above).
+        } else if $crate::model::fused::kernels::isa() == $crate::model::fused::kernels::Isa::Avx2 {
+            // SAFETY: the CPU supports AVX2 (checked by `isa`).
             unsafe {
                 $crate::model::fused::kernels::with_avx2(
                     #[inline(always)]
@@ -722,6 +722,53 @@ macro_rules! simd {
 }
 
 pub(crate) use simd;
+
+/// The instruction set brisk's own kernels run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// What every x86-64 (SSE2) or other CPU has.
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// The widest instruction set this CPU offers and this build uses (AVX-512
+/// only with the `avx512` feature), capped by `BRISK_ISA` (`avx2` or
+/// `baseline`), so that one machine can measure and test the paths of
+/// CPUs with less. Decided once per process. The cap applies to brisk's
+/// own kernels; gemm's matrix products choose their path from the build
+/// (without the `avx512` feature they use AVX2 at most).
+pub fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let cap = match std::env::var("BRISK_ISA").as_deref() {
+            Ok("baseline") => Isa::Baseline,
+            Ok("avx2") => Isa::Avx2,
+            Ok("avx512") | Err(_) => Isa::Avx512,
+            Ok(other) => {
+                eprintln!("warning: BRISK_ISA={other:?} is not avx512, avx2 or baseline; ignored");
+                Isa::Avx512
+            }
+        };
+        detected_isa().min(cap)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected_isa() -> Isa {
+    if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+        Isa::Avx512
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        Isa::Avx2
+    } else {
+        Isa::Baseline
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected_isa() -> Isa {
+    Isa::Baseline
+}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
