@@ -107,6 +107,9 @@ fn main() -> anyhow::Result<()> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Preset::from_name(&args.preset)?.config();
+    // HF BERT's layout, which the PyTorch side builds: learned absolute
+    // positions (tiny and mini default to rotary ones).
+    config.model.position = brisk::config::Position::Absolute;
     config.train.batch_size = args.batch;
     config.train.learning_rate = args.lr;
     config.model.kernels = match args.kernels.as_str() {
