@@ -10,7 +10,9 @@
 # `--isa avx2` runs both sides as a CPU without AVX-512 would, on any
 # x86-64 that has AVX2: brisk built without its `avx512` feature (its
 # kernels and gemm's) and capped with BRISK_ISA=avx2, PyTorch with
-# ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2. `native` (the
+# ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and
+# MKL_ENABLE_INSTRUCTIONS=AVX2 (its matrix products may go through MKL,
+# which does not read the other two). `native` (the
 # default) runs each at the best this CPU has.
 #
 # For each combination it first checks that the step-1 losses agree within
@@ -53,7 +55,8 @@ for isa in ${isas//,/ }; do
     case "$isa" in
         native) bin=target/release/mlm-step; env=() ;;
         avx2) bin=target/isa-avx2/release/mlm-step
-              env=(BRISK_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) ;;
+              env=(BRISK_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+                   MKL_ENABLE_INSTRUCTIONS=AVX2) ;;
     esac
     for preset in ${presets//,/ }; do
         for t in ${threads//,/ }; do
