@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use brisk::config::ConfigSource;
-use common::{brisk, stderr};
+use common::{brisk, stderr, Rng};
 
 /// The longest one case may take before it counts as a hang (debug builds
 /// on a loaded 2-core machine included).
@@ -30,23 +30,6 @@ fn cases() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200)
-}
-
-/// splitmix64, seeded per reader.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// Numbers that break naive readers.
@@ -64,24 +47,24 @@ const HOSTILE_NUMBERS: [&str; 8] = [
 /// One mutation of `seed`, chosen by `rng`.
 fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut bytes = seed.to_vec();
-    let at = rng.below(bytes.len() + 1);
-    match rng.below(8) {
+    let at = rng.index(bytes.len() + 1);
+    match rng.index(8) {
         0 => {
-            for _ in 0..1 + rng.below(8) {
+            for _ in 0..1 + rng.index(8) {
                 if !bytes.is_empty() {
-                    let i = rng.below(bytes.len());
-                    bytes[i] ^= 1 << rng.below(8);
+                    let i = rng.index(bytes.len());
+                    bytes[i] ^= 1 << rng.index(8);
                 }
             }
         }
         1 => bytes.truncate(at),
         2 => {
-            let junk: Vec<u8> = (0..1 + rng.below(64)).map(|_| rng.next() as u8).collect();
+            let junk: Vec<u8> = (0..1 + rng.index(64)).map(|_| rng.next() as u8).collect();
             bytes.splice(at..at, junk);
         }
         3 => {
             // Replace a run of digits (or insert at random) by a hostile number.
-            let number = HOSTILE_NUMBERS[rng.below(HOSTILE_NUMBERS.len())].as_bytes();
+            let number = HOSTILE_NUMBERS[rng.index(HOSTILE_NUMBERS.len())].as_bytes();
             let digits: Vec<usize> = (0..bytes.len())
                 .filter(|&i| bytes[i].is_ascii_digit())
                 .collect();
@@ -90,7 +73,7 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
                     bytes.splice(at..at, number.iter().copied());
                 }
                 false => {
-                    let start = digits[rng.below(digits.len())];
+                    let start = digits[rng.index(digits.len())];
                     let end = (start..bytes.len())
                         .find(|&i| !bytes[i].is_ascii_digit())
                         .unwrap_or(bytes.len());
@@ -99,8 +82,8 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             }
         }
         4 => {
-            let depth = 1 + rng.below(100_000);
-            let (open, close) = match rng.below(3) {
+            let depth = 1 + rng.index(100_000);
+            let (open, close) = match rng.index(3) {
                 0 => (b'[', b']'),
                 1 => (b'{', b'}'),
                 _ => (b'[', b'['),
@@ -111,7 +94,7 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             bytes.splice(at..at, nested);
         }
         5 => {
-            let bad: &[u8] = match rng.below(4) {
+            let bad: &[u8] = match rng.index(4) {
                 0 => &[0xff, 0xfe],
                 1 => &[0x80],
                 2 => &[0xc3],
@@ -120,14 +103,14 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             bytes.splice(at..at, bad.iter().copied());
         }
         6 => {
-            let end = (at + rng.below(4096)).min(bytes.len());
+            let end = (at + rng.index(4096)).min(bytes.len());
             let span = bytes[at..end].to_vec();
-            for _ in 0..1 + rng.below(16) {
+            for _ in 0..1 + rng.index(16) {
                 bytes.splice(end..end, span.iter().copied());
             }
         }
         _ => {
-            let end = (at + 1 + rng.below(256)).min(bytes.len());
+            let end = (at + 1 + rng.index(256)).min(bytes.len());
             bytes[at..end].fill(0);
         }
     }
