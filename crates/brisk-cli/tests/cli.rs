@@ -9,7 +9,7 @@ mod minilm;
 use minilm::minilm_dir;
 
 mod common;
-use common::{brisk, newest_checkpoint, stderr};
+use common::{brisk, brisk_owned as run_brisk, newest_checkpoint, sets, small_pretrain, stderr};
 
 /// Flags for a quick built-in corpus.
 const SMALL: &[&str] = &[
@@ -459,38 +459,8 @@ fn safetensors_names(path: &std::path::Path) -> Vec<String> {
 /// A pre-training run small enough for tests: tiny model, 32-token
 /// sequences, batch 4, a 600-entry vocabulary, two threads.
 fn quick_pretrain(out: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "pretrain",
-        "--out",
-        out,
-        "-q",
-        "--threads",
-        "2",
-        "--set",
-        "data.generated_words=20000",
-        "--set",
-        "data.seq_len=32",
-        "--set",
-        "model.vocab_size=600",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "eval.batches=2",
-        "--set",
-        "eval.every=5",
-        "--set",
-        "train.log_every=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn run_brisk(args: &[String], cwd: &Path) -> Output {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    brisk(&args, cwd)
+    let own = sets(&["eval.batches=2", "eval.every=5", "train.log_every=1"]);
+    small_pretrain(out, 2, &[&["-q"][..], &own, extra].concat())
 }
 
 /// `(step, loss bits, validation loss bits)` of every row of a run's metrics.

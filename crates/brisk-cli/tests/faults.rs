@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{brisk, stderr, Rng};
+use common::{brisk, sets, small_pretrain, stderr, Rng};
 
 /// How long a checkpoint write pauses between writing its files and
 /// sealing them (`BRISK_FAULT_PAUSE_MS`), so that kills land mid-write.
@@ -34,39 +34,15 @@ fn env_count(name: &str, default: usize) -> usize {
 /// checkpoint every 4 steps, one thread (resume is bitwise at the same
 /// thread count). `extra` adds `--set`s.
 fn run_args(out: &str, steps: u64, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "pretrain",
-        "--out",
-        out,
-        "-q",
-        "--threads",
-        "1",
-        "--steps",
-        &steps.to_string(),
-        "--set",
-        "data.generated_words=20000",
-        "--set",
-        "data.seq_len=32",
-        "--set",
-        "model.vocab_size=600",
-        "--set",
-        "train.batch_size=4",
-        "--set",
+    let steps = steps.to_string();
+    let own = [
         "eval.batches=2",
-        "--set",
         "eval.every=6",
-        "--set",
         "train.log_every=1",
-        "--set",
         "train.save_every=4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for set in extra {
-        args.extend(["--set".to_string(), set.to_string()]);
-    }
-    args
+    ];
+    let flags = ["-q", "--steps", &steps];
+    small_pretrain(out, 1, &[&flags[..], &sets(&own), &sets(extra)].concat())
 }
 
 /// `--resume` of the run in `out`, with the same budget.

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use brisk::config::ConfigSource;
-use common::{brisk, stderr, Rng};
+use common::{brisk, brisk_owned, sets, small_pretrain, stderr, Rng};
 
 /// The longest one case may take before it counts as a hang (debug builds
 /// on a loaded 2-core machine included).
@@ -201,35 +201,15 @@ fn fuzz(reader: &std::sync::Arc<Reader>, n: usize, seed: u64) -> Outcome {
 /// A finished ELECTRA run with notes in `dir/run`, and its HF export in
 /// `dir/hf`.
 fn real_files(dir: &Path) -> PathBuf {
-    let args = [
-        "pretrain",
-        "--out",
-        "run",
-        "-q",
-        "--threads",
-        "1",
-        "--steps",
-        "4",
-        "--set",
-        "data.generated_words=20000",
-        "--set",
-        "data.seq_len=32",
-        "--set",
-        "model.vocab_size=600",
-        "--set",
-        "train.batch_size=4",
-        "--set",
+    let own = sets(&[
         "objective.kind=electra",
-        "--set",
         "model.position=absolute",
-        "--set",
         "notes.enabled=true",
-        "--set",
         "notes.min_count=3",
-        "--set",
         "notes.max_count=60",
-    ];
-    let out = brisk(&args, dir);
+    ]);
+    let args = small_pretrain("run", 1, &[&["-q", "--steps", "4"][..], &own].concat());
+    let out = brisk_owned(&args, dir);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = brisk(&["export", "run", "--hf", "hf"], dir);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -9,39 +9,15 @@
 
 mod common;
 
-use common::{brisk, stderr};
+use common::{brisk, brisk_owned as run, sets, small_pretrain, stderr};
 
 /// A pre-training command on the built-in corpus with one step and `sets`.
-fn pretrain(out: &str, sets: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "pretrain",
-        "--out",
+fn pretrain(out: &str, extra: &[&str]) -> Vec<String> {
+    small_pretrain(
         out,
-        "-q",
-        "--threads",
-        "1",
-        "--steps",
-        "1",
-        "--set",
-        "data.generated_words=20000",
-        "--set",
-        "data.seq_len=32",
-        "--set",
-        "model.vocab_size=600",
-        "--set",
-        "train.batch_size=4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for set in sets {
-        args.extend(["--set".to_string(), set.to_string()]);
-    }
-    args
-}
-
-fn run(args: &[String], cwd: &std::path::Path) -> std::process::Output {
-    brisk(&args.iter().map(String::as_str).collect::<Vec<_>>(), cwd)
+        1,
+        &[&["-q", "--steps", "1"][..], &sets(extra)].concat(),
+    )
 }
 
 #[test]

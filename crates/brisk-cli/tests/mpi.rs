@@ -11,7 +11,7 @@ mod with_mpi {
     use std::path::Path;
     use std::process::{Command, Output};
 
-    use super::common::{brisk, newest_checkpoint, stderr};
+    use super::common::{brisk, newest_checkpoint, sets, small_pretrain, stderr};
 
     /// Relative tolerance on the losses of N ranks against one process: the
     /// ranks compute the same micro-batches with the same random draws, and
@@ -23,40 +23,17 @@ mod with_mpi {
     /// A pre-training run small enough for tests: tiny model, 32-token
     /// sequences, global batch 4, a 600-entry vocabulary, one thread per rank.
     fn quick(out: &str, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "pretrain",
-            "--out",
-            out,
-            "--threads",
-            "1",
-            "--set",
-            "data.generated_words=20000",
-            "--set",
-            "data.seq_len=32",
-            "--set",
-            "model.vocab_size=600",
-            "--set",
-            "train.batch_size=4",
-            "--set",
+        let own = sets(&[
             "eval.batches=2",
-            "--set",
             "eval.every=5",
-            "--set",
             "train.log_every=1",
-            "--set",
             "train.save_every=5",
             // A schedule that does not depend on the budget, so that a run
             // stopped at 10 steps and resumed to 20 matches one of 20.
-            "--set",
             "train.schedule=constant",
-            "--set",
             "train.warmup_fraction=0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+        ]);
+        small_pretrain(out, 1, &[&own[..], extra].concat())
     }
 
     /// `mpirun -np N brisk ARGS` in `cwd`.

@@ -13,6 +13,40 @@ pub fn brisk(args: &[&str], cwd: &Path) -> Output {
         .expect("the brisk binary runs")
 }
 
+/// Runs the `brisk` binary in `cwd` with owned arguments.
+pub fn brisk_owned(args: &[String], cwd: &Path) -> Output {
+    brisk(&args.iter().map(String::as_str).collect::<Vec<_>>(), cwd)
+}
+
+/// The arguments of `brisk pretrain` into `out` on `threads` threads, for a
+/// run small enough for tests: 20,000 generated words, 32-token sequences,
+/// a 600-entry vocabulary, batch 4. `extra` (flags and `--set`s) follows,
+/// so its `--set`s win.
+pub fn small_pretrain(out: &str, threads: usize, extra: &[&str]) -> Vec<String> {
+    let threads = threads.to_string();
+    let base = [
+        "pretrain",
+        "--out",
+        out,
+        "--threads",
+        &threads,
+        "--set",
+        "data.generated_words=20000",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "model.vocab_size=600",
+        "--set",
+        "train.batch_size=4",
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// `--set KEY=VALUE` for each of `sets`.
+pub fn sets<'a>(sets: &[&'a str]) -> Vec<&'a str> {
+    sets.iter().flat_map(|s| ["--set", s]).collect()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
