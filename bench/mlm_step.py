@@ -9,6 +9,7 @@ are timed. Prints one JSON object.
 """
 
 import argparse
+import sys
 import json
 import resource
 import time
@@ -26,6 +27,8 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--profile", action="store_true",
+                   help="also profile --steps more steps and print the ops' self time on stderr")
     return p.parse_args()
 
 
@@ -35,6 +38,35 @@ SHAPES = {
     "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
     "small": dict(num_hidden_layers=12, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
 }
+
+
+# ATen's matrix products: what brisk's matmul floor counts.
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def print_profile(step, steps):
+    """The mean step's self time per ATen op (wall time on the calling
+    thread, intra-op threads included), largest first, as a Markdown table
+    on stderr, with the matrix products' total."""
+    from torch.profiler import ProfilerActivity, profile
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total_ms = sum(e.self_cpu_time_total for e in ops) / 1e3 / steps
+    matmul_ms = sum(e.self_cpu_time_total for e in ops if e.key in MATMUL_OPS) / 1e3 / steps
+    out = sys.stderr
+    print("\n| PyTorch op | ms per step | % of ops | calls per step |", file=out)
+    print("| --- | ---: | ---: | ---: |", file=out)
+    for e in ops[:20]:
+        ms = e.self_cpu_time_total / 1e3 / steps
+        print(f"| {e.key} | {ms:.1f} | {100 * ms / total_ms:.1f} | {e.count / steps:.0f} |", file=out)
+    print(f"| matrix products ({', '.join(sorted(MATMUL_OPS))}) | {matmul_ms:.1f} | "
+          f"{100 * matmul_ms / total_ms:.1f} | |", file=out)
+    print(f"| all ops | {total_ms:.1f} | 100.0 | |", file=out)
+    print(f"| mean step under the profiler (wall) | {wall_ms:.1f} | | |\n", file=out)
 
 
 def main():
@@ -103,6 +135,8 @@ def main():
             times.append(time.perf_counter() - start)
     times.sort()
     steps_per_s = 1.0 / times[len(times) // 2]
+    if args.profile:
+        print_profile(step, args.steps)
     b, l = ids.shape
     print(json.dumps({
         "framework": "pytorch",

@@ -5,7 +5,7 @@
 #
 #   bench/mlm_step.sh [--preset tiny,mini,small] [--threads 1,2] [--batch 16]
 #                     [--steps 20] [--isa native,avx2] [--with-reference]
-#                     [--json FILE]
+#                     [--profile] [--json FILE]
 #
 # `--isa avx2` runs both sides as a CPU without AVX-512 would, on any
 # x86-64 that has AVX2: brisk built without its `avx512` feature (its
@@ -20,12 +20,17 @@
 # and prints one table: tokens/s, the brisk/PyTorch ratio, peak RSS, the
 # achieved matmul GFLOP/s of each, and the matmul-only floor (the step's
 # matrix-product FLOPs at the rate this machine multiplies matrices).
+# `--profile` prints, for each brisk run, the mean step's time per section
+# (each part of a layer's forward and backward, the head, the embeddings,
+# dropout masks, the optimiser) and what is outside them all; for each
+# PyTorch run, the self time of its top ATen ops and of its matrix products
+# (torch.profiler, over --steps more steps).
 # `--with-reference` also times brisk's reference kernels
 # (`model.kernels = "reference"`). The PyTorch venv is created on first use
 # (bench/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-presets=mini batch=16 threads=$(nproc) steps=20 reference=0 json= isas=native
+presets=mini batch=16 threads=$(nproc) steps=20 reference=0 json= isas=native profile=
 while [ $# -gt 0 ]; do
     case "$1" in
         --preset) presets=$2; shift 2 ;;
@@ -34,6 +39,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift 2 ;;
         --steps) steps=$2; shift 2 ;;
         --with-reference) reference=1; shift ;;
+        --profile) profile=--profile; shift ;;
         --json) json=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -64,9 +70,9 @@ for isa in ${isas//,/ }; do
             mkdir -p "$dir"
             echo "== $preset, $t threads, $isa" >&2
             env "${env[@]}" RAYON_NUM_THREADS=$t "$bin" --preset "$preset" --batch "$batch" \
-                --threads "$t" --steps "$steps" --out "$dir" > "$dir/brisk.json"
+                --threads "$t" --steps "$steps" --out "$dir" $profile > "$dir/brisk.json"
             env "${env[@]}" "$python" bench/mlm_step.py --dir "$dir" --brisk-json "$dir/brisk.json" \
-                --threads "$t" --steps "$steps" > "$dir/torch.json"
+                --threads "$t" --steps "$steps" $profile > "$dir/torch.json"
             if [ "$reference" = 1 ]; then
                 env "${env[@]}" RAYON_NUM_THREADS=$t "$bin" --preset "$preset" --batch "$batch" \
                     --threads "$t" --steps "$steps" --out "$dir" --kernels reference > "$dir/reference.json"

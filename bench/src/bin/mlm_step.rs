@@ -24,6 +24,7 @@ use brisk::corpus::shards::{PreparedCorpus, Split};
 use brisk::corpus::{self, Input};
 use brisk::model::{BertForMaskedLm, Ctx, Params};
 use brisk::pretrain::mlm::mask_tokens;
+use brisk::profile::time;
 use brisk::train::optim::{clip_scale, grad_norm, gradients, AdamW};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
@@ -55,6 +56,10 @@ struct Args {
     /// `fused` or `reference` (`model.kernels`).
     #[arg(long, default_value = "fused")]
     kernels: String,
+    /// Also time each section of the timed steps (brisk::profile) and print
+    /// the table on stderr.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Multiply-add FLOPs of the matrix products in one training step: the
@@ -168,9 +173,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let max_norm = config.train.max_grad_norm;
     let step = |opt: &mut AdamW, ctx: &mut Ctx| -> anyhow::Result<(f32, f64)> {
         let loss = model.loss(&ids, None, &rows, &targets, ctx)?;
-        let grads = gradients(&params, &loss.backward()?)?;
-        let norm = grad_norm(&grads)?;
-        opt.update(&grads, args.lr, clip_scale(norm, max_norm))?;
+        let grads = loss.backward()?;
+        let grads = time("gradients out of the store", || gradients(&params, &grads))?;
+        let norm = time("gradient norm", || grad_norm(&grads))?;
+        time("optimiser (AdamW)", || {
+            opt.update(&grads, args.lr, clip_scale(norm, max_norm))
+        })?;
         Ok((loss.to_scalar::<f32>()?, norm))
     };
 
@@ -186,11 +194,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut rng = Rng::new(11);
     let mut times = Vec::with_capacity(args.steps);
     for i in 0..args.warmup + args.steps {
+        brisk::profile::enable(args.profile && i >= args.warmup);
         let start = Instant::now();
         step(&mut opt, &mut Ctx::train(&mut rng))?;
         if i >= args.warmup {
             times.push(start.elapsed().as_secs_f64());
         }
+    }
+    brisk::profile::enable(false);
+    if args.profile {
+        print_profile(&times, &brisk::profile::take());
     }
     times.sort_by(f64::total_cmp);
     let steps_per_s = 1.0 / times[times.len() / 2];
@@ -221,6 +234,38 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("{report}");
     Ok(())
+}
+
+/// The mean step's time per profiled section, largest first, and what is
+/// outside them all, on stderr as a Markdown table.
+fn print_profile(times: &[f64], sections: &[brisk::profile::Section]) {
+    let steps = times.len() as f64;
+    let step_ms = times.iter().sum::<f64>() / steps * 1e3;
+    let mut rows: Vec<(&str, f64, f64)> = sections
+        .iter()
+        .map(|s| (s.name, s.seconds / steps * 1e3, s.calls as f64 / steps))
+        .collect();
+    let inside: f64 = rows.iter().map(|r| r.1).sum();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows.push((
+        "outside every section (autograd, tensor glue)",
+        step_ms - inside,
+        0.0,
+    ));
+    eprintln!("\n| section | ms per step | % of step | calls per step |");
+    eprintln!("| --- | ---: | ---: | ---: |");
+    for (name, ms, calls) in rows {
+        let calls = if calls > 0.0 {
+            format!("{calls:.0}")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "| {name} | {ms:.1} | {:.1} | {calls} |",
+            100.0 * ms / step_ms
+        );
+    }
+    eprintln!("| mean step | {step_ms:.1} | 100.0 | |\n");
 }
 
 /// The process's peak resident set (VmHWM), in MB.

@@ -20,6 +20,7 @@
 //! - [`compare`]: comparisons of runs, their table and HTML report;
 //! - [`run`]: run directories, provenance and atomic writes;
 //! - [`integrity`]: checksums that seal checkpoints and corpora;
+//! - [`profile`]: time per section of a training step;
 //! - [`runtime`]: process set-up (thread pool, allocator tuning);
 //! - [`plot`]: SVG charts;
 //! - [`progress`]: plain progress lines for logs.
@@ -37,6 +38,7 @@ pub mod landscape;
 pub mod model;
 pub mod plot;
 pub mod pretrain;
+pub mod profile;
 pub mod progress;
 pub mod run;
 pub mod runtime;

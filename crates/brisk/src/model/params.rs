@@ -380,6 +380,54 @@ fn pair_hashes(first: u32, key: u64) -> [u32; 8] {
     bits
 }
 
+/// The mask of [`Ctx::dropout_mask`] under `key`.
+fn dropout_multipliers(n: usize, p: f64, key: u64) -> Vec<f32> {
+    // An element is dropped when its 16 bits are below p·2¹⁶.
+    let threshold = (p * 65_536.0).round().min(65_536.0) as u32;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let drop_or_keep = |half: u32| {
+        if half & 0xffff < threshold {
+            0.0
+        } else {
+            keep
+        }
+    };
+    // Even, so that every chunk starts at a pair.
+    const CHUNK: usize = 1 << 14;
+    // Written whole, so not zero-filled first.
+    let mut mask = Vec::<f32>::with_capacity(n);
+    mask.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, part)| {
+            simd!({
+                let first_pair = (c * CHUNK / 2) as u32;
+                let full = part.len() / 16;
+                let mut blocks = part.chunks_exact_mut(16);
+                for (k, block) in (&mut blocks).enumerate() {
+                    let bits = pair_hashes(first_pair.wrapping_add(8 * k as u32), key);
+                    // Both halves of all eight hashes first, then
+                    // interleaved: lane-wise work the compiler keeps in
+                    // vector registers.
+                    let low = bits.map(drop_or_keep);
+                    let high = bits.map(|b| drop_or_keep(b >> 16));
+                    for (pair, (l, h)) in block.chunks_exact_mut(2).zip(low.iter().zip(&high)) {
+                        pair[0].write(*l);
+                        pair[1].write(*h);
+                    }
+                }
+                let bits = pair_hashes(first_pair.wrapping_add(8 * full as u32), key);
+                for (e, m) in blocks.into_remainder().iter_mut().enumerate() {
+                    m.write(drop_or_keep(bits[e / 2] >> (16 * (e % 2))));
+                }
+            })
+        });
+    // SAFETY: the chunks cover the first `n` elements, each written once:
+    // whole blocks of 16, then the remainder.
+    unsafe { mask.set_len(n) };
+    mask
+}
+
 /// A standard normal sample (Box–Muller).
 pub fn standard_normal(rng: &mut Rng) -> f64 {
     let u1 = rng.unit().max(f64::MIN_POSITIVE);
@@ -420,39 +468,9 @@ impl<'a> Ctx<'a> {
             return None;
         }
         let key = rng.next_u64();
-        // An element is dropped when its 16 bits are below p·2¹⁶.
-        let threshold = (p * 65_536.0).round().min(65_536.0) as u32;
-        let keep = (1.0 / (1.0 - p)) as f32;
-        let drop_or_keep = |half: u32| {
-            if half & 0xffff < threshold {
-                0.0
-            } else {
-                keep
-            }
-        };
-        let mut mask = vec![0f32; n];
-        // Even, so that every chunk starts at a pair.
-        const CHUNK: usize = 1 << 14;
-        mask.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, part)| {
-                simd!({
-                    let first_pair = (c * CHUNK / 2) as u32;
-                    let full = part.len() / 16;
-                    let mut blocks = part.chunks_exact_mut(16);
-                    for (k, block) in (&mut blocks).enumerate() {
-                        let bits = pair_hashes(first_pair.wrapping_add(8 * k as u32), key);
-                        for (e, m) in block.iter_mut().enumerate() {
-                            *m = drop_or_keep(bits[e / 2] >> (16 * (e % 2)));
-                        }
-                    }
-                    let bits = pair_hashes(first_pair.wrapping_add(8 * full as u32), key);
-                    for (e, m) in blocks.into_remainder().iter_mut().enumerate() {
-                        *m = drop_or_keep(bits[e / 2] >> (16 * (e % 2)));
-                    }
-                })
-            });
-        Some(mask)
+        Some(crate::profile::time("dropout masks", || {
+            dropout_multipliers(n, p, key)
+        }))
     }
 
     /// Inverted dropout: zeroes each element with probability `p` and scales

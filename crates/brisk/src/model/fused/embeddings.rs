@@ -187,26 +187,28 @@ impl CustomOp1 for EmbeddingOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let shape = Shape::from((self.batch, self.len, self.spec.hidden));
-        Ok(match s.dtype() {
-            DType::F32 => (f32::storage(self.forward(f32::slice(s, l)?)), shape),
-            DType::F64 => (f64::storage(self.forward(f64::slice(s, l)?)), shape),
-            other => candle_core::bail!("fused embeddings: no kernel for {other:?}"),
+        crate::profile::time("embeddings forward", || {
+            Ok(match s.dtype() {
+                DType::F32 => (f32::storage(self.forward(f32::slice(s, l)?)), shape),
+                DType::F64 => (f64::storage(self.forward(f64::slice(s, l)?)), shape),
+                other => candle_core::bail!("fused embeddings: no kernel for {other:?}"),
+            })
         })
     }
 
     fn bwd(&self, p: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
-        let dp = match p.dtype() {
+        let dp = crate::profile::time("embeddings backward", || match p.dtype() {
             DType::F32 => Tensor::new(
                 with_slices::<f32, _>(&[p, &dy], |s| self.backward(s[0], s[1]))?,
                 p.device(),
-            )?,
+            ),
             DType::F64 => Tensor::new(
                 with_slices::<f64, _>(&[p, &dy], |s| self.backward(s[0], s[1]))?,
                 p.device(),
-            )?,
+            ),
             other => candle_core::bail!("fused embeddings: no kernel for {other:?}"),
-        };
+        })?;
         Ok(Some(dp))
     }
 }

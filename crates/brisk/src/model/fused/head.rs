@@ -426,11 +426,11 @@ impl CustomOp3 for HeadOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let storage = match s1.dtype() {
-            DType::F32 => self.loss_storage::<f32>((s1, l1), (s2, l2), (s3, l3))?,
-            DType::F64 => self.loss_storage::<f64>((s1, l1), (s2, l2), (s3, l3))?,
+        let storage = crate::profile::time("MLM head forward", || match s1.dtype() {
+            DType::F32 => self.loss_storage::<f32>((s1, l1), (s2, l2), (s3, l3)),
+            DType::F64 => self.loss_storage::<f64>((s1, l1), (s2, l2), (s3, l3)),
             other => candle_core::bail!("fused MLM head: no kernel for {other:?}"),
-        };
+        })?;
         Ok((storage, Shape::from(())))
     }
 
@@ -442,10 +442,10 @@ impl CustomOp3 for HeadOp {
         _res: &Tensor,
         d_loss: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match x.dtype() {
+        crate::profile::time("MLM head backward", || match x.dtype() {
             DType::F32 => self.run_backward::<f32>(x, p, e, d_loss),
             DType::F64 => self.run_backward::<f64>(x, p, e, d_loss),
             other => candle_core::bail!("fused MLM head: no kernel for {other:?}"),
-        }
+        })
     }
 }

@@ -38,6 +38,9 @@ pub trait Float:
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
     fn erf(self) -> Self;
+    /// `erf(self)` given `e = exp(-self²)`, which GELU's derivative needs
+    /// too (f32 reuses it; f64 computes erf afresh).
+    fn erf_given_exp(self, e: Self) -> Self;
     fn tanh(self) -> Self;
     /// The contiguous elements of a storage seen through `layout`.
     fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [Self]>;
@@ -45,7 +48,7 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ty, $variant:ident, $erf:path, $exp:path, $tanh:path) => {
+    ($t:ty, $variant:ident, $erf:path, $erf_given_exp:path, $exp:path, $tanh:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -65,6 +68,10 @@ macro_rules! float {
             #[inline(always)]
             fn erf(self) -> Self {
                 $erf(self)
+            }
+            #[inline(always)]
+            fn erf_given_exp(self, e: Self) -> Self {
+                $erf_given_exp(self, e)
             }
             #[inline(always)]
             fn tanh(self) -> Self {
@@ -93,11 +100,12 @@ macro_rules! float {
     };
 }
 
-float!(f32, F32, erf_f32, exp_f32, tanh_f32);
+float!(f32, F32, erf_f32, erf_f32_given_exp, exp_f32, tanh_f32);
 float!(
     f64,
     F64,
     candle_core::cpu::erf::erf_f64,
+    erf_f64_given_exp,
     f64::exp,
     f64::tanh
 );
@@ -120,26 +128,46 @@ pub fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let rounded = x * LOG2E + ROUND;
+    let n = rounded - ROUND;
+    // n also sits in the low mantissa bits of `rounded`: reading it there
+    // keeps the loop in vector registers (`n as i32` saturates, which
+    // compilers turn into scalar code).
+    let exponent = rounded
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127)
+        << 23;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    y * f32::from_bits(exponent)
 }
 
 /// `erf` in f32 without branches (Abramowitz & Stegun 7.1.26, absolute
 /// error below 1.5e-7 plus rounding), so GELU loops vectorise.
 #[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
+    erf_f32_given_exp(x, exp_f32(-x * x))
+}
+
+/// [`erf_f32`] given `e = exp(-x²)`.
+#[inline(always)]
+pub fn erf_f32_given_exp(x: f32, e: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    (1.0 - poly * exp_f32(-a * a)).copysign(x)
+    (1.0 - poly * e).copysign(x)
+}
+
+#[inline(always)]
+fn erf_f64_given_exp(x: f64, _e: f64) -> f64 {
+    candle_core::cpu::erf::erf_f64(x)
 }
 
 /// Σ x, with eight independent accumulators so the loop vectorises.
@@ -551,26 +579,36 @@ pub fn linear_backward<T: Float>(dy: &[T], x: &[T], w: &[T], dw: &mut [T], db: &
     let n = db.len();
     let k = w.len() / n;
     let rows = dy.len() / n;
-    // SAFETY: `dw` is `n × k`, `dy` is `rows × n`, `x` is `rows × k`.
-    let dx = unsafe {
-        matmul(
-            (n, k, rows),
-            MatMut::rows(dw, k),
-            Mat::rows(dy, n).t(),
-            Mat::rows(x, k),
-            T::ONE,
-            true,
-            Threads::Pool,
-        );
-        product(
-            (rows, k, n),
-            Mat::rows(dy, n),
-            Mat::rows(w, k),
-            T::ONE,
-            Threads::Pool,
-        )
-    };
-    add_column_sums(db, dy);
+    // The two products are independent and equally large: run side by side,
+    // each over the pool, a thread that finishes its share of one takes
+    // work of the other instead of waiting at the first one's end.
+    let (dx, ()) = rayon::join(
+        // SAFETY: `dy` is `rows × n`, `w` is `n × k`.
+        || unsafe {
+            product(
+                (rows, k, n),
+                Mat::rows(dy, n),
+                Mat::rows(w, k),
+                T::ONE,
+                Threads::Pool,
+            )
+        },
+        || {
+            // SAFETY: `dw` is `n × k`, `dy` is `rows × n`, `x` is `rows × k`.
+            unsafe {
+                matmul(
+                    (n, k, rows),
+                    MatMut::rows(dw, k),
+                    Mat::rows(dy, n).t(),
+                    Mat::rows(x, k),
+                    T::ONE,
+                    true,
+                    Threads::Pool,
+                )
+            };
+            add_column_sums(db, dy);
+        },
+    );
     dx
 }
 
@@ -831,50 +869,44 @@ pub fn activation_backward<T: Float>(act: Activation, d: &mut [T], x: &[T]) {
         });
 }
 
-/// The gates `s` of `act(x) = x·s`, and the activations.
-pub fn gate_and_activate<T: Float>(act: Activation, x: &[T]) -> (Vec<T>, Vec<T>) {
-    let mut gates = zeros::<T>(x.len());
-    let mut out = zeros::<T>(x.len());
-    gates
+/// `act(x)` and `act′(x)` elementwise, in parallel: the backward pass then
+/// multiplies by the derivative and evaluates nothing again.
+pub fn activate_and_derive<T: Float>(act: Activation, x: &[T]) -> (Vec<T>, Vec<T>) {
+    // Written whole, so not zero-filled first (one pass over memory less).
+    let mut out = Vec::<T>::with_capacity(x.len());
+    let mut derivative = Vec::<T>::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
         .par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(out.par_chunks_mut(ELEMENTS_PER_TASK))
+        .zip(derivative.spare_capacity_mut()[..x.len()].par_chunks_mut(ELEMENTS_PER_TASK))
         .zip(x.par_chunks(ELEMENTS_PER_TASK))
-        .for_each(|((s, y), x)| {
+        .for_each(|((y, dy), x)| {
             per_activation!(act, A => simd!({
-                for ((s, y), x) in s.iter_mut().zip(y.iter_mut()).zip(x) {
-                    *s = A.gate(*x);
-                    *y = *x * *s;
+                for ((y, dy), x) in y.iter_mut().zip(dy.iter_mut()).zip(x) {
+                    let (value, slope) = A.value_and_derivative(*x);
+                    y.write(value);
+                    dy.write(slope);
                 }
             }))
         });
-    (gates, out)
+    // SAFETY: the chunks above cover the first `x.len()` elements of both,
+    // and every element of every chunk was written.
+    unsafe {
+        out.set_len(x.len());
+        derivative.set_len(x.len());
+    }
+    (out, derivative)
 }
 
-/// `x·s` again from saved inputs and gates.
-pub fn gated<T: Float>(x: &[T], gates: &[T]) -> Vec<T> {
-    let mut out = zeros::<T>(x.len());
-    out.par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(x.par_chunks(ELEMENTS_PER_TASK))
-        .zip(gates.par_chunks(ELEMENTS_PER_TASK))
-        .for_each(|((y, x), s)| {
-            for ((y, x), s) in y.iter_mut().zip(x).zip(s) {
-                *y = *x * *s;
-            }
-        });
-    out
-}
-
-/// `d ← d · act′(x)` from saved inputs and gates (no `erf` again).
-pub fn gated_backward<T: Float>(act: Activation, d: &mut [T], x: &[T], gates: &[T]) {
+/// `d ← d ⊙ s` elementwise, in parallel.
+pub fn multiply<T: Float>(d: &mut [T], s: &[T]) {
     d.par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(x.par_chunks(ELEMENTS_PER_TASK))
-        .zip(gates.par_chunks(ELEMENTS_PER_TASK))
-        .for_each(|((d, x), s)| {
-            per_activation!(act, A => simd!({
-                for ((d, x), s) in d.iter_mut().zip(x).zip(s) {
-                    *d *= A.derivative_from_gate(*x, *s);
+        .zip(s.par_chunks(ELEMENTS_PER_TASK))
+        .for_each(|(d, s)| {
+            simd!({
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d *= *s;
                 }
-            }))
+            })
         });
 }
 
@@ -910,6 +942,25 @@ impl Activation {
                 } else {
                     T::ZERO
                 }
+            }
+        }
+    }
+
+    /// `(act(x), act′(x))`. For GELU, `exp(-x²/2)` serves both the normal
+    /// CDF (through erf) and the density.
+    #[inline(always)]
+    pub fn value_and_derivative<T: Float>(self, x: T) -> (T, T) {
+        match self {
+            Activation::GeluErf => {
+                let half = T::of(0.5);
+                let z = x * T::of(std::f64::consts::FRAC_1_SQRT_2);
+                let e = (-(z * z)).exp();
+                let s = half * (T::ONE + z.erf_given_exp(e));
+                (x * s, s + x * T::of(0.398_942_280_401_432_7) * e)
+            }
+            _ => {
+                let s = self.gate(x);
+                (x * s, self.derivative_from_gate(x, s))
             }
         }
     }

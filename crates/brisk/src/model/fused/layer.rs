@@ -28,14 +28,36 @@ use rayon::prelude::*;
 
 use super::kernels::simd;
 use super::kernels::{
-    add, apply_mask, denormalise, dot, gate_and_activate, gated, gated_backward, layer_norm,
-    layer_norm_backward, linear, linear_backward, masked, matmul, softmax_in_place, two_mut,
-    with_slices, zeros, Activation, Float, Mat, MatMut, Normed, Stash, Threads,
+    activate_and_derive, add, apply_mask, denormalise, dot, layer_norm, layer_norm_backward,
+    linear, linear_backward, masked, matmul, multiply, softmax_in_place, two_mut, with_slices,
+    zeros, Activation, Float, Mat, MatMut, Normed, Stash, Threads,
 };
 use crate::config::Norm;
 use crate::error::{Error, Result};
 use crate::model::params::{Ctx, Group};
 use crate::model::rotary::{rotate_packed, rotate_rows, Rows};
+use crate::profile::time;
+
+// Profile sections of a layer's forward and backward (crate::profile).
+const FWD_NORM: &str = "layer forward: LayerNorm";
+const FWD_QKV: &str = "layer forward: Q/K/V projection";
+const FWD_ATTENTION: &str = "layer forward: attention (scores, softmax, dropout, context)";
+const FWD_OUT: &str = "layer forward: output projection";
+const FWD_RESIDUAL: &str = "layer forward: dropout + residual";
+const FWD_FFN_IN: &str = "layer forward: feed-forward in";
+const FWD_ACT: &str = "layer forward: activation";
+const FWD_FFN_OUT: &str = "layer forward: feed-forward out";
+const BWD_ZEROS: &str = "layer backward: zeroed buffers";
+const BWD_NORM: &str = "layer backward: LayerNorm";
+const BWD_RESIDUAL: &str = "layer backward: dropout + residual";
+const BWD_ACT: &str = "layer backward: activation";
+const BWD_FFN_OUT: &str = "layer backward: feed-forward out";
+const BWD_DENORMALISE: &str = "layer backward: LayerNorm outputs again";
+const BWD_FFN_IN: &str = "layer backward: feed-forward in";
+const BWD_OUT: &str = "layer backward: output projection";
+const BWD_ATTENTION: &str = "layer backward: attention";
+const BWD_ROTARY: &str = "layer backward: rotary positions";
+const BWD_QKV: &str = "layer backward: Q/K/V projection";
 
 /// Logit of a padded key: large and negative, but finite so that a fully
 /// padded row stays finite (as in the reference).
@@ -356,9 +378,10 @@ struct Saved<T> {
     projections: Projections<T>,
     probs: Vec<T>,
     context: Vec<T>,
-    /// Feed-forward pre-activation and its gates (`act = pre_act · gate`).
-    pre_act: Vec<T>,
-    gates: Vec<T>,
+    /// Feed-forward activations (the second product's input) and their
+    /// derivatives at the pre-activations.
+    act: Vec<T>,
+    act_derivative: Vec<T>,
 }
 
 /// A parameter slice of the flat group.
@@ -681,34 +704,48 @@ impl LayerOp {
         let ffn_b = part(p, lay.ffn_norm_b, h);
 
         // Every token is a key and a value, so pre-LN normalises them all.
-        let pre_attn = (!post).then(|| layer_norm(x, attn_g, attn_b, s.eps));
+        let norm = |x: &[T], g, b| time(FWD_NORM, || layer_norm(x, g, b, s.eps));
+        let pre_attn = (!post).then(|| norm(x, attn_g, attn_b));
         let a_in = pre_attn.as_ref().map_or(x, |(y, _)| y.as_slice());
-        let projections = self.project(a_in, p);
-        let (probs, context) = self.attention(projections.operands(h), bias);
+        let projections = time(FWD_QKV, || self.project(a_in, p));
+        let (probs, context) = time(FWD_ATTENTION, || {
+            self.attention(projections.operands(h), bias)
+        });
         // From here on, the query rows only.
-        let mut z1 = linear(&context, part(p, lay.wo, h * h), part(p, lay.bo, h), h);
-        apply_mask(&mut z1, self.masks.attn_out.as_deref());
-        match &self.rows {
-            None => add(&mut z1, x),
-            Some(rows) => add(&mut z1, &gather(x, rows, h)),
-        }
+        let mut z1 = time(FWD_OUT, || {
+            linear(&context, part(p, lay.wo, h * h), part(p, lay.bo, h), h)
+        });
+        time(FWD_RESIDUAL, || {
+            apply_mask(&mut z1, self.masks.attn_out.as_deref());
+            match &self.rows {
+                None => add(&mut z1, x),
+                Some(rows) => add(&mut z1, &gather(x, rows, h)),
+            }
+        });
         let (h1, attn_norm) = match pre_attn {
             Some((_, normed)) => (z1, normed),
-            None => layer_norm(&z1, attn_g, attn_b, s.eps),
+            None => norm(&z1, attn_g, attn_b),
         };
 
-        let pre_ffn = (!post).then(|| layer_norm(&h1, ffn_g, ffn_b, s.eps));
+        let pre_ffn = (!post).then(|| norm(&h1, ffn_g, ffn_b));
         let f_in = pre_ffn
             .as_ref()
             .map_or(h1.as_slice(), |(y, _)| y.as_slice());
-        let pre_act = linear(f_in, part(p, lay.w1, f * h), part(p, lay.b1, f), h);
-        let (gates, act) = gate_and_activate(s.act, &pre_act);
-        let mut z2 = linear(&act, part(p, lay.w2, h * f), part(p, lay.b2, h), f);
-        apply_mask(&mut z2, self.masks.ffn_out.as_deref());
-        add(&mut z2, &h1);
+        let pre_act = time(FWD_FFN_IN, || {
+            linear(f_in, part(p, lay.w1, f * h), part(p, lay.b1, f), h)
+        });
+        let (act, act_derivative) = time(FWD_ACT, || activate_and_derive(s.act, &pre_act));
+        drop(pre_act);
+        let mut z2 = time(FWD_FFN_OUT, || {
+            linear(&act, part(p, lay.w2, h * f), part(p, lay.b2, h), f)
+        });
+        time(FWD_RESIDUAL, || {
+            apply_mask(&mut z2, self.masks.ffn_out.as_deref());
+            add(&mut z2, &h1);
+        });
         let (y, ffn_norm) = match pre_ffn {
             Some((_, normed)) => (z2, normed),
-            None => layer_norm(&z2, ffn_g, ffn_b, s.eps),
+            None => norm(&z2, ffn_g, ffn_b),
         };
         if self.keep {
             self.saved.put(Saved {
@@ -717,8 +754,8 @@ impl LayerOp {
                 projections,
                 probs,
                 context,
-                pre_act,
-                gates,
+                act,
+                act_derivative,
             });
         }
         match &self.rows {
@@ -745,7 +782,7 @@ impl LayerOp {
         let s = &self.spec;
         let (h, f, lay) = (s.hidden, s.ffn, &s.layout);
         let post = s.norm == Norm::Post;
-        let mut dp = zeros::<T>(p.len());
+        let mut dp = time(BWD_ZEROS, || zeros::<T>(p.len()));
         let attn_g = part(p, lay.attn_norm_g, h);
         let ffn_g = part(p, lay.ffn_norm_g, h);
         let attn_b = part(p, lay.attn_norm_b, h);
@@ -766,61 +803,82 @@ impl LayerOp {
         // Feed-forward block: y = LN(h1 + drop(W2·act(W1·f_in))) (post) or
         // h1 + drop(...) with f_in = LN(h1) (pre).
         let mut dh1 = if post {
-            let mut dz2 = zeros::<T>(row_values);
+            let mut dz2 = time(BWD_ZEROS, || zeros::<T>(row_values));
             let (dg, db) = two_mut(&mut dp, ffn_norm);
-            layer_norm_backward(dy_rows, &saved.ffn_norm, ffn_g, &mut dz2, dg, db);
+            time(BWD_NORM, || {
+                layer_norm_backward(dy_rows, &saved.ffn_norm, ffn_g, &mut dz2, dg, db)
+            });
             dz2
         } else {
-            dy_rows.to_vec()
+            time(BWD_RESIDUAL, || dy_rows.to_vec())
         };
-        let d_out = masked(&dh1, self.masks.ffn_out.as_deref());
-        let act = gated(&saved.pre_act, &saved.gates);
+        let d_out = time(BWD_RESIDUAL, || masked(&dh1, self.masks.ffn_out.as_deref()));
         let (dw, db) = two_mut(&mut dp, ((lay.w2, h * f), (lay.b2, h)));
-        let mut d_act = linear_backward(&d_out, &act, part(p, lay.w2, h * f), dw, db);
-        drop((d_out, act));
-        gated_backward(s.act, &mut d_act, &saved.pre_act, &saved.gates);
-        let f_in = if post {
-            denormalise(&saved.attn_norm, attn_g, attn_b)
-        } else {
-            denormalise(&saved.ffn_norm, ffn_g, ffn_b)
-        };
+        let mut d_act = time(BWD_FFN_OUT, || {
+            linear_backward(&d_out, &saved.act, part(p, lay.w2, h * f), dw, db)
+        });
+        drop(d_out);
+        time(BWD_ACT, || multiply(&mut d_act, &saved.act_derivative));
+        let f_in = time(BWD_DENORMALISE, || {
+            if post {
+                denormalise(&saved.attn_norm, attn_g, attn_b)
+            } else {
+                denormalise(&saved.ffn_norm, ffn_g, ffn_b)
+            }
+        });
         let (dw, db) = two_mut(&mut dp, ((lay.w1, f * h), (lay.b1, f)));
-        let df_in = linear_backward(&d_act, &f_in, part(p, lay.w1, f * h), dw, db);
+        let df_in = time(BWD_FFN_IN, || {
+            linear_backward(&d_act, &f_in, part(p, lay.w1, f * h), dw, db)
+        });
         drop((d_act, f_in));
 
         // Attention block: h1 = LN(x + drop(Wo·attn(a_in))) (post) or
         // x + drop(...) with a_in = LN(x) (pre). `d_rows`: the gradient of
         // the query rows' residual input.
         let d_rows = if post {
-            add(&mut dh1, &df_in);
-            let mut dz1 = zeros::<T>(row_values);
+            time(BWD_RESIDUAL, || add(&mut dh1, &df_in));
+            let mut dz1 = time(BWD_ZEROS, || zeros::<T>(row_values));
             let (dg, db) = two_mut(&mut dp, attn_norm);
-            layer_norm_backward(&dh1, &saved.attn_norm, attn_g, &mut dz1, dg, db);
+            time(BWD_NORM, || {
+                layer_norm_backward(&dh1, &saved.attn_norm, attn_g, &mut dz1, dg, db)
+            });
             dz1
         } else {
             let (dg, db) = two_mut(&mut dp, ffn_norm);
-            layer_norm_backward(&df_in, &saved.ffn_norm, ffn_g, &mut dh1, dg, db);
+            time(BWD_NORM, || {
+                layer_norm_backward(&df_in, &saved.ffn_norm, ffn_g, &mut dh1, dg, db)
+            });
             dh1
         };
-        let d_out = masked(&d_rows, self.masks.attn_out.as_deref());
+        let d_out = time(BWD_RESIDUAL, || {
+            masked(&d_rows, self.masks.attn_out.as_deref())
+        });
         let (dw, db) = two_mut(&mut dp, ((lay.wo, h * h), (lay.bo, h)));
-        let d_context = linear_backward(&d_out, &saved.context, part(p, lay.wo, h * h), dw, db);
+        let d_context = time(BWD_OUT, || {
+            linear_backward(&d_out, &saved.context, part(p, lay.wo, h * h), dw, db)
+        });
         drop(d_out);
-        let mut d_proj = saved.projections.zeros_like();
-        let d_logits = self.attention_backward(
-            &d_context,
-            saved.projections.operands(h),
-            d_proj.operands_mut(h),
-            &saved.probs,
-        );
+        let mut d_proj = time(BWD_ZEROS, || saved.projections.zeros_like());
+        let d_logits = time(BWD_ATTENTION, || {
+            self.attention_backward(
+                &d_context,
+                saved.projections.operands(h),
+                d_proj.operands_mut(h),
+                &saved.probs,
+            )
+        });
         if s.rotary {
-            self.unrotate(&mut d_proj);
+            time(BWD_ROTARY, || self.unrotate(&mut d_proj));
         }
-        let pre_attn = (!post).then(|| denormalise(&saved.attn_norm, attn_g, attn_b));
+        let pre_attn = (!post).then(|| {
+            time(BWD_DENORMALISE, || {
+                denormalise(&saved.attn_norm, attn_g, attn_b)
+            })
+        });
         let a_in = pre_attn.as_deref().unwrap_or(x);
         let w = part(p, lay.wqkv, 3 * h * h);
         let (dw, db) = two_mut(&mut dp, ((lay.wqkv, 3 * h * h), (lay.bqkv, 3 * h)));
-        let (da_in, mut dx) = match (d_proj, &self.rows) {
+        let (da_in, mut dx) = time(BWD_QKV, || match (d_proj, &self.rows) {
             (Projections::Packed(d_qkv), _) => (linear_backward(&d_qkv, a_in, w, dw, db), d_rows),
             (Projections::Split { q: dq, kv: dkv }, Some(rows)) => {
                 let ((dwq, dwkv), (dbq, dbkv)) = (dw.split_at_mut(h * h), db.split_at_mut(h));
@@ -834,12 +892,14 @@ impl LayerOp {
                 (da_in, dx)
             }
             (Projections::Split { .. }, None) => unreachable!("split projections have rows"),
-        };
+        });
         if post {
-            add(&mut dx, &da_in);
+            time(BWD_RESIDUAL, || add(&mut dx, &da_in));
         } else {
             let (dg, db) = two_mut(&mut dp, attn_norm);
-            layer_norm_backward(&da_in, &saved.attn_norm, attn_g, &mut dx, dg, db);
+            time(BWD_NORM, || {
+                layer_norm_backward(&da_in, &saved.attn_norm, attn_g, &mut dx, dg, db)
+            });
         }
         Ok((dx, dp, d_logits))
     }
