@@ -18,13 +18,23 @@ use rayon::prelude::*;
 use super::embeddings::EmbeddingSpec;
 use super::kernels::simd;
 use super::kernels::{
-    activate, activation_backward, add_bias, add_column_sums, layer_norm, layer_norm_backward,
-    linear, linear_backward, matmul, max, product, sum, two_mut, with_slices, zeros, Activation,
-    Float, Mat, MatMut, Normed, Stash, Threads,
+    activate, activation_backward, add_bias, layer_norm, layer_norm_backward, linear,
+    linear_backward, matmul, max, product, sum, two_mut, with_slices, zeros, Activation, Float,
+    Mat, MatMut, Normed, Stash, Threads,
 };
 use crate::corpus::generated::Rng;
 use crate::error::{Error, Result};
 use crate::model::params::Group;
+use crate::profile::time;
+
+// Profile sections of the head (crate::profile).
+const FWD_TRANSFORM: &str = "MLM head forward: transform (dense, activation, LayerNorm)";
+const FWD_DECODER: &str = "MLM head forward: decoder product";
+const FWD_SOFTMAX: &str = "MLM head forward: bias, softmax, loss";
+const FWD_SAMPLE: &str = "MLM head forward: sampling (ELECTRA's generator)";
+const BWD_LOGITS: &str = "MLM head backward: logit and bias gradients";
+const BWD_DECODER: &str = "MLM head backward: decoder products";
+const BWD_TRANSFORM: &str = "MLM head backward: transform";
 
 /// Where the head's tensors sit in its group (`cls.predictions`), and the
 /// word block of the embedding group it is tied to.
@@ -191,6 +201,70 @@ impl HeadSpec {
     }
 }
 
+/// Rows per task of [`softmax_rows`]: a fixed number, so that the column
+/// sums add up in the same order whatever the threads.
+const SOFTMAX_ROWS: usize = 32;
+
+/// Adds `bias` to every row of `logits` and turns the row into its softmax,
+/// in place, in one visit while the row is in cache. Returns the summed
+/// negative log-likelihood of `targets` and, when `with_sums`, the column
+/// sums of the probabilities (for the bias gradient).
+fn softmax_rows<T: Float>(
+    logits: &mut [T],
+    bias: &[T],
+    targets: &[u32],
+    with_sums: bool,
+) -> (f64, Vec<T>) {
+    let v = bias.len();
+    let parts: Vec<(f64, Vec<T>)> = logits
+        .par_chunks_mut(SOFTMAX_ROWS * v)
+        .zip(targets.par_chunks(SOFTMAX_ROWS))
+        .map(|(rows, targets)| {
+            let mut sums = if with_sums { zeros::<T>(v) } else { Vec::new() };
+            let mut nll = 0.0;
+            for (row, &t) in rows.chunks_mut(v).zip(targets) {
+                simd!({
+                    for (z, b) in row.iter_mut().zip(bias) {
+                        *z += *b;
+                    }
+                    let m = max(row);
+                    let target = row[t as usize] - m;
+                    for z in row.iter_mut() {
+                        *z = (*z - m).exp();
+                    }
+                    let total = sum(row);
+                    let inv = T::ONE / total;
+                    for z in row.iter_mut() {
+                        *z *= inv;
+                    }
+                    for (s, z) in sums.iter_mut().zip(row.iter()) {
+                        *s += *z;
+                    }
+                    nll += total.to_f64().ln() - target.to_f64();
+                })
+            }
+            (nll, sums)
+        })
+        .collect();
+    let nll = parts.iter().map(|(nll, _)| nll).sum();
+    let mut sums = if with_sums { zeros::<T>(v) } else { Vec::new() };
+    // Column blocks in parallel, each adding the parts in order.
+    const COLUMNS: usize = 1024;
+    sums.par_chunks_mut(COLUMNS)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (_, part) in &parts {
+                let part = &part[c * COLUMNS..c * COLUMNS + out.len()];
+                simd!({
+                    for (o, x) in out.iter_mut().zip(part) {
+                        *o += *x;
+                    }
+                })
+            }
+        });
+    (nll, sums)
+}
+
 /// Row `i`'s random stream for sampling from seed `seed` (so that rows can
 /// be drawn in parallel, in any order).
 pub fn row_stream(seed: u64, i: usize) -> Rng {
@@ -234,32 +308,37 @@ struct Saved<T> {
     transformed: Vec<T>,
     /// Softmax probabilities `[rows, vocab]`.
     probs: Vec<T>,
+    /// Their column sums (the bias gradient but for the one-hot targets).
+    prob_sums: Vec<T>,
 }
 
 impl HeadOp {
     fn forward<T: Float>(&self, x: &[T], p: &[T], e: &[T]) -> T {
         let s = &self.spec;
         let (g, h, v, n) = (s.input, s.hidden, s.vocab, self.rows.len());
-        let mut picked = zeros::<T>(n * g);
-        for (row, &r) in picked.chunks_mut(g).zip(&self.rows) {
-            row.copy_from_slice(&x[r as usize * g..(r as usize + 1) * g]);
-        }
-        let pre_act = linear(
-            &picked,
-            &p[s.dense_w..s.dense_w + h * g],
-            &p[s.dense_b..s.dense_b + h],
-            g,
-        );
-        let mut act = pre_act.clone();
-        activate(s.act, &mut act);
-        let (transformed, normed) = layer_norm(
-            &act,
-            &p[s.norm_g..s.norm_g + h],
-            &p[s.norm_b..s.norm_b + h],
-            s.eps,
-        );
+        let (picked, pre_act, normed, transformed) = time(FWD_TRANSFORM, || {
+            let mut picked = zeros::<T>(n * g);
+            for (row, &r) in picked.chunks_mut(g).zip(&self.rows) {
+                row.copy_from_slice(&x[r as usize * g..(r as usize + 1) * g]);
+            }
+            let pre_act = linear(
+                &picked,
+                &p[s.dense_w..s.dense_w + h * g],
+                &p[s.dense_b..s.dense_b + h],
+                g,
+            );
+            let mut act = pre_act.clone();
+            activate(s.act, &mut act);
+            let (transformed, normed) = layer_norm(
+                &act,
+                &p[s.norm_g..s.norm_g + h],
+                &p[s.norm_b..s.norm_b + h],
+                s.eps,
+            );
+            (picked, pre_act, normed, transformed)
+        });
         // SAFETY: `transformed` is `n × h`, the word block `v × h`.
-        let mut logits = unsafe {
+        let mut logits = time(FWD_DECODER, || unsafe {
             product(
                 (n, v, h),
                 Mat::rows(&transformed, h),
@@ -267,35 +346,24 @@ impl HeadOp {
                 T::ONE,
                 Threads::Pool,
             )
-        };
-        add_bias(&mut logits, &p[s.bias..s.bias + v]);
-        // Softmax in place; the loss is log Σ exp − the target's logit.
-        let nll: Vec<f64> = logits
-            .par_chunks_mut(v)
-            .zip(&self.targets)
-            .map(|(row, &t)| {
-                simd!({
-                    let m = max(row);
-                    let target = row[t as usize] - m;
-                    for z in row.iter_mut() {
-                        *z = (*z - m).exp();
-                    }
-                    let total = sum(row);
-                    let inv = T::ONE / total;
-                    for z in row.iter_mut() {
-                        *z *= inv;
-                    }
-                    total.to_f64().ln() - target.to_f64()
-                })
-            })
-            .collect();
-        let loss = nll.iter().sum::<f64>() / n as f64;
+        });
+        let (nll, prob_sums) = time(FWD_SOFTMAX, || {
+            softmax_rows(
+                &mut logits,
+                &p[s.bias..s.bias + v],
+                &self.targets,
+                self.keep,
+            )
+        });
+        let loss = nll / n as f64;
         if let Some((seed, out)) = &self.sample {
-            let drawn: Vec<u32> = logits
-                .par_chunks(v)
-                .enumerate()
-                .map(|(i, row)| draw_from_row(row, row_stream(*seed, i).unit()))
-                .collect();
+            let drawn: Vec<u32> = time(FWD_SAMPLE, || {
+                logits
+                    .par_chunks(v)
+                    .enumerate()
+                    .map(|(i, row)| draw_from_row(row, row_stream(*seed, i).unit()))
+                    .collect()
+            });
             *out.lock().expect("the head's samples") = Some(drawn);
         }
         if self.keep {
@@ -305,6 +373,7 @@ impl HeadOp {
                 normed,
                 transformed,
                 probs: logits,
+                prob_sums,
             });
         }
         T::of(loss)
@@ -322,33 +391,35 @@ impl HeadOp {
         let saved = self.saved.take::<Saved<T>>("fused MLM head")?;
         let s = &self.spec;
         let (g, h, v, n) = (s.input, s.hidden, s.vocab, self.rows.len());
-        // ∂loss/∂logits = (softmax − one-hot) · d_loss / n.
-        let mut d_logits = saved.probs;
+        // ∂loss/∂logits = (softmax − one-hot) · d_loss / n. The factor
+        // goes to the products' alpha and to the bias sums, so the
+        // probabilities are not passed over again to scale them.
         let scale = d_loss * T::of(1.0 / n as f64);
-        d_logits
-            .par_chunks_mut(v)
-            .zip(&self.targets)
-            .for_each(|(row, &t)| {
+        let mut d_logits = saved.probs;
+        let (mut dp, mut de) = time(BWD_LOGITS, || {
+            let mut dp = zeros::<T>(p.len());
+            for (row, &t) in d_logits.chunks_mut(v).zip(&self.targets) {
                 row[t as usize] -= T::ONE;
-                simd!({
-                    for z in row.iter_mut() {
-                        *z *= scale;
-                    }
-                })
-            });
-        let mut dp = zeros::<T>(p.len());
-        add_column_sums(&mut dp[s.bias..s.bias + v], &d_logits);
-        let mut de = zeros::<T>(e.len());
+            }
+            let d_bias = &mut dp[s.bias..s.bias + v];
+            for (d, sum) in d_bias.iter_mut().zip(&saved.prob_sums) {
+                *d = *sum * scale;
+            }
+            for &t in &self.targets {
+                d_bias[t as usize] -= scale;
+            }
+            (dp, zeros::<T>(e.len()))
+        });
         let word = &e[s.word..s.word + v * h];
         // SAFETY: `de`'s word block is `v × h`, `d_logits` `n × v`,
         // `transformed` `n × h`.
-        let d_transformed = unsafe {
+        let d_transformed = time(BWD_DECODER, || unsafe {
             matmul(
                 (v, h, n),
                 MatMut::rows(&mut de[s.word..s.word + v * h], h),
                 Mat::rows(&d_logits, v).t(),
                 Mat::rows(&saved.transformed, h),
-                T::ONE,
+                scale,
                 false,
                 Threads::Pool,
             );
@@ -356,25 +427,28 @@ impl HeadOp {
                 (n, h, v),
                 Mat::rows(&d_logits, v),
                 Mat::rows(word, h),
-                T::ONE,
+                scale,
                 Threads::Pool,
             )
-        };
+        });
         drop(d_logits);
-        let mut d_act = zeros::<T>(n * h);
-        let (dg, db) = two_mut(&mut dp, ((s.norm_g, h), (s.norm_b, h)));
-        let gamma = &p[s.norm_g..s.norm_g + h];
-        layer_norm_backward(&d_transformed, &saved.normed, gamma, &mut d_act, dg, db);
-        activation_backward(s.act, &mut d_act, &saved.pre_act);
-        let (dw, dbias) = two_mut(&mut dp, ((s.dense_w, h * g), (s.dense_b, h)));
-        let w = &p[s.dense_w..s.dense_w + h * g];
-        let d_picked = linear_backward(&d_act, &saved.picked, w, dw, dbias);
-        let mut dx = zeros::<T>(x_len);
-        for (row, &r) in d_picked.chunks(g).zip(&self.rows) {
-            for (d, grad) in dx[r as usize * g..(r as usize + 1) * g].iter_mut().zip(row) {
-                *d += *grad;
+        let dx = time(BWD_TRANSFORM, || {
+            let mut d_act = zeros::<T>(n * h);
+            let (dg, db) = two_mut(&mut dp, ((s.norm_g, h), (s.norm_b, h)));
+            let gamma = &p[s.norm_g..s.norm_g + h];
+            layer_norm_backward(&d_transformed, &saved.normed, gamma, &mut d_act, dg, db);
+            activation_backward(s.act, &mut d_act, &saved.pre_act);
+            let (dw, dbias) = two_mut(&mut dp, ((s.dense_w, h * g), (s.dense_b, h)));
+            let w = &p[s.dense_w..s.dense_w + h * g];
+            let d_picked = linear_backward(&d_act, &saved.picked, w, dw, dbias);
+            let mut dx = zeros::<T>(x_len);
+            for (row, &r) in d_picked.chunks(g).zip(&self.rows) {
+                for (d, grad) in dx[r as usize * g..(r as usize + 1) * g].iter_mut().zip(row) {
+                    *d += *grad;
+                }
             }
-        }
+            dx
+        });
         Ok((dx, dp, de))
     }
 
@@ -426,11 +500,11 @@ impl CustomOp3 for HeadOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let storage = crate::profile::time("MLM head forward", || match s1.dtype() {
+        let storage = match s1.dtype() {
             DType::F32 => self.loss_storage::<f32>((s1, l1), (s2, l2), (s3, l3)),
             DType::F64 => self.loss_storage::<f64>((s1, l1), (s2, l2), (s3, l3)),
             other => candle_core::bail!("fused MLM head: no kernel for {other:?}"),
-        })?;
+        }?;
         Ok((storage, Shape::from(())))
     }
 
@@ -442,10 +516,10 @@ impl CustomOp3 for HeadOp {
         _res: &Tensor,
         d_loss: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::profile::time("MLM head backward", || match x.dtype() {
+        match x.dtype() {
             DType::F32 => self.run_backward::<f32>(x, p, e, d_loss),
             DType::F64 => self.run_backward::<f64>(x, p, e, d_loss),
             other => candle_core::bail!("fused MLM head: no kernel for {other:?}"),
-        })
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! Fused CPU kernels: the embeddings, each encoder layer, the masked-LM
 //! head (also ELECTRA's generator's and MC-BERT's controller's),
-//! ELECTRA's replaced-token head and MC-BERT's multi-choice head, each with its loss, run as one candle op
-//! each with a
-//! hand-written forward and backward over its flat parameter group
+//! ELECTRA's replaced-token head and MC-BERT's multi-choice head, each with
+//! its loss, run as one candle op each, with a hand-written forward and
+//! backward over its flat parameter group
 //! (the llm.c way), instead of dozens of small ops that each allocate,
 //! synchronise threads and pass through candle's gradient store.
 //!
