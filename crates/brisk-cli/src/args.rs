@@ -160,6 +160,10 @@ pub struct PretrainArgs {
     /// Write a checkpoint every N steps (sets train.save_every).
     #[arg(long, value_name = "N")]
     pub save_every: Option<u64>,
+    /// Where to train: cpu, cuda or cuda:N (sets train.device; cuda needs
+    /// the CUDA build). Checkpoints move between devices.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
     /// Continue the run in --out from its newest checkpoint, up to the
     /// (possibly raised) budget. The run's own config.toml is used; --set and
     /// the budget flags may change it.

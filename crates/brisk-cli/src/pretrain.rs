@@ -85,6 +85,9 @@ pub(crate) fn pretrain_flag_sets(args: &PretrainArgs) -> Vec<String> {
     if let Some(n) = args.save_every {
         sets.push(format!("train.save_every={n}"));
     }
+    if let Some(device) = &args.device {
+        sets.push(format!("train.device={device}"));
+    }
     sets
 }
 

@@ -266,7 +266,7 @@ fn pass_layer_two(model: &Electra) -> Vec<f32> {
     let mut decide = |i: usize, x: &Tensor, _: Option<&Active>| match i {
         0 => {
             let rows: Vec<u32> = (0..TOKENS as u32).filter(|r| r % 3 != 0).collect();
-            Ok(Some(Active::new(rows, SHAPE)?))
+            Ok(Some(Active::new(rows, SHAPE, &candle_core::Device::Cpu)?))
         }
         1 => {
             out = values(x);

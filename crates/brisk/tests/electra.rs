@@ -377,10 +377,10 @@ fn the_fused_generator_head_equals_the_reference_and_draws_the_same_samples() {
     let g = model.generator.as_ref().unwrap();
     assert!(g.head.is_fused());
     let (_, masked) = batch(5);
-    let ids = masked.inputs_tensor((2, 12)).unwrap();
+    let ids = masked.inputs_tensor((2, 12), &Device::Cpu).unwrap();
     let (rows, targets) = (
-        masked.rows_tensor().unwrap(),
-        masked.targets_tensor().unwrap(),
+        masked.rows_tensor(&Device::Cpu).unwrap(),
+        masked.targets_tensor(&Device::Cpu).unwrap(),
     );
     let run = |fused: bool| {
         let hidden = g

@@ -246,6 +246,42 @@ pub struct TrainConfig {
     /// How many checkpoints to keep (the newest ones).
     pub keep_checkpoints: usize,
     pub seed: u64,
+    /// Where training and evaluation run: `"cpu"`, `"cuda"` or `"cuda:N"`
+    /// (the CUDA build). Not part of the run: a checkpoint written on one
+    /// device resumes on another.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// The number format of matrix products and activations; weights,
+    /// optimiser state, LayerNorm and softmax statistics and the loss stay
+    /// f32 either way.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// `train.precision`: what the encoder computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: bf16 products and activations over f32 master
+    /// weights (on the CPU too, slowly: its products widen to f32).
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype activations and products are computed in.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 /// The learning-rate shape after warm-up.
@@ -404,6 +440,10 @@ impl Config {
                 m.vocab_size
             )
         })?;
+
+        if let Err(why) = crate::model::device::parse(&self.train.device) {
+            check(false, "train.device", || why)?;
+        }
 
         let d = &self.data;
         check(d.seq_len >= 4, "data.seq_len", || {

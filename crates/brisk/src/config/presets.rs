@@ -3,7 +3,7 @@
 
 use super::{
     Config, DataConfig, EvalConfig, Generator, Kernels, ModelConfig, Norm, NotesConfig,
-    ObjectiveConfig, Position, Schedule, SharedEmbeddings, TrainConfig,
+    ObjectiveConfig, Position, Precision, Schedule, SharedEmbeddings, TrainConfig,
 };
 use crate::error::{Error, Result};
 
@@ -214,6 +214,8 @@ impl Preset {
                 save_every: s.save_every,
                 keep_checkpoints: 3,
                 seed: 42,
+                device: "cpu".into(),
+                precision: Precision::F32,
             },
             notes: NotesConfig {
                 enabled: false,

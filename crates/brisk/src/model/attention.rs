@@ -34,7 +34,9 @@ pub fn attention(
     ctx: &mut Ctx,
 ) -> Result<Tensor> {
     let (b, h, l, _) = q.dims4()?;
-    let mut scores = (q.matmul(&k.t()?)? * logits.scale)?;
+    // Softmax statistics in f32 for bf16 activations.
+    let stats = super::device::statistics_dtype(q.dtype());
+    let mut scores = (q.matmul(&k.t()?)?.to_dtype(stats)? * logits.scale)?;
     if let Some(bias) = logits.bias {
         let bias = match bias.dims3()? {
             (n, _, _) if n == h => bias.unsqueeze(0)?,
@@ -46,13 +48,13 @@ pub fn attention(
                 )))
             }
         };
-        scores = scores.broadcast_add(&bias)?;
+        scores = scores.broadcast_add(&bias.to_dtype(stats)?)?;
     }
     if let Some(mask) = logits.pad_mask {
         let additive = ((mask.to_dtype(scores.dtype())? - 1.0)? * -MASKED)?;
         scores = scores.broadcast_add(&additive.reshape((b, 1, 1, l))?)?;
     }
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
     let probs = ctx.dropout(&probs, dropout)?;
     Ok(probs.matmul(v)?)
 }

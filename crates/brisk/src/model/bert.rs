@@ -47,10 +47,12 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inputs = *dims.last().unwrap();
         let rows = x.elem_count() / inputs;
+        // Mixed precision: the f32 weights are cast to the activations'
+        // dtype here, and their gradients come back through the cast as f32.
         let y = x
             .reshape((rows, inputs))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+            .matmul(&self.weight.to_dtype(x.dtype())?.t()?)?
+            .broadcast_add(&self.bias.to_dtype(x.dtype())?)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.bias.dim(0)?;
         Ok(y.reshape(out)?)
@@ -68,11 +70,13 @@ pub(crate) fn activation_kind(cfg: &ModelConfig) -> Result<Activation> {
 }
 
 /// Whether the fused kernels run a group: asked for, and on the CPU in
-/// f32 or f64 (anything else takes the reference path).
+/// f32 or f64 without mixed precision (anything else takes the reference
+/// path).
 pub(crate) fn runs_fused(cfg: &ModelConfig, group: &Group) -> bool {
     cfg.kernels == Kernels::Fused
         && group.var.device().is_cpu()
         && matches!(group.var.dtype(), DType::F32 | DType::F64)
+        && group.compute == group.var.dtype()
 }
 
 /// The reference path's activation: candle's ops for each [`Activation`]
@@ -99,6 +103,8 @@ struct Embeddings {
     group: Tensor,
     /// Set when the fused kernel runs the embeddings (dropout included).
     fused: Option<EmbeddingSpec>,
+    /// The dtype the encoder computes in (its input is cast to it).
+    compute: DType,
 }
 
 impl Embeddings {
@@ -165,6 +171,7 @@ impl Embeddings {
             add_positions,
             group: g.var.as_tensor().clone(),
             fused,
+            compute: g.compute,
         })
     }
 
@@ -417,14 +424,18 @@ pub struct Active {
 
 impl Active {
     /// The active `rows` of a `(batch, len)` batch.
-    pub fn new(rows: Vec<u32>, (batch, len): (usize, usize)) -> Result<Active> {
+    pub fn new(
+        rows: Vec<u32>,
+        (batch, len): (usize, usize),
+        device: &candle_core::Device,
+    ) -> Result<Active> {
         let mut mask = vec![0u8; batch * len];
         for &r in &rows {
             *mask.get_mut(r as usize).ok_or_else(|| {
                 Error::Tensor(format!("active row {r} is outside a {batch}×{len} batch"))
             })? = 1;
         }
-        let mask = Tensor::from_vec(mask, (batch, len, 1), &candle_core::Device::Cpu)?;
+        let mask = Tensor::from_vec(mask, (batch, len, 1), device)?;
         Ok(Active { rows, mask })
     }
 
@@ -557,6 +568,11 @@ impl Bert {
         })
     }
 
+    /// The device the encoder's weights are on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.embeddings.group.device()
+    }
+
     /// The embeddings' flat group (the fused heads write the decoder's
     /// gradient into its word block).
     pub fn embedding_group(&self) -> &Tensor {
@@ -642,10 +658,14 @@ impl Bert {
         let emb = &self.embeddings;
         let mut x = match &emb.fused {
             Some(spec) => spec.forward(&emb.group, ids, token_types, ctx)?,
-            None => ctx.dropout(&emb.forward(ids, token_types)?, self.hidden_dropout)?,
+            None => {
+                let x = emb.forward(ids, token_types)?.to_dtype(emb.compute)?;
+                ctx.dropout(&x, self.hidden_dropout)?
+            }
         };
         if let Some(mix) = mix {
-            x = x.broadcast_mul(&mix.keep)?.add(&mix.add)?;
+            let like = |t: &Tensor| t.to_dtype(x.dtype());
+            x = x.broadcast_mul(&like(&mix.keep)?)?.add(&like(&mix.add)?)?;
         }
         if let Some(project) = &self.project {
             x = project.forward(&x)?;
@@ -744,7 +764,9 @@ impl MlmHead {
         let t = self
             .norm
             .forward(&activation(self.act, &self.transform.forward(&picked)?)?)?;
-        Ok(t.matmul(&word_embeddings.t()?)?.broadcast_add(&self.bias)?)
+        let decoder = word_embeddings.to_dtype(t.dtype())?;
+        Ok(t.matmul(&decoder.t()?)?
+            .broadcast_add(&self.bias.to_dtype(t.dtype())?)?)
     }
 
     /// Mean cross-entropy of `targets` (one per row) at the flattened
@@ -823,6 +845,10 @@ impl MlmHead {
         let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, targets)?;
         let samples = sample
             .map(|seed| -> Result<Vec<u32>> {
+                if !logits.device().is_cpu() {
+                    // Drawn on the device: only the draws cross to the host.
+                    return Ok(super::device::gumbel_argmax(&logits, seed)?.to_vec1()?);
+                }
                 let probs = candle_nn::ops::softmax_last_dim(&logits.detach())?;
                 let rows: Vec<Vec<f32>> = probs.to_dtype(DType::F32)?.to_vec2()?;
                 Ok(rows

@@ -12,7 +12,7 @@
 //! [`Electra::discriminate_exiting`] runs it with tokens leaving at them.
 //! Which tokens leave is the caller's rule; the model only asks.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::bert::{Active, Bert, InputMix, MlmHead};
 use super::discriminator::DiscriminatorHead;
@@ -233,7 +233,7 @@ impl Electra {
                     // Everyone left earlier: nothing to read.
                     return Ok(None);
                 }
-                let index = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+                let index = Tensor::new(rows.as_slice(), ids.device())?;
                 let reached = x.flatten(0, 1)?.index_select(&index, 0)?;
                 let (loss, logits) = exit
                     .head
@@ -246,7 +246,9 @@ impl Electra {
                     .map(|(&r, _)| r)
                     .collect();
                 let changed = remaining.len() < rows.len();
-                let next = changed.then(|| Active::new(remaining, shape)).transpose()?;
+                let next = changed
+                    .then(|| Active::new(remaining, shape, ids.device()))
+                    .transpose()?;
                 exits.push(ExitReading {
                     layer: exit.layer,
                     rows,

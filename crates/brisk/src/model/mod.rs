@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod device;
 pub mod discriminator;
 pub mod electra;
 pub mod flops;

@@ -36,9 +36,16 @@ impl LayerNorm {
 }
 
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    // bf16 activations are normalised in f32 and handed on in bf16.
+    let dtype = x.dtype();
+    let stats = super::device::statistics_dtype(dtype);
+    let x = x.to_dtype(stats)?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(normed.broadcast_mul(weight)?.broadcast_add(bias)?)
+    let y = normed
+        .broadcast_mul(&weight.to_dtype(stats)?)?
+        .broadcast_add(&bias.to_dtype(stats)?)?;
+    Ok(y.to_dtype(dtype)?)
 }

@@ -52,6 +52,9 @@ pub struct Group {
     pub name: String,
     pub var: Var,
     pub entries: Vec<Entry>,
+    /// The dtype the model computes in with these weights (bf16 over f32
+    /// masters in mixed precision; else the weights' own).
+    pub compute: DType,
 }
 
 impl Group {
@@ -164,6 +167,7 @@ impl<'a> GroupBuilder<'a> {
             name: self.name,
             var,
             entries,
+            compute: params.compute,
         });
         Ok(params.groups.last().expect("just pushed"))
     }
@@ -174,7 +178,10 @@ impl<'a> GroupBuilder<'a> {
 #[derive(Debug, Clone)]
 pub struct Params {
     pub device: Device,
+    /// The weights' dtype (the master copy in mixed precision).
     pub dtype: DType,
+    /// The dtype products and activations are computed in.
+    pub compute: DType,
     groups: Vec<Group>,
 }
 
@@ -183,7 +190,17 @@ impl Params {
         Params {
             device,
             dtype,
+            compute: dtype,
             groups: Vec::new(),
+        }
+    }
+
+    /// Parameters in `dtype` whose model computes in `compute` (mixed
+    /// precision: f32 weights, bf16 products).
+    pub fn mixed(device: Device, dtype: DType, compute: DType) -> Params {
+        Params {
+            compute,
+            ..Params::new(device, dtype)
         }
     }
 
@@ -285,10 +302,12 @@ impl Params {
     /// Writes every parameter under its name to a safetensors file,
     /// atomically (a temporary name, then a rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: HashMap<String, Tensor> = self
+        // Written from host memory whatever the device, so a checkpoint
+        // moves between devices.
+        let tensors = self
             .iter()
-            .map(|(name, t)| (name.to_string(), t.clone()))
-            .collect();
+            .map(|(name, t)| Ok((name.to_string(), t.to_device(&Device::Cpu)?)))
+            .collect::<Result<HashMap<String, Tensor>>>()?;
         crate::run::save_safetensors(&tensors, path)
     }
 
@@ -475,7 +494,17 @@ impl<'a> Ctx<'a> {
 
     /// Inverted dropout: zeroes each element with probability `p` and scales
     /// the rest by `1/(1-p)`; the identity in evaluation.
+    /// On a device other than the CPU the mask is drawn there
+    /// ([`super::device::dropout_multipliers`]), keyed by this generator.
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            let Some(rng) = self.rng.as_deref_mut().filter(|_| p > 0.0) else {
+                return Ok(x.clone());
+            };
+            let key = rng.next_u64();
+            let mask = super::device::dropout_multipliers(x.dims(), p, key, x.device(), x.dtype())?;
+            return Ok(x.mul(&mask)?);
+        }
         match self.dropout_mask(x.elem_count(), p) {
             None => Ok(x.clone()),
             Some(mask) => {

@@ -14,7 +14,7 @@
 //! by the opposite angle. The fused layer rotates its packed Q/K in place
 //! ([`rotate_packed`]); the reference path composes candle ops ([`apply`]).
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::fused::kernels::Float;
 use crate::error::Result;
@@ -114,7 +114,7 @@ pub fn apply(x: &Tensor) -> Result<Tensor> {
     let (cos, sin) = angles(len, d);
     let table = |v: Vec<f64>| -> Result<Tensor> {
         // [len, d/2] repeated to [len, d]: both halves of a pair share it.
-        let t = Tensor::from_vec(v, (len, half), &Device::Cpu)?.to_dtype(x.dtype())?;
+        let t = Tensor::from_vec(v, (len, half), x.device())?.to_dtype(x.dtype())?;
         Ok(Tensor::cat(&[&t, &t], 1)?)
     };
     let (cos, sin) = (table(cos)?, table(sin)?);

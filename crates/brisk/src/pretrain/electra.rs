@@ -120,7 +120,7 @@ impl Objective for ReplacedTokenDetection {
             });
         };
         let share = replaced.share();
-        let (ids, labels) = replaced.tensors(shape)?;
+        let (ids, labels) = replaced.tensors(shape, self.model.discriminator.device())?;
         let e = early_exit::detect(
             &self.model,
             &self.cfg,
@@ -156,9 +156,10 @@ impl Objective for ReplacedTokenDetection {
         shape: (usize, usize),
         ctx: &mut Ctx,
     ) -> Result<Option<Tensor>> {
-        let ids = masked.inputs_tensor(shape)?;
+        let dev = self.model.discriminator.device();
+        let ids = masked.inputs_tensor(shape, dev)?;
         self.model
-            .generator_logits(&ids, &masked.rows_tensor()?, ctx)
+            .generator_logits(&ids, &masked.rows_tensor(dev)?, ctx)
     }
 
     fn is_fused(&self) -> bool {
@@ -292,8 +293,9 @@ fn generate(
     rng: &mut Rng,
     ctx: &mut Ctx,
 ) -> Result<(Tensor, Vec<u32>)> {
-    let ids = masked.inputs_tensor(shape)?;
-    let at = (&masked.rows_tensor()?, &masked.targets_tensor()?);
+    let dev = model.discriminator.device();
+    let ids = masked.inputs_tensor(shape, dev)?;
+    let at = (&masked.rows_tensor(dev)?, &masked.targets_tensor(dev)?);
     model
         .generate(&ids, at, rng.next_u64(), ctx)?
         .ok_or_else(|| Error::Config("this ELECTRA model has no learned generator".into()))
@@ -311,7 +313,7 @@ fn detection_losses(
     ctx: &mut Ctx,
 ) -> Result<ElectraLosses> {
     let share = replaced.share();
-    let (ids, labels) = replaced.tensors(shape)?;
+    let (ids, labels) = replaced.tensors(shape, model.discriminator.device())?;
     let hidden = model.discriminator.forward(&ids, None, None, mix, ctx)?;
     let discriminator = model.discriminator_head.loss(&hidden, &labels)?;
     let weighted = (&discriminator * weight)?;
@@ -344,11 +346,10 @@ impl Replaced {
     }
 
     /// The inputs and labels as `shape` tensors.
-    pub fn tensors(self, shape: (usize, usize)) -> Result<(Tensor, Tensor)> {
-        let dev = Device::Cpu;
+    pub fn tensors(self, shape: (usize, usize), dev: &Device) -> Result<(Tensor, Tensor)> {
         Ok((
-            Tensor::from_vec(self.inputs, shape, &dev)?,
-            Tensor::from_vec(self.labels, shape, &dev)?,
+            Tensor::from_vec(self.inputs, shape, dev)?,
+            Tensor::from_vec(self.labels, shape, dev)?,
         ))
     }
 }

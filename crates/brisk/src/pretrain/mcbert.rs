@@ -27,7 +27,7 @@
 //! own random stream (seeded by one draw of the batch's generator): the
 //! result does not depend on the thread count.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::mlm::MaskedBatch;
@@ -102,10 +102,13 @@ impl Objective for MultiChoice {
         shape: (usize, usize),
         ctx: &mut Ctx,
     ) -> Result<Option<Tensor>> {
-        let hidden = self.model.control(&masked.inputs_tensor(shape)?, ctx)?;
+        let dev = self.model.main.device();
+        let hidden = self
+            .model
+            .control(&masked.inputs_tensor(shape, dev)?, ctx)?;
         let logits = self
             .model
-            .controller_logits(&hidden, &masked.rows_tensor()?)?;
+            .controller_logits(&hidden, &masked.rows_tensor(dev)?)?;
         Ok(Some(logits))
     }
 
@@ -142,10 +145,10 @@ pub fn losses(
     mix: Option<&InputMix>,
     ctx: &mut Ctx,
 ) -> Result<McBertLosses> {
-    let dev = Device::Cpu;
+    let dev = model.main.device();
     let n = batch * len;
-    let hidden = model.control(&masked.inputs_tensor((batch, len))?, ctx)?;
-    let at = (&masked.rows_tensor()?, &masked.targets_tensor()?);
+    let hidden = model.control(&masked.inputs_tensor((batch, len), dev)?, ctx)?;
+    let at = (&masked.rows_tensor(dev)?, &masked.targets_tensor(dev)?);
     let (controller, _) = model.controller_head.loss(&hidden, &model.main, at, None)?;
     // The candidates need the controller's distribution at every position,
     // but no gradient flows through sampling: the head reads every row
@@ -163,7 +166,7 @@ pub fn losses(
         special,
     )?;
     let replaced = c.labels.iter().sum::<u32>() as f64 / n as f64;
-    let ids = Tensor::from_vec(c.inputs, (batch, len), &dev)?;
+    let ids = Tensor::from_vec(c.inputs, (batch, len), dev)?;
     let hidden = model.main.forward(&ids, None, None, mix, ctx)?;
     let choice = model
         .head

@@ -29,25 +29,25 @@ pub struct MaskedBatch {
 
 impl MaskedBatch {
     /// The corrupted input as a `[batch, len]` tensor.
-    pub fn inputs_tensor(&self, shape: (usize, usize)) -> Result<Tensor> {
-        Ok(Tensor::from_vec(self.inputs.clone(), shape, &Device::Cpu)?)
+    pub fn inputs_tensor(&self, shape: (usize, usize), device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.inputs.clone(), shape, device)?)
     }
 
     /// `rows` as a tensor.
-    pub fn rows_tensor(&self) -> Result<Tensor> {
+    pub fn rows_tensor(&self, device: &Device) -> Result<Tensor> {
         Ok(Tensor::from_vec(
             self.rows.clone(),
             self.rows.len(),
-            &Device::Cpu,
+            device,
         )?)
     }
 
     /// `targets` as a tensor.
-    pub fn targets_tensor(&self) -> Result<Tensor> {
+    pub fn targets_tensor(&self, device: &Device) -> Result<Tensor> {
         Ok(Tensor::from_vec(
             self.targets.clone(),
             self.targets.len(),
-            &Device::Cpu,
+            device,
         )?)
     }
 }
@@ -116,11 +116,11 @@ impl MaskedLm {
 
 impl Objective for MaskedLm {
     fn batch_loss(&self, batch: &Batch, _rng: &mut Rng, ctx: &mut Ctx) -> Result<BatchLoss> {
-        let m = batch.masked;
+        let (m, dev) = (batch.masked, self.model.bert.device());
         let (ids, rows, targets) = (
-            m.inputs_tensor(batch.shape)?,
-            m.rows_tensor()?,
-            m.targets_tensor()?,
+            m.inputs_tensor(batch.shape, dev)?,
+            m.rows_tensor(dev)?,
+            m.targets_tensor(dev)?,
         );
         let (total, hidden) = self
             .model
@@ -139,10 +139,11 @@ impl Objective for MaskedLm {
         shape: (usize, usize),
         ctx: &mut Ctx,
     ) -> Result<Option<Tensor>> {
-        let ids = masked.inputs_tensor(shape)?;
+        let dev = self.model.bert.device();
+        let ids = masked.inputs_tensor(shape, dev)?;
         let logits = self
             .model
-            .forward(&ids, None, &masked.rows_tensor()?, ctx)?;
+            .forward(&ids, None, &masked.rows_tensor(dev)?, ctx)?;
         Ok(Some(logits.to_dtype(DType::F32)?))
     }
 

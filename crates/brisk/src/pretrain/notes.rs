@@ -301,7 +301,11 @@ impl NoteBook {
         }
         let mut sequences = vec![false; batch];
         let mut keep = vec![1f32; batch * len];
-        let mut add = vec![0f32; batch * len * h];
+        // The notes this batch mixes, once each, then a zero row: the
+        // device gathers `add` from them, so only these rows cross to it.
+        let mut table: Vec<f32> = Vec::new();
+        let mut slot_of = std::collections::HashMap::new();
+        let mut slots = vec![u32::MAX; batch * len];
         let (mut mixed, mut with_note) = (0, 0);
         for o in found {
             sequences[o.sequence] = true;
@@ -314,11 +318,13 @@ impl NoteBook {
                 continue;
             }
             mixed += 1;
+            let slot = *slot_of.entry(o.note).or_insert_with(|| {
+                table.extend_from_slice(note);
+                (table.len() / h - 1) as u32
+            });
             for r in rows {
                 keep[r] = 1.0 - self.lambda;
-                for (a, n) in add[r * h..(r + 1) * h].iter_mut().zip(note) {
-                    *a = self.lambda * n;
-                }
+                slots[r] = slot;
             }
         }
         self.stats.occurrences += found.len() as u64;
@@ -329,9 +335,20 @@ impl NoteBook {
         if mixed == 0 {
             return Ok(None);
         }
+        let zero_row = (table.len() / h) as u32;
+        table.resize(table.len() + h, 0.0);
+        for s in slots.iter_mut().filter(|s| **s == u32::MAX) {
+            *s = zero_row;
+        }
+        let table = Tensor::from_vec(table, (zero_row as usize + 1, h), device)?;
+        let slots = Tensor::from_vec(slots, batch * len, device)?;
+        let add = table
+            .index_select(&slots, 0)?
+            .affine(self.lambda as f64, 0.0)?
+            .reshape((batch, len, h))?;
         Ok(Some(InputMix {
             keep: Tensor::from_vec(keep, (batch, len, 1), device)?.to_dtype(dtype)?,
-            add: Tensor::from_vec(add, (batch, len, h), device)?.to_dtype(dtype)?,
+            add: add.to_dtype(dtype)?,
         }))
     }
 
@@ -380,19 +397,38 @@ impl NoteBook {
             return Ok(());
         }
         let (_, len, h) = hidden.dims3()?;
+        let window = |o: &Occurrence| {
+            let end = lengths.map_or(len, |l| l[o.sequence]);
+            let from = o.start.saturating_sub(self.half_window);
+            (from, (o.end + self.half_window).min(end))
+        };
+        // Only the windows' rows are read back from the device.
+        let mut needed: Vec<u32> = found
+            .iter()
+            .flat_map(|o| {
+                let (from, to) = window(o);
+                (from..to).map(move |t| (o.sequence * len + t) as u32)
+            })
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let index = Tensor::new(needed.as_slice(), hidden.device())?;
         let values: Vec<f32> = hidden
             .detach()
+            .flatten(0, 1)?
+            .index_select(&index, 0)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1()?;
         let mut mean = vec![0f32; h];
         for o in found {
-            let end = lengths.map_or(len, |l| l[o.sequence]);
-            let from = o.start.saturating_sub(self.half_window);
-            let to = (o.end + self.half_window).min(end);
+            let (from, to) = window(o);
             mean.fill(0.0);
             for t in from..to {
-                let row = &values[(o.sequence * len + t) * h..][..h];
+                let at = needed
+                    .binary_search(&((o.sequence * len + t) as u32))
+                    .expect("every window row was read");
+                let row = &values[at * h..][..h];
                 for (m, v) in mean.iter_mut().zip(row) {
                     *m += v;
                 }

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -372,12 +372,12 @@ fn blank_logits(model: &BertForMaskedLm, texts: &[(&[u32], usize)]) -> Result<Ve
         }
         rows.push((b * len + blank) as u32);
     }
-    let dev = Device::Cpu;
+    let dev = model.bert.device();
     let shape = (texts.len(), len);
     let logits = model.forward(
-        &Tensor::from_vec(ids, shape, &dev)?,
-        Some(&Tensor::from_vec(mask, shape, &dev)?),
-        &Tensor::from_vec(rows, texts.len(), &dev)?,
+        &Tensor::from_vec(ids, shape, dev)?,
+        Some(&Tensor::from_vec(mask, shape, dev)?),
+        &Tensor::from_vec(rows, texts.len(), dev)?,
         &mut Ctx::eval(),
     )?;
     Ok(logits.to_dtype(DType::F32)?.to_vec2()?)

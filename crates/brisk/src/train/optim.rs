@@ -1,9 +1,12 @@
 //! AdamW (Loshchilov & Hutter, 2019) with decoupled weight decay and two
 //! parameter groups, and global gradient-norm clipping.
 //!
-//! As in BERT, biases and LayerNorm parameters get no weight decay. The
-//! update runs in place over each flat parameter group in one pass (weights,
-//! both moments), with the no-decay tensors as ranges of the group.
+//! As in BERT, biases and LayerNorm parameters get no weight decay. On the
+//! CPU the update runs in place over each flat parameter group in one pass
+//! (weights, both moments), with the no-decay tensors as ranges of the
+//! group. On other devices it is the same arithmetic as tensor ops on the
+//! device ([`Kernel::Tensors`]), with the no-decay ranges as a 0/1 mask; the
+//! moments stay there, and only checkpoints copy them to the host.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -24,6 +27,22 @@ use crate::model::Params;
 enum Moments {
     F32(Vec<f32>, Vec<f32>),
     F64(Vec<f64>, Vec<f64>),
+    /// On the group's device, with the group's weight-decay mask (1 where
+    /// decayed).
+    Tensors {
+        m: Tensor,
+        v: Tensor,
+        decay: Tensor,
+    },
+}
+
+/// Which implementation applies the update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The in-place pass over host memory (CPU groups).
+    Host,
+    /// Tensor ops on the group's device (any device; what a GPU runs).
+    Tensors,
 }
 
 /// One parameter group and its optimiser state.
@@ -172,8 +191,22 @@ impl InplaceOp2 for Step<'_> {
 }
 
 impl Moments {
-    fn zeros(group: &Group) -> Result<Moments> {
+    fn zeros(group: &Group, kernel: Kernel, decayed: &[Range<usize>]) -> Result<Moments> {
         let n = group.var.elem_count();
+        if kernel == Kernel::Tensors {
+            let zeros = group.var.zeros_like()?;
+            let mut mask = vec![0f32; n];
+            for r in decayed {
+                mask[r.clone()].fill(1.0);
+            }
+            let decay =
+                Tensor::from_vec(mask, n, group.var.device())?.to_dtype(group.var.dtype())?;
+            return Ok(Moments::Tensors {
+                m: zeros.clone(),
+                v: zeros,
+                decay,
+            });
+        }
         Ok(match group.var.dtype() {
             candle_core::DType::F32 => Moments::F32(vec![0.0; n], vec![0.0; n]),
             candle_core::DType::F64 => Moments::F64(vec![0.0; n], vec![0.0; n]),
@@ -198,6 +231,7 @@ impl Moments {
                 Tensor::from_slice(m, m.len(), dev)?,
                 Tensor::from_slice(v, v.len(), dev)?,
             ),
+            Moments::Tensors { m, v, .. } => (m.to_device(dev)?, v.to_device(dev)?),
         })
     }
 
@@ -211,25 +245,62 @@ impl Moments {
                 *a = m.to_dtype(candle_core::DType::F64)?.to_vec1()?;
                 *b = v.to_dtype(candle_core::DType::F64)?.to_vec1()?;
             }
+            Moments::Tensors { m: a, v: b, .. } => {
+                let like = |t: &Tensor| t.to_device(a.device())?.to_dtype(a.dtype());
+                (*a, *b) = (like(m)?, like(v)?);
+            }
         }
         Ok(())
     }
 }
 
+/// One group's update as tensor ops, the arithmetic of [`adamw_step`]:
+/// the new weights, written into `w`, and the new moments.
+fn tensor_step(
+    w: &candle_core::Var,
+    g: &Tensor,
+    (m, v, decay): (&Tensor, &Tensor, &Tensor),
+    k: Hyper,
+) -> Result<(Tensor, Tensor)> {
+    let g = g.affine(k.grad_scale, 0.0)?;
+    let m = (m.affine(k.beta1, 0.0)? + g.affine(1.0 - k.beta1, 0.0)?)?;
+    let v = (v.affine(k.beta2, 0.0)? + g.sqr()?.affine(1.0 - k.beta2, 0.0)?)?;
+    let step = m
+        .affine(1.0 / k.c1, 0.0)?
+        .div(&(v.affine(1.0 / k.c2, 0.0)?.sqrt()? + k.eps)?)?;
+    // 1 − lr·λ where decayed, 1 elsewhere.
+    let shrink = decay.affine(-k.lr * k.weight_decay, 1.0)?;
+    let updated = (w.as_tensor().mul(&shrink)? - step.affine(k.lr, 0.0)?)?;
+    w.set(&updated)?;
+    Ok((m, v))
+}
+
 impl AdamW {
+    /// The optimiser for `params`: the host kernel on the CPU, tensor ops
+    /// elsewhere.
     pub fn new(params: &Params, train: &TrainConfig) -> Result<AdamW> {
+        let kernel = match params.device.is_cpu() {
+            true => Kernel::Host,
+            false => Kernel::Tensors,
+        };
+        AdamW::with_kernel(params, train, kernel)
+    }
+
+    /// The optimiser with the update `kernel` (tests run the device's
+    /// tensor-op update on the CPU).
+    pub fn with_kernel(params: &Params, train: &TrainConfig, kernel: Kernel) -> Result<AdamW> {
         let slots = params
             .groups()
             .iter()
             .map(|group| {
-                let decayed = group
+                let decayed: Vec<Range<usize>> = group
                     .entries
                     .iter()
                     .filter(|e| decays(&e.name))
                     .map(|e| e.offset..e.offset + e.len())
                     .collect();
                 Ok(Slot {
-                    moments: Moments::zeros(group)?,
+                    moments: Moments::zeros(group, kernel, &decayed)?,
                     group: group.clone(),
                     decayed,
                     lr_factor: 1.0,
@@ -278,6 +349,14 @@ impl AdamW {
             grad_scale,
         };
         for (slot, grad) in self.slots.iter_mut().zip(grads) {
+            if let Moments::Tensors { m, v, decay } = &mut slot.moments {
+                let k = Hyper {
+                    lr: lr * slot.lr_factor,
+                    ..hyper
+                };
+                (*m, *v) = tensor_step(&slot.group.var, grad, (m, v, decay), k)?;
+                continue;
+            }
             let step = Step {
                 moments: Mutex::new(&mut slot.moments),
                 decayed: &slot.decayed,
@@ -382,6 +461,23 @@ pub fn accumulate(sum: &mut Vec<Tensor>, more: Vec<Tensor>) -> Result<()> {
 
 /// The global L2 norm of a set of gradients.
 pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
+    let Some(first) = grads.first() else {
+        return Ok(0.0);
+    };
+    if !first.device().is_cpu() {
+        // Summed on the device: one scalar crosses to the host.
+        let squares = grads
+            .iter()
+            .map(|g| {
+                Ok(g.sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .unsqueeze(0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total = Tensor::cat(&squares, 0)?.sum_all()?.to_scalar::<f32>()?;
+        return Ok((total as f64).sqrt());
+    }
     let mut total = 0f64;
     for g in grads {
         total += g

@@ -19,9 +19,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::checkpoint::{self, DataPosition, TrainState, FORMAT_VERSION};
-use super::optim::{accumulate, clip_scale, grad_norm, gradients_or_zeros, AdamW};
+use super::optim::{self, accumulate, clip_scale, grad_norm, gradients_or_zeros, AdamW};
 use super::schedule::Budget;
-use crate::config::{Config, ObjectiveConfig};
+use crate::config::{Config, Kernels, ObjectiveConfig};
 use crate::corpus::generated::Rng;
 use crate::corpus::generated::{self, ProbeKind};
 use crate::corpus::shards::{splitmix64, PreparedCorpus, Split};
@@ -312,6 +312,7 @@ struct Prepared {
 }
 
 fn mask_and_mix(
+    device: &Device,
     corpus: &PreparedCorpus,
     objective: &ObjectiveConfig,
     tokens: &[u32],
@@ -326,7 +327,7 @@ fn mask_and_mix(
         Some((book, words)) => {
             let found = book.occurrences(words, m.seq_len);
             let shape = (batch, m.seq_len);
-            let mix = book.mix(&found, shape, &masked.rows, DType::F32, &Device::Cpu)?;
+            let mix = book.mix(&found, shape, &masked.rows, DType::F32, device)?;
             (Some(found), mix)
         }
         None => (None, None),
@@ -436,7 +437,8 @@ pub fn validate(
         else {
             return Ok(None);
         };
-        let loss = candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor()?)?;
+        let loss =
+            candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor(logits.device())?)?;
         total += loss.to_scalar::<f32>()? as f64;
         let predicted: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
         for (p, t) in predicted.iter().zip(&masked.targets) {
@@ -725,9 +727,18 @@ pub fn pretrain(
     let root = plan.rank == 0;
 
     // The objective's models, the optimiser and, on resume, their state.
-    let mut params = Params::new(Device::Cpu, DType::F32);
+    // f32 weights wherever the run is; bf16 products over them in mixed
+    // precision.
+    let device = crate::model::device::open(&train.device)?;
+    let mut params = Params::mixed(device, DType::F32, train.precision.compute_dtype());
     let model = objective::build(config, &mut params, Some(corpus))?;
-    let mut opt = AdamW::new(&params, train)?;
+    // `model.kernels = "reference"` runs on the CPU what a GPU runs: the
+    // composition of candle ops and the tensor-op update.
+    let update = match params.device.is_cpu() && config.model.kernels == Kernels::Fused {
+        true => optim::Kernel::Host,
+        false => optim::Kernel::Tensors,
+    };
+    let mut opt = AdamW::with_kernel(&params, train, update)?;
     let resume_from = match options.resume {
         true => intact_checkpoint(run_dir, root)?,
         false => None,
@@ -1275,7 +1286,15 @@ fn step_gradients(
         let indices = &global[j * micro..(j + 1) * micro];
         let (tokens, words) = gather_with_words(corpus, Split::Train, indices);
         let book = notes.as_deref_mut().map(|book| (book, words.as_slice()));
-        let p = mask_and_mix(corpus, &config.objective, &tokens, micro, book, &mut rng)?;
+        let p = mask_and_mix(
+            &params.device,
+            corpus,
+            &config.objective,
+            &tokens,
+            micro,
+            book,
+            &mut rng,
+        )?;
         let batch = Batch {
             tokens: &tokens,
             masked: &p.masked,
