@@ -27,7 +27,7 @@
 //! own random stream (seeded by one draw of the batch's generator): the
 //! result does not depend on the thread count.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use super::mlm::MaskedBatch;
@@ -38,6 +38,7 @@ use crate::corpus::tokenizer::SpecialIds;
 use crate::error::Result;
 use crate::model::fused::kernels::{self, exp_f32, simd};
 use crate::model::mcbert::McBert;
+use crate::model::device::gumbel_argmax;
 use crate::model::{Ctx, InputMix, Params};
 
 /// Candidates per position, the reject slot included (the paper's K).
@@ -154,17 +155,24 @@ pub fn losses(
     // but no gradient flows through sampling: the head reads every row
     // forward only, a block at a time, and each row's slots are drawn as
     // soon as its logits exist.
-    let c = choices_with(
-        tokens,
-        masked,
-        rng,
-        |slots| {
-            model
-                .controller_head
-                .visit_rows(&hidden, &model.main, &|i, row| slots(i, row))
-        },
-        special,
-    )?;
+    let c = match dev.is_cpu() {
+        true => choices_with(
+            tokens,
+            masked,
+            rng,
+            |slots| {
+                model
+                    .controller_head
+                    .visit_rows(&hidden, &model.main, &|i, row| slots(i, row))
+            },
+            special,
+        )?,
+        false => {
+            let (hidden, words) = (hidden.detach(), model.main.word_embeddings().detach());
+            let logits = |rows: &Tensor| model.controller_head.forward(&hidden, rows, &words);
+            choices_on_device(tokens, masked, logits, dev, special, rng)?
+        }
+    };
     let replaced = c.labels.iter().sum::<u32>() as f64 / n as f64;
     let ids = Tensor::from_vec(c.inputs, (batch, len), dev)?;
     let hidden = model.main.forward(&ids, None, None, mix, ctx)?;
@@ -419,6 +427,83 @@ pub fn choices_with(
     Ok(c)
 }
 
+/// Positions whose controller logits a device holds at once in
+/// [`choices_on_device`]: bounds its `[rows, vocab]` temporaries (4,096 ×
+/// 30,522 f32 is 500 MB each).
+const DEVICE_ROWS: usize = 4096;
+
+/// [`choices`] drawn where `logits` live (a GPU): the same slots, labels
+/// and distributions, sampled by the Gumbel-max trick instead of a walk
+/// over host weights, so the controller's `[positions, vocab]` logits never
+/// cross to the host; only the draws (K u32 per position) and one float per
+/// position (does the row have mass besides the original?) do.
+/// `logits(rows)` gives the controller's logits `[rows, vocab]` at the
+/// flattened positions `rows` (u32). The draws differ from the host
+/// path's, the distribution does not.
+pub fn choices_on_device(
+    tokens: &[u32],
+    masked: &MaskedBatch,
+    logits: impl Fn(&Tensor) -> Result<Tensor>,
+    device: &Device,
+    special: &SpecialIds,
+    rng: &mut Rng,
+) -> Result<Choices> {
+    let mut is_masked = vec![false; tokens.len()];
+    for &r in &masked.rows {
+        is_masked[r as usize] = true;
+    }
+    let base = rng.next_u64();
+    let key = |chunk: usize, draw: usize| {
+        base ^ ((chunk * CANDIDATES + draw) as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    };
+    let mut c = Choices {
+        inputs: Vec::with_capacity(tokens.len()),
+        candidates: Vec::with_capacity(tokens.len() * (CANDIDATES - 1)),
+        labels: Vec::with_capacity(tokens.len()),
+    };
+    for (chunk, start) in (0..tokens.len()).step_by(DEVICE_ROWS).enumerate() {
+        let end = (start + DEVICE_ROWS).min(tokens.len());
+        let rows = Tensor::from_vec((start as u32..end as u32).collect(), end - start, device)?;
+        let l = logits(&rows)?.detach().to_dtype(DType::F32)?;
+        let vocab = l.dim(1)?;
+        let originals = Tensor::from_slice(&tokens[start..end], end - start, device)?;
+        // The row without the original: its logit at −∞.
+        let is_original = Tensor::arange(0u32, vocab as u32, device)?
+            .unsqueeze(0)?
+            .broadcast_eq(&originals.unsqueeze(1)?)?;
+        let never = Tensor::full(f32::NEG_INFINITY, l.dims(), device)?;
+        let others = is_original.where_cond(&never, &l)?;
+        let has_others: Vec<f32> = others.max(D::Minus1)?.to_vec1()?;
+        let inputs: Vec<u32> = gumbel_argmax(&l, key(chunk, 0))?.to_vec1()?;
+        let draws = (1..CANDIDATES)
+            .map(|k| gumbel_argmax(&others, key(chunk, k)))
+            .collect::<Result<Vec<_>>>()?;
+        let draws: Vec<Vec<u32>> = Tensor::stack(&draws, 1)?.to_vec2()?;
+        for (i, drawn) in (start..end).zip(draws) {
+            let original = tokens[i];
+            let input = match is_masked[i] {
+                true => inputs[i - start],
+                false => original,
+            };
+            c.inputs.push(input);
+            c.labels.push((input != original) as u32);
+            let first = c.candidates.len();
+            if input != original {
+                c.candidates.push(original);
+            }
+            let wanted = first + CANDIDATES - 1 - c.candidates.len();
+            match has_others[i - start] > f32::NEG_INFINITY {
+                true => c.candidates.extend(&drawn[..wanted]),
+                false => {
+                    let stand_in = next_other(original, vocab as u32, special);
+                    c.candidates.resize(first + CANDIDATES - 1, stand_in)
+                }
+            }
+        }
+    }
+    Ok(c)
+}
+
 /// One position: its input (a sample from `row` where masked, else the
 /// original) and slots 1..K: the original first where the input differs,
 /// then samples from `row` without the original.
@@ -484,8 +569,25 @@ mod tests {
             .collect()
     }
 
+    /// [`choices_on_device`] on the CPU, the logits handed over as a tensor.
+    fn on_device(tokens: &[u32], masked: &MaskedBatch, logits: &[f32], rng: &mut Rng) -> Choices {
+        let dev = Device::Cpu;
+        let vocab = logits.len() / tokens.len();
+        let all = Tensor::from_slice(logits, (tokens.len(), vocab), &dev).unwrap();
+        let rows = |r: &Tensor| Ok(all.index_select(r, 0)?);
+        choices_on_device(tokens, masked, rows, &dev, &SPECIAL, rng).unwrap()
+    }
+
     #[test]
     fn slots_and_labels_on_a_hand_made_batch() {
+        let host = |t: &[u32], m: &MaskedBatch, l: &[f32], rng: &mut Rng| {
+            choices(t, m, l, &SPECIAL, rng)
+        };
+        hand_made_batch(host);
+        hand_made_batch(on_device);
+    }
+
+    fn hand_made_batch(choose: impl Fn(&[u32], &MaskedBatch, &[f32], &mut Rng) -> Choices) {
         // [CLS] 10 11 12 [SEP]; positions 1 and 2 are masked. The controller
         // favours token 20 at position 1 (a replacement) and the original
         // 11 at position 2 (almost surely kept as is).
@@ -501,7 +603,7 @@ mod tests {
         sure[11] = 0.0;
         rows[2] = sure;
         let logits = rows.concat();
-        let c = choices(&tokens, &masked, &logits, &SPECIAL, &mut Rng::new(1));
+        let c = choose(&tokens, &masked, &logits, &mut Rng::new(1));
         let k = CANDIDATES - 1;
         assert_eq!(c.candidates.len(), 5 * k);
         assert_eq!(c.inputs[2], 11, "a sampled original stays the original");
@@ -602,5 +704,52 @@ mod tests {
                 "{counts:?}"
             );
         }
+    }
+
+    #[test]
+    fn device_draws_follow_the_same_distributions() {
+        // 900 positions with one row: the original (token 1) has almost all
+        // the mass and the others 4 : 2 : 1 : 0; the masked positions'
+        // inputs follow the whole row, the wrong candidates the rest
+        // renormalised, as on the host.
+        let n = 900;
+        let row = [1.0f32.ln(), 3.0, 0.5f32.ln(), 0.25f32.ln(), f32::NEG_INFINITY];
+        let tokens = vec![1u32; n];
+        let masked = MaskedBatch {
+            inputs: vec![4; n],
+            rows: (0..n as u32).collect(),
+            targets: vec![1; n],
+        };
+        let logits = row.repeat(n);
+        let c = on_device(&tokens, &masked, &logits, &mut Rng::new(4));
+        let p_original = 3f64.exp() / (3f64.exp() + 1.75);
+        let kept = c.labels.iter().filter(|&&l| l == 0).count() as f64 / n as f64;
+        assert!((kept - p_original).abs() < 0.05, "{kept} against {p_original}");
+        let mut counts = [0usize; 5];
+        let k = CANDIDATES - 1;
+        for (i, slots) in c.candidates.chunks(k).enumerate() {
+            let skip = c.labels[i] as usize; // slot 1 holds the original
+            assert!(skip == 0 || slots[0] == 1);
+            for &t in &slots[skip..] {
+                counts[t as usize] += 1;
+            }
+        }
+        let drawn: usize = counts.iter().sum();
+        assert_eq!(counts[1], 0, "{counts:?}");
+        assert_eq!(counts[4], 0, "no mass, never drawn: {counts:?}");
+        for (t, p) in [(0, 4.0 / 7.0), (2, 2.0 / 7.0), (3, 1.0 / 7.0)] {
+            let share = counts[t] as f64 / drawn as f64;
+            assert!((share - p).abs() < 0.015, "{counts:?}");
+        }
+        // A row with no mass besides the original gets the stand-in.
+        let alone = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        let one = MaskedBatch {
+            inputs: vec![4],
+            rows: vec![0],
+            targets: vec![1],
+        };
+        let c = on_device(&[1], &one, &alone, &mut Rng::new(2));
+        assert_eq!((c.inputs[0], c.labels[0]), (1, 0));
+        assert_eq!(c.candidates, vec![next_other(1, 4, &SPECIAL); k]);
     }
 }
