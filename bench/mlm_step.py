@@ -6,6 +6,12 @@ weights (brisk uses HF tensor names), and predicts only the masked rows, as
 brisk does. The step-1 loss and the loss after one AdamW update (dropout off)
 are printed for the runner to compare; then full training steps (dropout on)
 are timed. Prints one JSON object.
+
+On a GPU (`--device cuda`, from bench/gpu/check.sh) it runs the same step
+in PyTorch eager, optionally under bf16 autocast (`--bf16`, the standard
+mixed-precision recipe: f32 weights and optimiser state) and compiled
+(`--compile`, torch.compile of the loss); `--checked-steps N` takes N
+checked updates instead of one.
 """
 
 import argparse
@@ -29,6 +35,10 @@ def parse_args():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--profile", action="store_true",
                    help="also profile --steps more steps and print the ops' self time on stderr")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (f32 master weights)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the loss")
+    p.add_argument("--checked-steps", type=int, default=1)
     return p.parse_args()
 
 
@@ -37,6 +47,7 @@ SHAPES = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
     "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
     "small": dict(num_hidden_layers=12, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
 
 
@@ -95,15 +106,20 @@ def main():
     if missing or unexpected:
         raise SystemExit(f"weights do not match HF BERT: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
+    device = torch.device(args.device)
+    model.to(device)
 
     batch = load_file(f"{args.dir}/batch.safetensors")
-    ids, rows, targets = batch["input_ids"], batch["rows"], batch["targets"]
+    ids, rows, targets = (batch[k].to(device) for k in ("input_ids", "rows", "targets"))
     hidden_size = config.hidden_size
 
-    def loss_fn():
-        hidden = model.bert(input_ids=ids).last_hidden_state.reshape(-1, hidden_size)
-        logits = model.cls(hidden[rows])
-        return torch.nn.functional.cross_entropy(logits, targets)
+    def plain_loss():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            hidden = model.bert(input_ids=ids).last_hidden_state.reshape(-1, hidden_size)
+            logits = model.cls(hidden[rows])
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+    loss_fn = torch.compile(plain_loss) if args.compile else plain_loss
 
     decay = [p for n, p in model.named_parameters() if not (n.endswith(".bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in model.named_parameters() if n.endswith(".bias") or "LayerNorm" in n]
@@ -121,7 +137,8 @@ def main():
         return loss.item(), norm.item()
 
     model.eval()
-    loss_step1, norm_step1 = step()
+    checked = [step() for _ in range(max(args.checked_steps, 1))]
+    loss_step1, norm_step1 = checked[0]
     with torch.no_grad():
         loss_after = loss_fn().item()
 
@@ -138,8 +155,13 @@ def main():
     if args.profile:
         print_profile(step, args.steps)
     b, l = ids.shape
+    framework = "pytorch" + (" bf16 autocast" if args.bf16 else "") + (" compiled" if args.compile else "")
+    on_gpu = device.type == "cuda"
     print(json.dumps({
-        "framework": "pytorch",
+        "framework": framework,
+        "device": args.device,
+        "checked_losses": [loss for loss, _ in checked],
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
         "preset": brisk["preset"],
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -523,6 +523,119 @@ fn mcbert_resumes_bitwise_exactly_with_tupe_and_notes() {
 }
 
 #[test]
+fn the_device_path_in_bf16_resumes_bitwise_and_takes_a_fused_checkpoint() {
+    // The path a GPU runs (candle's ops, bf16 products over f32 masters) on
+    // the CPU: 10 steps equal 5 resumed to 10, bit for bit. Then a run
+    // begun on the fused kernels in f32 continues on that path: the same
+    // checkpoint serves both, as it serves both devices.
+    let dir = tempfile::tempdir().unwrap();
+    let device_path = [
+        "--set",
+        "train.schedule=constant",
+        "--set",
+        "train.warmup_fraction=0",
+        "--set",
+        "objective.kind=electra",
+        "--set",
+        "model.position=tupe-r",
+        "--set",
+        "model.kernels=reference",
+        "--set",
+        "train.precision=bf16",
+        "--device",
+        "cpu",
+    ];
+    let full = quick_pretrain("full", &[&["--steps", "10"][..], &device_path].concat());
+    let out = run_brisk(&full, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = quick_pretrain("parts", &[&["--steps", "5"][..], &device_path].concat());
+    let out = run_brisk(&first, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resume = [
+        "pretrain",
+        "--out",
+        "parts",
+        "--resume",
+        "--steps",
+        "10",
+        "-q",
+        "--threads",
+        "2",
+    ];
+    let out = brisk(&resume, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = loss_trace(&dir.path().join("full"));
+    assert_eq!(expected.len(), 10);
+    assert_eq!(loss_trace(&dir.path().join("parts")), expected);
+
+    let fused = quick_pretrain("moved", &["--steps", "5"]);
+    let out = run_brisk(&fused, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copied = Command::new("cp")
+        .args(["-r", "moved", "stayed"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let resume_in = |run: &str, extra: &[&str]| {
+        let args = [
+            &["pretrain", "--out", run, "--resume", "--steps", "8", "-q"][..],
+            extra,
+        ]
+        .concat();
+        let out = brisk(&args, dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        loss_trace(&dir.path().join(run))
+    };
+    let on_device_path = [
+        "--set",
+        "model.kernels=reference",
+        "--set",
+        "train.precision=bf16",
+        "--device",
+        "cpu",
+    ];
+    let moved = resume_in("moved", &on_device_path);
+    let stayed = resume_in("stayed", &[]);
+    let steps = |t: &[(u64, u64, Option<u64>)]| t.iter().map(|r| r.0).collect::<Vec<_>>();
+    assert_eq!(steps(&moved), (1..=8).collect::<Vec<_>>());
+    assert_eq!(
+        moved[..5],
+        stayed[..5],
+        "the first five steps are the fused run's"
+    );
+    // Steps 6 to 8 continue from the same weights and optimiser state: in
+    // bf16 they stay within 1% of the fused f32 continuation (consecutive
+    // batches differ by several times that).
+    for (m, s) in moved[5..].iter().zip(&stayed[5..]) {
+        let (m, s) = (f64::from_bits(m.1), f64::from_bits(s.1));
+        assert!((m - s).abs() < 0.01 * s, "step loss {m} against {s}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("moved/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["kernels"], "reference");
+}
+
+#[test]
+fn cuda_on_a_build_without_it_is_an_error_naming_the_feature() {
+    if brisk::model::device::HAS_CUDA {
+        eprintln!("skipped: this build has CUDA");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = quick_pretrain("gpu", &["--steps", "2", "--device", "cuda"]);
+    let out = run_brisk(&args, dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+    let args = quick_pretrain("tpu", &["--steps", "2", "--device", "tpu"]);
+    let out = run_brisk(&args, dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("train.device"), "{}", stderr(&out));
+}
+
+#[test]
 fn resume_continues_bitwise_exactly() {
     let dir = tempfile::tempdir().unwrap();
     // A constant schedule does not depend on the budget, so a 10-step run

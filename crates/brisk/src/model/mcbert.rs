@@ -91,14 +91,15 @@ impl ChoiceHead {
         let t = self
             .norm
             .forward(&activation(self.act, &self.dense.forward(&x)?)?)?;
-        let emb = word_embeddings
-            .index_select(candidates, 0)?
-            .reshape((n, k, d))?;
+        // Mixed precision: the f32 weights in the activations' dtype.
+        let like = |w: &Tensor| w.to_dtype(t.dtype());
+        let emb = like(&word_embeddings.index_select(candidates, 0)?)?.reshape((n, k, d))?;
         let tokens = emb.broadcast_mul(&t.unsqueeze(1)?)?.sum(2)?;
-        let tokens = (tokens + self.bias.index_select(candidates, 0)?.reshape((n, k))?)?;
+        let bias = like(&self.bias.index_select(candidates, 0)?)?.reshape((n, k))?;
+        let tokens = (tokens + bias)?;
         let reject = t
-            .matmul(&self.reject.unsqueeze(1)?)?
-            .broadcast_add(&self.reject_bias)?;
+            .matmul(&like(&self.reject)?.unsqueeze(1)?)?
+            .broadcast_add(&like(&self.reject_bias)?)?;
         Ok(Tensor::cat(&[&reject, &tokens], 1)?)
     }
 

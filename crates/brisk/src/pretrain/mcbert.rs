@@ -36,9 +36,9 @@ use crate::config::{ModelConfig, SharedEmbeddings};
 use crate::corpus::generated::Rng;
 use crate::corpus::tokenizer::SpecialIds;
 use crate::error::Result;
+use crate::model::device::gumbel_argmax;
 use crate::model::fused::kernels::{self, exp_f32, simd};
 use crate::model::mcbert::McBert;
-use crate::model::device::gumbel_argmax;
 use crate::model::{Ctx, InputMix, Params};
 
 /// Candidates per position, the reject slot included (the paper's K).
@@ -580,9 +580,8 @@ mod tests {
 
     #[test]
     fn slots_and_labels_on_a_hand_made_batch() {
-        let host = |t: &[u32], m: &MaskedBatch, l: &[f32], rng: &mut Rng| {
-            choices(t, m, l, &SPECIAL, rng)
-        };
+        let host =
+            |t: &[u32], m: &MaskedBatch, l: &[f32], rng: &mut Rng| choices(t, m, l, &SPECIAL, rng);
         hand_made_batch(host);
         hand_made_batch(on_device);
     }
@@ -713,7 +712,13 @@ mod tests {
         // inputs follow the whole row, the wrong candidates the rest
         // renormalised, as on the host.
         let n = 900;
-        let row = [1.0f32.ln(), 3.0, 0.5f32.ln(), 0.25f32.ln(), f32::NEG_INFINITY];
+        let row = [
+            1.0f32.ln(),
+            3.0,
+            0.5f32.ln(),
+            0.25f32.ln(),
+            f32::NEG_INFINITY,
+        ];
         let tokens = vec![1u32; n];
         let masked = MaskedBatch {
             inputs: vec![4; n],
@@ -724,7 +729,10 @@ mod tests {
         let c = on_device(&tokens, &masked, &logits, &mut Rng::new(4));
         let p_original = 3f64.exp() / (3f64.exp() + 1.75);
         let kept = c.labels.iter().filter(|&&l| l == 0).count() as f64 / n as f64;
-        assert!((kept - p_original).abs() < 0.05, "{kept} against {p_original}");
+        assert!(
+            (kept - p_original).abs() < 0.05,
+            "{kept} against {p_original}"
+        );
         let mut counts = [0usize; 5];
         let k = CANDIDATES - 1;
         for (i, slots) in c.candidates.chunks(k).enumerate() {

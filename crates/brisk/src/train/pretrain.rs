@@ -437,6 +437,8 @@ pub fn validate(
         else {
             return Ok(None);
         };
+        // The loss in f32 whatever the activations' precision.
+        let logits = logits.to_dtype(DType::F32)?;
         let loss =
             candle_nn::loss::cross_entropy(&logits, &masked.targets_tensor(logits.device())?)?;
         total += loss.to_scalar::<f32>()? as f64;
