@@ -301,7 +301,7 @@ fn batch_tokens(
             sep: 102,
             mask: 103,
         };
-        let vocab = config.model.vocab_size as u64;
+        let vocab = config.model.vocab_size;
         let mut rng = Rng::new(5);
         let tokens = (0..args.batch * l)
             .map(|i| match i % l {
