@@ -3,8 +3,9 @@
 # toolchain, on this machine, which needs no GPU and no CUDA toolkit:
 # the CUDA build (`--features cuda`) of `brisk`, of the `mlm-step`
 # benchmark and of the device tests, stripped and packed into
-# bench/gpu/bin.tar.xz (git-ignored; about 16 minutes on 2 cores the first
-# time, mostly candle's CUDA kernels).
+# bench/gpu/bin.tar.xz (git-ignored; measured on 2 cores from an empty
+# target folder: 31 minutes, 18 of them for the two binaries, mostly
+# candle's CUDA kernels; about 5 minutes after a change to brisk; 24 MB).
 #
 #   bench/gpu/pack.sh
 #
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 env_sh=${BRISK_CUDA_ENV:-$HOME/.cache/brisk/cuda/env.sh}
 if [ ! -f "$env_sh" ]; then
-    echo "no CUDA toolchain at $env_sh: run ../shared/tools/cuda-toolchain-from-pypi.sh first" >&2
+    echo "no CUDA toolchain at $env_sh: run 'cargo fetch', then ../shared/tools/cuda-toolchain-from-pypi.sh" >&2
     exit 2
 fi
 # shellcheck disable=SC1090
@@ -24,13 +25,20 @@ target=${CARGO_TARGET_DIR:-target/cuda}
 export CARGO_TARGET_DIR=$target
 cargo build --release --features cuda -p brisk-cli -p brisk-bench --bin brisk --bin mlm-step
 # The device tests' executable: cargo prints where it put it.
+# (Compiler errors arrive as JSON too: they are printed as text.)
 tests=$(cargo test --release --features cuda -p brisk --test device --no-run \
-    --message-format=json 2>/dev/null |
+    --message-format=json |
     python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
+    if m.get("reason") == "compiler-message" and m["message"]["level"] == "error":
+        print(m["message"]["rendered"], file=sys.stderr)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "device":
-        print(m["executable"])')
+        print(m["executable"])') || true
+if [ -z "$tests" ]; then
+    echo "the device tests did not build with --features cuda (errors above)" >&2
+    exit 1
+fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/bin"

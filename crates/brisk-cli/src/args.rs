@@ -294,6 +294,10 @@ pub struct TuningArgs {
     /// its pre-trained weights (the from-scratch baseline).
     #[arg(long)]
     pub from_scratch: bool,
+    /// Where to fine-tune and evaluate: cpu, cuda or cuda:N (cuda needs the
+    /// CUDA build).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
     /// Where the built-in tasks' files are [default: $BRISK_SHARED_DIR/data/glue, else ../shared/data/glue].
     #[arg(long, value_name = "DIR")]
     pub glue_dir: Option<PathBuf>,

@@ -48,6 +48,8 @@ fn recipes(args: &TuningArgs) -> anyhow::Result<(Vec<Recipe>, Vec<u64>)> {
         ));
     }
     let notes = brisk::tasks::NotesMode::from_name(&args.notes)?;
+    // Refused before any run directory exists.
+    brisk::model::device::open(&args.device)?;
     let recipes = rates
         .into_iter()
         .map(|lr| Recipe {
@@ -61,6 +63,7 @@ fn recipes(args: &TuningArgs) -> anyhow::Result<(Vec<Recipe>, Vec<u64>)> {
             layer_decay: args.layer_decay,
             notes,
             from_scratch: args.from_scratch,
+            device: args.device.clone(),
             ..Recipe::default()
         })
         .collect();

@@ -633,6 +633,33 @@ fn cuda_on_a_build_without_it_is_an_error_naming_the_feature() {
     let out = run_brisk(&args, dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("train.device"), "{}", stderr(&out));
+    // Fine-tuning refuses it before a run directory exists.
+    let (train, dev) = toy_sentiment();
+    std::fs::write(dir.path().join("train.tsv"), train).unwrap();
+    std::fs::write(dir.path().join("dev.tsv"), dev).unwrap();
+    std::fs::write(
+        dir.path().join("toy.toml"),
+        "name = \"toy\"\nkind = \"classification\"\nlabels = [\"no\", \"yes\"]\n\
+         metrics = [\"accuracy\"]\nheader = true\ntext_a = \"text\"\nlabel = \"verdict\"\n\
+         train = \"train.tsv\"\ndev = \"dev.tsv\"\n",
+    )
+    .unwrap();
+    let model = minilm_dir();
+    let finetune = [
+        "finetune",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "toy.toml",
+        "--device",
+        "cuda:1",
+        "--out",
+        "ft",
+    ];
+    let out = brisk(&finetune, dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+    assert!(!dir.path().join("ft").exists());
 }
 
 #[test]

@@ -161,6 +161,12 @@ fn kill_and_resume(name: &str, steps: u64, extra: &[&str], kills: usize, seed: u
         let run = dir.path().join(&out);
         let mut sessions = 0;
         loop {
+            // A kill that landed after the summary was written (while the
+            // last lines were printed) left a finished run: resuming it is
+            // refused, as it should be, and there is nothing left to do.
+            if sessions > 0 && run.join("summary.json").exists() {
+                break;
+            }
             sessions += 1;
             assert!(sessions < 10_000, "{out} never finished");
             let args = match run.join("config.toml").exists() {

@@ -46,6 +46,22 @@ pub struct Batch {
     pub tokens: Vec<Vec<u32>>,
 }
 
+impl Batch {
+    /// The batch with its tensors on `device` (tokenizing happens on the
+    /// host; a GPU receives only the ids, types and mask).
+    pub fn to(self, device: &Device) -> Result<Batch> {
+        if device.same_device(self.ids.device()) {
+            return Ok(self);
+        }
+        Ok(Batch {
+            ids: self.ids.to_device(device)?,
+            token_types: self.token_types.to_device(device)?,
+            mask: self.mask.to_device(device)?,
+            ..self
+        })
+    }
+}
+
 /// A pre-trained model's config, tokenizer and weights file: a HF
 /// checkpoint directory (with `config.json`) or a `brisk pretrain` run
 /// (with `config.toml`; its newest checkpoint).

@@ -2,7 +2,8 @@
 //! CPU: for every objective its loss and gradients equal the fused
 //! kernels'; AdamW as tensor ops equals the host update and its state
 //! round-trips; bf16 gives every parameter a gradient and tracks f32 over
-//! 50 steps of `tiny`. With `--features cuda` the same checks run on GPU 0
+//! 50 steps of `tiny`; the fine-tuning classifier on that path equals its
+//! fused kernels too. With `--features cuda` the same checks run on GPU 0
 //! (each skips with one line when there is none).
 //!
 //! On the CPU the reference path draws its dropout masks and samples on
@@ -18,9 +19,11 @@ use std::collections::BTreeMap;
 use brisk::config::{Config, Kernels, Position, Precision, Preset};
 use brisk::corpus::generated::Rng;
 use brisk::corpus::tokenizer::SpecialIds;
+use brisk::encoder::Batch as TextBatch;
 use brisk::model::{Ctx, InputMix, Params};
 use brisk::pretrain::mlm::mask_tokens;
 use brisk::pretrain::objective::{self, Batch};
+use brisk::tasks::classifier::Classifier;
 use brisk::train::optim::{gradients_or_zeros, AdamW, Kernel};
 use candle_core::{DType, Device, Tensor};
 
@@ -233,6 +236,75 @@ fn the_device_path_equals_the_fused_kernels_for_every_objective() {
     }
 }
 
+/// One fine-tuning batch of a sentence classifier on `config`'s encoder:
+/// two sequences, the second padded, two classes.
+fn classifier_batch(config: &Config, device: &Device) -> Outcome {
+    let mut params = Params::new(device.clone(), DType::F32);
+    let model = Classifier::new(&mut params, &config.model, 2, &mut Rng::new(5)).unwrap();
+    let mut rng = Rng::new(3);
+    let (b, l) = SHAPE;
+    let lengths = vec![l, l - 4];
+    let tokens: Vec<Vec<u32>> = lengths
+        .iter()
+        .map(|&n| {
+            let mut t: Vec<u32> = (0..n).map(|_| 5 + rng.below(35) as u32).collect();
+            (t[0], t[n - 1]) = (SPECIAL.cls, SPECIAL.sep);
+            t
+        })
+        .collect();
+    let ids: Vec<u32> = tokens
+        .iter()
+        .flat_map(|row| (0..l).map(move |i| row.get(i).copied().unwrap_or(0)))
+        .collect();
+    let mask: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&n| (0..l).map(move |i| if i < n { 1.0 } else { 0.0 }))
+        .collect();
+    let batch = TextBatch {
+        ids: Tensor::from_vec(ids, (b, l), device).unwrap(),
+        token_types: Tensor::zeros((b, l), DType::U32, device).unwrap(),
+        mask: Tensor::from_vec(mask, (b, l), device).unwrap(),
+        lengths,
+        tokens,
+    };
+    let mut dropout = Rng::new(11);
+    let outputs = model
+        .forward(&batch, &mut Ctx::train(&mut dropout))
+        .unwrap();
+    let loss = model.loss(&outputs, &[1.0, 0.0]).unwrap();
+    let grads = gradients_or_zeros(&params, &loss.backward().unwrap(), &|_| false).unwrap();
+    let grads = params
+        .split(&grads)
+        .unwrap()
+        .into_iter()
+        .map(|(name, g)| {
+            (
+                name.to_string(),
+                g.flatten_all().unwrap().to_vec1().unwrap(),
+            )
+        })
+        .collect();
+    Outcome {
+        loss: loss.to_scalar::<f32>().unwrap() as f64,
+        logged: Vec::new(),
+        grads,
+    }
+}
+
+#[test]
+fn fine_tuning_on_the_device_path_equals_the_fused_kernels() {
+    // `brisk finetune --device` runs the classifier through candle's ops
+    // off the CPU; on the CPU, the fused kernels. Same tolerance as above.
+    for position in [Position::Absolute, Position::TupeR] {
+        let fused = classifier_batch(&config("mlm", position, Kernels::Fused), &Device::Cpu);
+        let reference =
+            classifier_batch(&config("mlm", position, Kernels::Reference), &Device::Cpu);
+        let case = format!("classifier {position:?}");
+        assert_every_gradient_finite_and_non_zero(&case, &reference);
+        assert_close(&case, &fused, &reference, 1e-4);
+    }
+}
+
 #[test]
 fn bf16_gives_every_parameter_a_gradient_and_stays_near_f32() {
     // bf16 keeps 8 bits of mantissa (relative steps of 2⁻⁸ = 0.4%); with
@@ -407,6 +479,18 @@ mod cuda {
                 assert_close(&format!("{position:?} tnf {tnf}"), &cpu, &on_gpu, 1e-4);
             }
         }
+    }
+
+    #[test]
+    fn fine_tuning_on_the_gpu_equals_the_cpu() {
+        let Some(gpu) = gpu() else { return };
+        let mut config = config("mlm", Position::Absolute, Kernels::Reference);
+        config.model.hidden_dropout_prob = 0.0;
+        config.model.attention_probs_dropout_prob = 0.0;
+        let cpu = classifier_batch(&config, &Device::Cpu);
+        let on_gpu = classifier_batch(&config, &gpu);
+        assert_every_gradient_finite_and_non_zero("classifier on the GPU", &on_gpu);
+        assert_close("classifier", &cpu, &on_gpu, 1e-4);
     }
 
     #[test]

@@ -339,7 +339,10 @@ impl Params {
                         None if may_miss(&e.name) => &e.view,
                         _ => named(tensors, path, &e.name, &e.shape)?,
                     };
-                    Ok(t.to_dtype(self.dtype)?.flatten_all()?)
+                    // A file is read on the host; the weights may live elsewhere.
+                    Ok(t.to_device(&self.device)?
+                        .to_dtype(self.dtype)?
+                        .flatten_all()?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             group.var.set(&Tensor::cat(&parts, 0)?)?;

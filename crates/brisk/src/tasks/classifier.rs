@@ -3,7 +3,7 @@
 //! and tanh on `[CLS]`), dropout, and a linear layer to the task's outputs.
 //! Tensor names are HF's (`bert.pooler.dense.*`, `classifier.*`).
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::ModelConfig;
 use crate::corpus::generated::Rng;
@@ -98,6 +98,11 @@ impl Classifier {
             &outputs.to_dtype(DType::F32)?,
             &ids,
         )?)
+    }
+
+    /// The device the classifier's weights are on.
+    pub fn device(&self) -> &Device {
+        self.classifier.weight.device()
     }
 
     /// Predictions from outputs: the arg-max class, or the value.

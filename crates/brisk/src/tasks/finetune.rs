@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::classifier::{Classifier, HEAD_PREFIXES};
@@ -60,6 +60,10 @@ pub struct Recipe {
     /// instead of its pre-trained weights (the baseline of Hao et al.'s
     /// landscapes).
     pub from_scratch: bool,
+    /// Where fine-tuning and its evaluation run: `"cpu"`, `"cuda"` or
+    /// `"cuda:N"` (the CUDA build; see `model::device`). The CPU runs the
+    /// fused kernels, a GPU the reference composition.
+    pub device: String,
 }
 
 /// How TNF's notes take part in fine-tuning (`--notes`; the seed's modes).
@@ -118,7 +122,7 @@ impl TaskNotes {
             g.zeros("weight", &[n, h]);
             let g = g.finish()?;
             g.var
-                .set(&Tensor::from_slice(book.values(), n * h, &Device::Cpu)?)?;
+                .set(&Tensor::from_slice(book.values(), n * h, g.var.device())?)?;
             Some(g.view("weight")?)
         } else {
             None
@@ -139,7 +143,7 @@ impl TaskNotes {
             Some(notes) => Some(self.book.mix_from(notes, &found, shape)?),
             None => self
                 .book
-                .mix(&found, shape, &[], DType::F32, &Device::Cpu)?,
+                .mix(&found, shape, &[], DType::F32, batch.ids.device())?,
         };
         Ok((found, mix))
     }
@@ -185,6 +189,7 @@ impl Default for Recipe {
             layer_decay: 1.0,
             notes: NotesMode::Off,
             from_scratch: false,
+            device: "cpu".into(),
         }
     }
 }
@@ -284,7 +289,8 @@ pub fn finetune(
         examples: read_split(&task.spec, &task.dev)?,
     };
 
-    let mut params = Params::new(Device::Cpu, DType::F32);
+    let device = crate::model::device::open(&recipe.device)?;
+    let mut params = Params::new(device, DType::F32);
     let model = Classifier::new(&mut params, &cfg, task.num_outputs(), &mut Rng::new(seed))?;
     if !recipe.from_scratch {
         pre.load_into(&params, &HEAD_PREFIXES)?;
@@ -323,7 +329,7 @@ pub fn finetune(
         let started = std::time::Instant::now();
         let mut heartbeat = crate::progress::Heartbeat::new();
         for (batch_index, idx) in order.chunks(recipe.batch_size).enumerate() {
-            let batch = tokenize(&pre.tokenizer, max_len, &train.texts(idx))?;
+            let batch = tokenize(&pre.tokenizer, max_len, &train.texts(idx))?.to(&params.device)?;
             let (outputs, hidden, found) =
                 forward(&model, notes.as_mut(), &batch, &mut Ctx::train(&mut rng))?;
             let loss = model.loss(&outputs, &train.labels(idx))?;
@@ -427,7 +433,7 @@ fn evaluate(
     let all: Vec<usize> = (0..split.examples.len()).collect();
     let mut predicted = Vec::with_capacity(all.len());
     for idx in all.chunks(batch_size) {
-        let batch = tokenize(&pre.tokenizer, max_len, &split.texts(idx))?;
+        let batch = tokenize(&pre.tokenizer, max_len, &split.texts(idx))?.to(model.device())?;
         let (outputs, _, _) = forward(model, notes.as_deref_mut(), &batch, &mut Ctx::eval())?;
         predicted.extend(model.predict(&outputs)?);
     }
