@@ -338,6 +338,9 @@ pub struct PredictArgs {
     /// Worker threads [default: every core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Where to predict: cpu, cuda or cuda:N (cuda needs the CUDA build).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]
@@ -381,6 +384,9 @@ pub struct EmbedArgs {
     /// Worker threads [default: every core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Where to encode: cpu, cuda or cuda:N (cuda needs the CUDA build).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]

@@ -309,7 +309,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     }
     refuse_existing(args.out.as_deref(), args.force)?;
     let texts = embed_texts(&args)?;
-    let encoder = Encoder::load(&args.model)?;
+    let encoder = Encoder::load_on(&args.model, brisk::model::device::open(&args.device)?)?;
     let mut lines = String::new();
     for chunk in texts.chunks(args.batch_size) {
         let inputs: Vec<Text> = chunk

@@ -336,7 +336,8 @@ fn joint_table(rows: &[(String, Vec<TaskScores>)]) -> String {
 pub(crate) fn predict(args: PredictArgs) -> anyhow::Result<()> {
     init_threads(args.threads)?;
     refuse_existing(args.out.as_deref(), args.force)?;
-    let predictor = brisk::tasks::predict::Predictor::load(&args.model)?;
+    let device = brisk::model::device::open(&args.device)?;
+    let predictor = brisk::tasks::predict::Predictor::load(&args.model, device)?;
     let texts = brisk::tasks::data::read_texts(&predictor.task, &args.input)?;
     let predictions = brisk::runtime::on_pool(|| predictor.predict(&texts, args.batch_size))?;
     let mut text = String::from("index\tprediction\n");

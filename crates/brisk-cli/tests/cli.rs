@@ -660,6 +660,20 @@ fn cuda_on_a_build_without_it_is_an_error_naming_the_feature() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
     assert!(!dir.path().join("ft").exists());
+    let embed = [
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cuda",
+        "--out",
+        "vectors.jsonl",
+        "a text",
+    ];
+    let out = brisk(&embed, dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+    assert!(!dir.path().join("vectors.jsonl").exists());
 }
 
 #[test]

@@ -145,8 +145,13 @@ impl Encoder {
     /// Loads a HF checkpoint directory or a `brisk pretrain` run (see
     /// [`Pretrained`]).
     pub fn load(path: &Path) -> Result<Encoder> {
+        Encoder::load_on(path, Device::Cpu)
+    }
+
+    /// [`Encoder::load`] onto `device` (see `model::device::open`).
+    pub fn load_on(path: &Path, device: Device) -> Result<Encoder> {
         let pre = Pretrained::open(path)?;
-        let mut params = Params::new(Device::Cpu, DType::F32);
+        let mut params = Params::new(device, DType::F32);
         let bert = Bert::new(&mut params, &pre.config, &mut Rng::new(0))?;
         pre.load_into(&params, &[])?;
         Ok(Encoder {
@@ -159,9 +164,10 @@ impl Encoder {
     }
 
     /// Tokenizes texts with the special tokens, truncated to `max_len`
-    /// (longest part first, for pairs), padded to the longest.
+    /// (longest part first, for pairs), padded to the longest, on the
+    /// encoder's device.
     pub fn tokenize(&self, texts: &[Text]) -> Result<Batch> {
-        tokenize(&self.tokenizer, self.max_len, texts)
+        tokenize(&self.tokenizer, self.max_len, texts)?.to(&self.params.device)
     }
 
     /// The last hidden states `[batch, len, hidden]` (padding rows included).

@@ -48,8 +48,8 @@ pub fn model_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 impl Predictor {
-    /// Loads a fine-tuned model (see [`model_dir`]).
-    pub fn load(dir: &Path) -> Result<Predictor> {
+    /// Loads a fine-tuned model (see [`model_dir`]) onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Predictor> {
         let dir = model_dir(dir)?;
         let config: ModelConfig = read_json(&dir.join("model.json"))?;
         let task: TaskSpec = read_json(&dir.join("task.json"))?;
@@ -70,7 +70,7 @@ impl Predictor {
             Kind::Classification => task.labels.len(),
             Kind::Regression => 1,
         };
-        let mut params = Params::new(Device::Cpu, DType::F32);
+        let mut params = Params::new(device, DType::F32);
         let model = Classifier::new(&mut params, &config, outputs, &mut Rng::new(0))?;
         params.load(&dir.join("best/model.safetensors"))?;
         Ok(Predictor {
@@ -91,7 +91,8 @@ impl Predictor {
                 .iter()
                 .map(|(a, b)| Text::of(a, b.as_deref()))
                 .collect();
-            let batch = tokenize(&self.tokenizer, self.max_len, &inputs)?;
+            let batch =
+                tokenize(&self.tokenizer, self.max_len, &inputs)?.to(self.model.device())?;
             let values = self
                 .model
                 .predict(&self.model.forward(&batch, &mut Ctx::eval())?)?;
