@@ -660,6 +660,16 @@ fn cuda_on_a_build_without_it_is_an_error_naming_the_feature() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
     assert!(!dir.path().join("ft").exists());
+    let mut no_device = finetune;
+    no_device[6] = "tpu";
+    let out = brisk(&no_device, dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"tpu\" is not a device"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("ft").exists());
     let embed = [
         "embed",
         "--model",

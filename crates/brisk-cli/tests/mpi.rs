@@ -235,11 +235,18 @@ mod with_mpi {
         })
     }
 
-    /// True while process `pid` runs (a zombie has exited).
+    /// True while any thread of process `pid` runs. The main thread can be
+    /// a zombie while the others still finish (and the process still holds
+    /// its files, the run's lock among them), so every thread is asked.
     fn alive(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-            !s.lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().any(|task| {
+            std::fs::read_to_string(task.path().join("status")).is_ok_and(|s| {
+                !s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
         })
     }
 

@@ -14,11 +14,12 @@
 
 mod support;
 
+use support::SPECIAL;
+
 use std::collections::BTreeMap;
 
 use brisk::config::{Config, Kernels, Position, Precision, Preset};
 use brisk::corpus::generated::Rng;
-use brisk::corpus::tokenizer::SpecialIds;
 use brisk::encoder::Batch as TextBatch;
 use brisk::model::{Ctx, InputMix, Params};
 use brisk::pretrain::mlm::mask_tokens;
@@ -27,13 +28,6 @@ use brisk::tasks::classifier::Classifier;
 use brisk::train::optim::{gradients_or_zeros, AdamW, Kernel};
 use candle_core::{DType, Device, Tensor};
 
-const SPECIAL: SpecialIds = SpecialIds {
-    pad: 0,
-    unk: 1,
-    cls: 2,
-    sep: 3,
-    mask: 4,
-};
 const SHAPE: (usize, usize) = (2, 12);
 
 /// A `tiny` config shrunk to a 2-layer, 16-wide model over 40 tokens,

@@ -5,11 +5,12 @@
 
 mod support;
 
+use support::SPECIAL;
+
 use std::collections::BTreeMap;
 
 use brisk::config::{Kernels, ModelConfig, Norm, Position, Preset};
 use brisk::corpus::generated::Rng;
-use brisk::corpus::tokenizer::SpecialIds;
 use brisk::model::electra::{Electra, Exiting};
 use brisk::model::fused::layer::{record_product_rows, take_product_rows, ProductRows};
 use brisk::model::{Active, Ctx, Params};
@@ -19,13 +20,6 @@ use brisk::pretrain::objective::{step_flops, Batch, Objective};
 use brisk::train::optim::gradients_or_zeros;
 use candle_core::{DType, Device, Tensor};
 
-const SPECIAL: SpecialIds = SpecialIds {
-    pad: 0,
-    unk: 1,
-    cls: 2,
-    sep: 3,
-    mask: 4,
-};
 const SHAPE: (usize, usize) = (2, 12);
 const TOKENS: usize = 24;
 

@@ -4,9 +4,10 @@
 
 mod support;
 
+use support::SPECIAL;
+
 use brisk::config::{Generator, Kernels, ModelConfig, Position, Preset};
 use brisk::corpus::generated::Rng;
-use brisk::corpus::tokenizer::SpecialIds;
 use brisk::model::discriminator::{replaced_token_loss, DiscriminatorHead};
 use brisk::model::electra::{generator_config, Electra};
 use brisk::model::{Ctx, Params};
@@ -14,14 +15,6 @@ use brisk::pretrain::electra::losses;
 use brisk::pretrain::mlm::{mask_tokens, MaskedBatch};
 use brisk::train::optim::{gradients, AdamW};
 use candle_core::{DType, Device, Tensor};
-
-const SPECIAL: SpecialIds = SpecialIds {
-    pad: 0,
-    unk: 1,
-    cls: 2,
-    sep: 3,
-    mask: 4,
-};
 
 fn config(position: Position, kernels: Kernels) -> ModelConfig {
     let mut cfg = Preset::Tiny.config().model;

@@ -4,23 +4,16 @@
 
 mod support;
 
+use support::SPECIAL;
+
 use brisk::config::{Kernels, ModelConfig, Position, Preset, SharedEmbeddings};
 use brisk::corpus::generated::Rng;
-use brisk::corpus::tokenizer::SpecialIds;
 use brisk::model::mcbert::McBert;
 use brisk::model::{Ctx, Params};
 use brisk::pretrain::mcbert::losses;
 use brisk::pretrain::mlm::{mask_tokens, MaskedBatch};
 use brisk::train::optim::{gradients, gradients_or_zeros, AdamW};
 use candle_core::{DType, Device};
-
-const SPECIAL: SpecialIds = SpecialIds {
-    pad: 0,
-    unk: 1,
-    cls: 2,
-    sep: 3,
-    mask: 4,
-};
 
 fn config(position: Position, kernels: Kernels) -> ModelConfig {
     let mut cfg = Preset::Tiny.config().model;

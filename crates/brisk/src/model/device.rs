@@ -45,17 +45,20 @@ pub const HAS_CUDA: bool = cfg!(feature = "cuda");
 /// Opens the device `train.device` names. On a build without CUDA, or
 /// without that GPU, an error that says what to do.
 pub fn open(text: &str) -> Result<Device> {
-    let spec = parse(text).map_err(|why| Error::Config(format!("`train.device`: {why}")))?;
+    // `--device` sets `train.device` in pre-training and the recipe's
+    // device elsewhere: the error names both.
+    let spec =
+        parse(text).map_err(|why| Error::Config(format!("`--device`/`train.device`: {why}")))?;
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Cuda(_) if !HAS_CUDA => Err(Error::Config(format!(
-            "`train.device`: {text:?} needs the CUDA build of brisk, and this one was built \
+            "`--device`/`train.device`: {text:?} needs the CUDA build of brisk, and this one was built \
              without it; build with `cargo build --release --features cuda` (README, \
              \"On a GPU\")"
         ))),
         DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| {
             Error::Config(format!(
-                "`train.device`: CUDA device {n} could not be opened ({e}); check that a GPU \
+                "`--device`/`train.device`: CUDA device {n} could not be opened ({e}); check that a GPU \
                  is there (nvidia-smi) and that LD_LIBRARY_PATH holds libcudart, libcublas \
                  and libcurand"
             ))

@@ -4,12 +4,22 @@
 use std::path::{Path, PathBuf};
 
 use brisk::config::{Config, DataConfig, Preset};
+use brisk::corpus::tokenizer::SpecialIds;
 use brisk::corpus::{self, Input, PrepareReport};
 use brisk::train::pretrain::Summary;
 
 mod minilm;
 #[allow(unused_imports)] // not every test file needs it
 pub use minilm::minilm_dir;
+
+/// The special tokens' ids of the integration tests' hand-made batches.
+pub const SPECIAL: SpecialIds = SpecialIds {
+    pad: 0,
+    unk: 1,
+    cls: 2,
+    sep: 3,
+    mask: 4,
+};
 
 /// The shared data directory: `$BRISK_SHARED_DIR`, else `../shared` next to
 /// the workspace root. Panics with a clear message when it is missing: a
